@@ -1,0 +1,273 @@
+//! Types shared by the XDP programs and the agent: map keys and values, map names,
+//! limits, counter reasons and the flow hash. Everything here is `#[repr(C)]` with
+//! explicit padding, so the kernel and user side agree on every byte.
+#![no_std]
+
+pub mod hash;
+
+/// Address family tags carried in keys and backend entries. Zero means "empty slot".
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_IPIP: u8 = 4;
+pub const PROTO_IPV6: u8 = 41;
+
+/// How many VIPs one agent serves; also the number of rings in a generation.
+pub const MAX_VIPS: u32 = 64;
+/// Backend slots (a backend of one VIP is one slot) across all VIPs.
+pub const MAX_BACKENDS: u32 = 4096;
+/// Default connection-table size (LRU entries); `lbx run --flows` changes it.
+pub const DEFAULT_FLOWS: u32 = 1 << 20;
+/// Addresses `lbx decap` accepts as local VIPs.
+pub const MAX_DECAP_VIPS: u32 = 256;
+/// Default Maglev table size (prime).
+pub const DEFAULT_RING_SIZE: u32 = 65537;
+
+/// Bytes each encapsulation prepends.
+pub const IPIP_OVERHEAD: u32 = 20;
+pub const IP6IP6_OVERHEAD: u32 = 40;
+
+/// Outer TTL / hop limit of encapsulated packets.
+pub const OUTER_TTL: u8 = 64;
+
+/// Map names, used by the programs' `#[map]` statics and by the agent.
+pub mod maps {
+    /// Which generation slot (0 or 1) packets read now: `Array<u32>[1]`.
+    pub const ACTIVE: &str = "ACTIVE";
+    /// Per-generation settings: `Array<Settings>[2]`, indexed by generation slot.
+    pub const SETTINGS: &str = "SETTINGS";
+    /// VIPs of both generation slots (the slot is part of the key):
+    /// `HashMap<VipKey, VipInfo>[2 * MAX_VIPS]`.
+    pub const VIPS: &str = "VIPS";
+    /// Backends, slot 0's table then slot 1's: `Array<Backend>[2 * MAX_BACKENDS]`.
+    pub const BACKENDS: &str = "BACKENDS";
+    /// Maglev rings, slot 0's then slot 1's, each `MAX_VIPS` rings of `ring_size` backend
+    /// slots back to back: `Array<u32>[2 * MAX_VIPS * ring_size]`, memory-mappable so the
+    /// agent writes a whole ring with one copy.
+    pub const RINGS: &str = "RINGS";
+    /// Connection table: `LruHashMap<FlowKey, FlowEntry>`; outlives generations.
+    pub const FLOWS: &str = "FLOWS";
+    /// Per-CPU counters: `PerCpuArray<Counters>` by VIP id and by backend slot.
+    pub const VIP_STATS: &str = "VIP_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    /// Per-CPU packet counts by `Reason`: `PerCpuArray<u64>[Reason::COUNT]`.
+    pub const REASONS: &str = "REASONS";
+    /// `lbx decap`: local VIP addresses, `HashMap<AddrKey, u32>`.
+    pub const DECAP_VIPS: &str = "DECAP_VIPS";
+    /// `lbx decap`: per-CPU counts by `DecapReason`.
+    pub const DECAP_STATS: &str = "DECAP_STATS";
+}
+
+/// Program names in the object file.
+pub mod programs {
+    pub const BALANCER: &str = "lbx_balancer";
+    pub const DECAP: &str = "lbx_decap";
+    pub const PASS: &str = "lbx_pass";
+}
+
+/// An IP address as sixteen network-order bytes seen as four `u32` words; IPv4 uses the
+/// first word and leaves the rest zero. Words keep the hash and compares cheap in BPF.
+pub type Addr = [u32; 4];
+
+/// Key of the VIP table: generation slot, destination address, port and protocol. Port 0
+/// means "all ports" and is looked up after an exact miss.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VipKey {
+    pub addr: Addr,
+    pub port_be: u16,
+    pub proto: u8,
+    pub family: u8,
+    /// Generation slot (0 or 1) this entry belongs to.
+    pub slot: u32,
+}
+const _: () = assert!(core::mem::size_of::<VipKey>() == 24);
+
+/// What a VIP table entry says about the VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipInfo {
+    /// Stable id: index into `VIP_STATS`.
+    pub id: u32,
+    /// `VIP_F_*` bits.
+    pub flags: u32,
+    /// Index in `RINGS` of this VIP's first ring entry in this generation slot.
+    pub ring_base: u32,
+    pub pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<VipInfo>() == 16);
+
+/// The VIP's ring holds at least one backend; without it new flows are dropped.
+pub const VIP_F_HAS_BACKENDS: u32 = 1;
+
+/// A backend of one VIP. Its slot number (stable across generations, index of
+/// `BACKEND_STATS`) is what rings and the connection table hold; generation slot `g` keeps
+/// it at `g * MAX_BACKENDS + slot` in `BACKENDS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: Addr,
+    /// Ethernet destination of the encapsulated packet: the backend or its next hop.
+    pub mac: [u8; 6],
+    /// `FAMILY_V4`/`FAMILY_V6`; zero marks an empty slot.
+    pub family: u8,
+    pub flags: u8,
+    /// Unique per backend instance; a connection-table entry that names a slot whose
+    /// uid changed belongs to a backend that was removed, and is treated as a miss.
+    pub uid: u32,
+    pub pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Backend>() == 32);
+
+/// Settings of one generation, read by every packet of it. A zero `ring_size` means no
+/// generation was published into this slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Seed of the flow hash; equal on every node behind the same ECMP group.
+    pub seed: u32,
+    /// Maglev ring size of every VIP (prime).
+    pub ring_size: u32,
+    /// Largest inner IP packet that still fits the link once encapsulated.
+    pub mtu: u32,
+    /// `SETTINGS_F_*` bits.
+    pub flags: u32,
+    /// Outer IPv4 source: `src_v4 | (hash & src_v4_hostmask)`, both network order.
+    pub src_v4: u32,
+    pub src_v4_hostmask: u32,
+    /// Outer IPv6 source, the same way.
+    pub src_v6: Addr,
+    pub src_v6_hostmask: Addr,
+    /// Generation number (informational; `lbx status` and consistency checks).
+    pub generation: u64,
+}
+const _: () = assert!(core::mem::size_of::<Settings>() == 64);
+
+/// Some IPv4 VIP listens on all ports: an exact miss needs a port-0 lookup.
+pub const SETTINGS_F_PORT0_V4: u32 = 1;
+/// The same for IPv6.
+pub const SETTINGS_F_PORT0_V6: u32 = 2;
+
+/// Key of the connection table: the client's 5-tuple.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: Addr,
+    pub dst: Addr,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// The backend a flow was given.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEntry {
+    /// Backend slot.
+    pub backend: u32,
+    pub uid: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowEntry>() == 8);
+
+/// Per-CPU traffic counters of a VIP or a backend slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows that missed the connection table and were hashed.
+    pub new_flows: u64,
+}
+const _: () = assert!(core::mem::size_of::<Counters>() == 24);
+
+/// Key of `lbx decap`'s local VIP set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AddrKey {
+    pub addr: Addr,
+    pub family: u8,
+    pub pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<AddrKey>() == 20);
+
+macro_rules! reasons {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $label:literal,)* }) => {
+        $(#[$meta])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name { $($(#[$vmeta])* $variant,)* }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+            pub const COUNT: u32 = Self::ALL.len() as u32;
+            /// The name `lbx stats` shows.
+            pub const fn label(self) -> &'static str {
+                match self { $($name::$variant => $label,)* }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// Why the balancer passed, dropped or sent a packet; one per-CPU counter each.
+    Reason {
+        /// Encapsulated and sent to a backend.
+        Forwarded = "forwarded",
+        /// Not IPv4 or IPv6 (ARP, LLDP, ...).
+        PassNotIp = "pass_not_ip",
+        /// A header was cut short or inconsistent.
+        PassMalformed = "pass_malformed",
+        /// An IPv4 or IPv6 fragment: only the first one has ports.
+        PassFragment = "pass_fragment",
+        /// An IPv6 extension header other than a fragment header (lbx does not walk them).
+        PassExtensionHeader = "pass_ipv6_ext_header",
+        /// Neither TCP nor UDP.
+        PassNotTcpUdp = "pass_not_tcp_udp",
+        /// No VIP matches destination, port and protocol.
+        PassNotVip = "pass_not_vip",
+        /// No generation published yet.
+        PassNoConfig = "pass_no_config",
+        /// The VIP has no backend taking new flows.
+        DropNoBackend = "drop_no_backend",
+        /// Too big for the link once encapsulated.
+        DropTooBig = "drop_too_big",
+        /// A ring slot named an empty backend slot: a table the agent did not finish.
+        DropBadRing = "drop_bad_ring",
+        /// The kernel refused to grow the packet's headroom.
+        DropEncapFailed = "drop_encap_failed",
+    }
+}
+
+reasons! {
+    /// What `lbx decap` did with a packet.
+    DecapReason {
+        /// The outer header was removed and the inner packet passed to the stack.
+        Decapsulated = "decapsulated",
+        /// Anything else: passed unchanged.
+        Passed = "passed",
+        /// A tunnel packet whose inner destination is not a local VIP: passed unchanged.
+        NotLocalVip = "not_local_vip",
+        /// A tunnel packet cut short: passed unchanged.
+        Malformed = "malformed",
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), have no padding (checked by the size asserts and
+    // explicit pad fields) and any bit pattern is a valid value.
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipInfo {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowEntry {}
+    unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for AddrKey {}
+}

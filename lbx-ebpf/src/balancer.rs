@@ -1,0 +1,138 @@
+//! The balancing decision: VIP match, connection table, Maglev ring, then encapsulation.
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use lbx_common::{
+    Backend, FAMILY_V4, FlowEntry, MAX_BACKENDS, Reason, SETTINGS_F_PORT0_V4, SETTINGS_F_PORT0_V6,
+    Settings, VIP_F_HAS_BACKENDS, VipInfo, VipKey, hash::flow_hash,
+};
+
+use crate::{
+    encap,
+    maps::{ACTIVE, BACKEND_STATS, BACKENDS, FLOWS, RINGS, SETTINGS, VIP_STATS, VIPS, add_traffic},
+    parse::{self, Packet},
+};
+
+/// The XDP verdict a reason stands for.
+#[inline(always)]
+pub fn action(reason: Reason) -> u32 {
+    match reason {
+        Reason::Forwarded => xdp_action::XDP_TX,
+        Reason::DropNoBackend
+        | Reason::DropTooBig
+        | Reason::DropBadRing
+        | Reason::DropEncapFailed => xdp_action::XDP_DROP,
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+#[inline(always)]
+pub fn balance(ctx: &XdpContext) -> Reason {
+    match try_balance(ctx) {
+        Ok(()) => Reason::Forwarded,
+        Err(reason) => reason,
+    }
+}
+
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "a reference hands the helper the key in place; by value would copy it on the packet path"
+)]
+#[inline(always)]
+fn try_balance(ctx: &XdpContext) -> Result<(), Reason> {
+    let pkt = parse::parse(ctx)?;
+    // Read the generation slot once: every lookup below uses the same generation.
+    let slot = match ACTIVE.get_ptr(0) {
+        Some(p) => (unsafe { core::ptr::read_volatile(p) }) & 1,
+        None => return Err(Reason::PassNoConfig),
+    };
+    let settings = SETTINGS.get(slot).ok_or(Reason::PassNoConfig)?;
+    // Read once into a local: the compiler then knows the divisor below is not zero and
+    // emits no panic path (which the verifier would reject).
+    let ring_size = settings.ring_size;
+    if ring_size == 0 {
+        return Err(Reason::PassNoConfig);
+    }
+    let vip = lookup_vip(&pkt, slot, settings).ok_or(Reason::PassNotVip)?;
+    let backend_base = slot * MAX_BACKENDS;
+
+    let mut new_flow = false;
+    let (backend_slot, backend) = match established(&pkt, backend_base) {
+        Some(found) => found,
+        None => {
+            if vip.flags & VIP_F_HAS_BACKENDS == 0 {
+                return Err(Reason::DropNoBackend);
+            }
+            let hash = flow_hash(&pkt.key, settings.seed);
+            let ring_index = vip.ring_base + hash % ring_size;
+            let backend_slot = *RINGS.get(ring_index).ok_or(Reason::DropBadRing)?;
+            let backend = BACKENDS
+                .get(backend_base + backend_slot)
+                .filter(|b| b.family == pkt.key.family)
+                .ok_or(Reason::DropBadRing)?;
+            let entry = FlowEntry {
+                backend: backend_slot,
+                uid: backend.uid,
+            };
+            // A full table evicts the least recently used flow; nothing to handle here.
+            let _ = FLOWS.insert(&pkt.key, &entry, 0);
+            new_flow = true;
+            (backend_slot, backend)
+        }
+    };
+
+    let frame_bytes = (ctx.data_end() - ctx.data()) as u64;
+    let hash = flow_hash(&pkt.key, settings.seed ^ 0x5bd1_e995);
+    if pkt.key.family == FAMILY_V4 {
+        encap::ipip(ctx, &pkt, backend, settings, hash)?;
+    } else {
+        encap::ip6ip6(ctx, &pkt, backend, settings, hash)?;
+    }
+    add_traffic(&VIP_STATS, vip.id, frame_bytes, new_flow);
+    add_traffic(&BACKEND_STATS, backend_slot, frame_bytes, new_flow);
+    Ok(())
+}
+
+/// The VIP for the packet's destination, port and protocol, or its all-ports VIP.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "a reference hands the helper the key in place; by value would copy it on the packet path"
+)]
+#[inline(always)]
+fn lookup_vip<'a>(pkt: &Packet, slot: u32, settings: &Settings) -> Option<&'a VipInfo> {
+    let mut key = VipKey {
+        addr: pkt.key.dst,
+        port_be: pkt.key.dport_be,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
+        slot,
+    };
+    if let Some(vip) = unsafe { VIPS.get(&key) } {
+        return Some(vip);
+    }
+    let port0 = if pkt.key.family == FAMILY_V4 {
+        SETTINGS_F_PORT0_V4
+    } else {
+        SETTINGS_F_PORT0_V6
+    };
+    if settings.flags & port0 == 0 {
+        return None;
+    }
+    key.port_be = 0;
+    unsafe { VIPS.get(&key) }
+}
+
+/// The backend the connection table holds for this flow, if it is still there: a slot
+/// whose uid changed was given to another backend since, and counts as a miss.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "a reference hands the helper the key in place; by value would copy it on the packet path"
+)]
+#[inline(always)]
+fn established<'a>(pkt: &Packet, backend_base: u32) -> Option<(u32, &'a Backend)> {
+    let entry = unsafe { FLOWS.get(&pkt.key) }?;
+    let backend = BACKENDS.get(backend_base + entry.backend)?;
+    if backend.family == 0 || backend.uid != entry.uid {
+        return None;
+    }
+    Some((entry.backend, backend))
+}

@@ -1,0 +1,50 @@
+//! lbx's XDP programs: the balancer, the backends' decapsulator, and a pass-through
+//! program for the peer of a veth that receives XDP_TX frames.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+mod balancer;
+mod cursor;
+mod decap;
+mod encap;
+mod maps;
+mod parse;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+
+/// Balances packets for VIPs; passes everything else to the kernel unchanged.
+#[xdp]
+pub fn lbx_balancer(ctx: XdpContext) -> u32 {
+    let reason = balancer::balance(&ctx);
+    maps::count_reason(reason);
+    balancer::action(reason)
+}
+
+/// On a backend: removes the IPIP / IPv6-in-IPv6 header of packets for local VIPs.
+#[xdp]
+pub fn lbx_decap(ctx: XdpContext) -> u32 {
+    let reason = decap::decap(&ctx);
+    maps::count_decap(reason);
+    xdp_action::XDP_PASS
+}
+
+/// Passes every frame. Native XDP_TX into a veth only delivers when the peer runs an XDP
+/// program; this is the cheapest one.
+#[xdp]
+pub fn lbx_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
