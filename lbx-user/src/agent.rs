@@ -1,0 +1,423 @@
+//! The agent: owns the configuration and the data plane, and applies every change as a
+//! whole new generation, validated before anything is touched.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use aya::maps::MapError;
+use lbx_common::{Counters, FlowKey, Reason, hash::flow_hash};
+use serde_json::{Value, json};
+
+use crate::{
+    api::Request,
+    config::{Config, ConfigError, MacAddr, Protocol, VipId},
+    dataplane::{Balancer, DataPlaneError, Mode},
+    generation::{PublishError, Publisher},
+    net::{self, ResolveError},
+    plan::{self, Plan},
+    slots::Slots,
+    sys,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error(transparent)]
+    DataPlane(#[from] DataPlaneError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error("reading counters: {0}")]
+    Counters(#[from] MapError),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub struct Options {
+    pub iface: String,
+    pub config_path: PathBuf,
+    pub mode: Mode,
+    pub socket: PathBuf,
+    pub pin_dir: Option<PathBuf>,
+    pub flows: u32,
+}
+
+pub struct Agent {
+    opts: Options,
+    config: Config,
+    slots: Slots,
+    macs: BTreeMap<IpAddr, MacAddr>,
+    mtu: u32,
+    bal: Balancer,
+    publisher: Publisher,
+    plan: Plan,
+    started: Instant,
+}
+
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Agent {
+    /// Loads the configuration, attaches to the interface and publishes generation 1.
+    pub fn start(opts: Options) -> Result<Self, AgentError> {
+        crate::dataplane::preflight("lbx run", &opts.iface)?;
+        let config = match Config::load(&opts.config_path) {
+            Ok(c) => c,
+            Err(ConfigError::NotFound { .. }) => {
+                eprintln!(
+                    "no configuration at {}: starting with no VIPs; changes will be saved there",
+                    opts.config_path.display()
+                );
+                Config::default()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mtu = match config.mtu {
+            Some(m) => m,
+            None => sys::if_mtu(&opts.iface).map_err(DataPlaneError::Sys)?,
+        };
+        let macs = resolve_macs(&config, &BTreeMap::new(), &opts.iface)?;
+        let bal = Balancer::attach(
+            &opts.iface,
+            opts.mode,
+            config.table_size,
+            opts.flows,
+            opts.pin_dir.clone(),
+        )?;
+        let mut agent = Agent {
+            opts,
+            config: Config::default(),
+            slots: Slots::default(),
+            macs: BTreeMap::new(),
+            mtu,
+            bal,
+            publisher: Publisher::new().map_err(PublishError::Barrier)?,
+            plan: Plan {
+                settings: Default::default(),
+                vips: Vec::new(),
+                backends: Vec::new(),
+            },
+            started: Instant::now(),
+        };
+        agent.publish(config, macs)?;
+        Ok(agent)
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.bal.mode
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.publisher.generation()
+    }
+
+    fn publish(
+        &mut self,
+        config: Config,
+        macs: BTreeMap<IpAddr, MacAddr>,
+    ) -> Result<u64, AgentError> {
+        let (slots, fresh) = self.slots.assign(&config);
+        let plan = plan::build(&config, &slots, &macs, self.mtu);
+        self.publisher
+            .reset_counters(&mut self.bal, &fresh.vips, &fresh.backends)?;
+        let generation = self.publisher.publish(&mut self.bal, &plan)?;
+        self.config = config;
+        self.slots = slots;
+        self.macs = macs;
+        self.plan = plan;
+        Ok(generation)
+    }
+
+    /// Validates `new` whole, publishes it, and saves it. On any error nothing changes.
+    fn apply(&mut self, new: Config) -> Result<u64, AgentError> {
+        new.validate()?;
+        if new.table_size != self.config.table_size {
+            return Err(AgentError::Other(format!(
+                "table_size changes from {} to {} need a restart of the agent",
+                self.config.table_size, new.table_size
+            )));
+        }
+        let macs = resolve_macs(&new, &self.macs, &self.opts.iface)?;
+        let old = self.config.clone();
+        new.save(&self.opts.config_path)?;
+        match self.publish(new, macs) {
+            Ok(g) => Ok(g),
+            Err(e) => {
+                let _ = old.save(&self.opts.config_path);
+                Err(e)
+            }
+        }
+    }
+
+    fn edit(
+        &mut self,
+        f: impl FnOnce(&mut Config) -> Result<(), ConfigError>,
+    ) -> Result<Value, AgentError> {
+        let mut new = self.config.clone();
+        f(&mut new)?;
+        let generation = self.apply(new)?;
+        Ok(json!({ "generation": generation }))
+    }
+
+    pub fn handle(&mut self, req: Request) -> Result<Value, AgentError> {
+        match req {
+            Request::VipAdd { vip } => self.edit(|c| c.add_vip(vip)),
+            Request::VipDel { vip } => self.edit(|c| c.del_vip(vip).map(drop)),
+            Request::BackendAdd { vip, backend } => self.edit(|c| c.add_backend(vip, backend)),
+            Request::BackendDel { vip, address } => {
+                self.edit(|c| c.del_backend(vip, address).map(drop))
+            }
+            Request::BackendWeight {
+                vip,
+                address,
+                weight,
+            } => self.edit(|c| c.set_weight(vip, address, weight)),
+            Request::BackendDrain {
+                vip,
+                address,
+                drain,
+            } => self.edit(|c| c.set_drain(vip, address, drain)),
+            Request::VipList => Ok(self.vip_list()),
+            Request::BackendList { vip } => self.backend_list(vip),
+            Request::Status => Ok(self.status()),
+            Request::Stats => self.stats(),
+            Request::Flow { protocol, src, dst } => self.flow(protocol, src, dst),
+        }
+    }
+
+    fn mac_of(&self, address: IpAddr, configured: Option<MacAddr>) -> Option<MacAddr> {
+        configured.or_else(|| self.macs.get(&address).copied())
+    }
+
+    fn vip_list(&self) -> Value {
+        Value::Array(
+            self.config
+                .vips
+                .iter()
+                .map(|v| {
+                    json!({
+                        "vip": v.id().to_string(),
+                        "address": v.address,
+                        "port": v.port,
+                        "protocol": v.protocol.to_string(),
+                        "backends": v.backends.len(),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    fn backend_list(&self, vip: Option<VipId>) -> Result<Value, AgentError> {
+        if let Some(id) = vip
+            && self.config.vip(id).is_none()
+        {
+            return Err(ConfigError::UnknownVip { vip: id }.into());
+        }
+        let mut out = Vec::new();
+        for v in self
+            .config
+            .vips
+            .iter()
+            .filter(|v| vip.is_none_or(|id| v.id() == id))
+        {
+            for b in &v.backends {
+                out.push(json!({
+                    "vip": v.id().to_string(),
+                    "address": b.address,
+                    "weight": b.weight,
+                    "mac": self.mac_of(b.address, b.mac).map(|m| m.to_string()),
+                    "drain": b.drain,
+                }));
+            }
+        }
+        Ok(Value::Array(out))
+    }
+
+    fn status(&self) -> Value {
+        let vips: Vec<Value> = self
+            .config
+            .vips
+            .iter()
+            .map(|v| {
+                let id = v.id();
+                let ring = self.plan.vips.iter().find(|p| p.id == id).map(|p| &p.ring[..]).unwrap_or(&[]);
+                let backends: Vec<Value> = v
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let slot = self.slots.backends[&(id, b.address)].slot;
+                        let share = ring.iter().filter(|s| **s == slot).count();
+                        json!({
+                            "address": b.address,
+                            "weight": b.weight,
+                            "state": if b.drain { "draining" } else { "active" },
+                            "mac": self.mac_of(b.address, b.mac).map(|m| m.to_string()),
+                            "mac_source": if b.mac.is_some() { "configured" } else { "neighbour table" },
+                            "table_slots": share,
+                        })
+                    })
+                    .collect();
+                json!({ "vip": id.to_string(), "backends": backends })
+            })
+            .collect();
+        json!({
+            "iface": self.opts.iface,
+            "mode": self.bal.mode,
+            "generation": self.publisher.generation(),
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "config": self.opts.config_path,
+            "socket": self.opts.socket,
+            "pins": self.opts.pin_dir,
+            "seed": self.config.seed,
+            "table_size": self.config.table_size,
+            "mtu": self.mtu,
+            "vips": vips,
+        })
+    }
+
+    fn stats(&self) -> Result<Value, AgentError> {
+        let sum = |v: aya::maps::PerCpuValues<Counters>| {
+            v.iter().fold(Counters::default(), |a, c| Counters {
+                packets: a.packets + c.packets,
+                bytes: a.bytes + c.bytes,
+                new_flows: a.new_flows + c.new_flows,
+            })
+        };
+        let mut vips = Vec::new();
+        for v in &self.config.vips {
+            let id = v.id();
+            let c = sum(self.bal.vip_stats.get(&self.slots.vips[&id], 0)?);
+            let mut backends = Vec::new();
+            for b in &v.backends {
+                let slot = self.slots.backends[&(id, b.address)].slot;
+                let bc = sum(self.bal.backend_stats.get(&slot, 0)?);
+                backends.push(json!({
+                    "address": b.address,
+                    "packets": bc.packets,
+                    "bytes": bc.bytes,
+                    "new_flows": bc.new_flows,
+                }));
+            }
+            vips.push(json!({
+                "vip": id.to_string(),
+                "packets": c.packets,
+                "bytes": c.bytes,
+                "new_flows": c.new_flows,
+                "backends": backends,
+            }));
+        }
+        let mut reasons = serde_json::Map::new();
+        for r in Reason::ALL {
+            let n: u64 = self.bal.reasons.get(&(*r as u32), 0)?.iter().sum();
+            reasons.insert(r.label().to_string(), n.into());
+        }
+        Ok(json!({ "generation": self.publisher.generation(), "vips": vips, "reasons": reasons }))
+    }
+
+    /// Which backend a flow goes to, and why.
+    fn flow(
+        &self,
+        protocol: Protocol,
+        src: SocketAddr,
+        dst: SocketAddr,
+    ) -> Result<Value, AgentError> {
+        if src.is_ipv4() != dst.is_ipv4() {
+            return Err(AgentError::Other(format!(
+                "source {src} and destination {dst} are of different address families"
+            )));
+        }
+        let pv = self
+            .plan
+            .vips
+            .iter()
+            .find(|v| {
+                v.id.address == dst.ip() && v.id.protocol == protocol && v.id.port == dst.port()
+            })
+            .or_else(|| {
+                self.plan.vips.iter().find(|v| {
+                    v.id.address == dst.ip() && v.id.protocol == protocol && v.id.port == 0
+                })
+            })
+            .ok_or_else(|| {
+                AgentError::Other(format!(
+                    "no VIP matches {dst}/{protocol}: lbx passes this flow to the kernel"
+                ))
+            })?;
+        let key = FlowKey {
+            src: net::to_words(src.ip()),
+            dst: net::to_words(dst.ip()),
+            sport_be: src.port().to_be(),
+            dport_be: dst.port().to_be(),
+            proto: protocol.number(),
+            family: net::family(dst.ip()),
+            pad: 0,
+        };
+        let by_slot = |slot: u32| {
+            self.slots
+                .backends
+                .iter()
+                .find(|((vip, _), s)| *vip == pv.id && s.slot == slot)
+                .map(|((_, addr), s)| (*addr, s.uid))
+        };
+        if let Ok(entry) = self.bal.flows.get(&key, 0)
+            && let Some((addr, uid)) = by_slot(entry.backend)
+            && uid == entry.uid
+        {
+            return Ok(json!({
+                "vip": pv.id.to_string(),
+                "backend": addr,
+                "source": "connection table",
+            }));
+        }
+        if pv.ring.is_empty() {
+            return Ok(json!({
+                "vip": pv.id.to_string(),
+                "backend": Value::Null,
+                "source": "none: no backend takes new flows (all drained), packets are dropped",
+            }));
+        }
+        let hash = flow_hash(&key, self.plan.settings.seed);
+        let index = hash % self.plan.settings.ring_size;
+        let slot = pv.ring[index as usize];
+        let (addr, _) = by_slot(slot)
+            .ok_or_else(|| AgentError::Other("ring names an unknown backend".into()))?;
+        Ok(json!({
+            "vip": pv.id.to_string(),
+            "backend": addr,
+            "source": "maglev",
+            "hash": format!("{hash:#010x}"),
+            "table_index": index,
+            "table_size": self.plan.settings.ring_size,
+        }))
+    }
+}
+
+/// Next-hop MACs for every backend of `config` without a configured one, reusing `known`.
+fn resolve_macs(
+    config: &Config,
+    known: &BTreeMap<IpAddr, MacAddr>,
+    iface: &str,
+) -> Result<BTreeMap<IpAddr, MacAddr>, AgentError> {
+    let mut out = BTreeMap::new();
+    for b in config
+        .vips
+        .iter()
+        .flat_map(|v| &v.backends)
+        .filter(|b| b.mac.is_none())
+    {
+        if out.contains_key(&b.address) {
+            continue;
+        }
+        let mac = match known.get(&b.address) {
+            Some(m) => *m,
+            None => net::resolve_next_hop(b.address, iface, RESOLVE_TIMEOUT)?,
+        };
+        out.insert(b.address, mac);
+    }
+    Ok(out)
+}

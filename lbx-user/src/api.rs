@@ -1,0 +1,224 @@
+//! The control API: one JSON request and one JSON response per line, over a Unix socket
+//! that only root may use.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{IpAddr, SocketAddr},
+    os::unix::{fs::PermissionsExt, net::UnixStream},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt},
+    net::UnixListener,
+    sync::{mpsc, oneshot},
+};
+
+use crate::config::{BackendConfig, Protocol, VipId};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    VipAdd {
+        vip: VipId,
+    },
+    VipDel {
+        vip: VipId,
+    },
+    VipList,
+    BackendAdd {
+        vip: VipId,
+        backend: BackendConfig,
+    },
+    BackendDel {
+        vip: VipId,
+        address: IpAddr,
+    },
+    BackendWeight {
+        vip: VipId,
+        address: IpAddr,
+        weight: u32,
+    },
+    BackendDrain {
+        vip: VipId,
+        address: IpAddr,
+        drain: bool,
+    },
+    BackendList {
+        vip: Option<VipId>,
+    },
+    Status,
+    Stats,
+    Flow {
+        protocol: Protocol,
+        src: SocketAddr,
+        dst: SocketAddr,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Response {
+    Ok(Value),
+    Error(String),
+}
+
+/// A request and where its answer goes, for the thread that owns the agent.
+pub type Job = (Request, oneshot::Sender<Response>);
+
+/// Where `lbx run --iface IF` listens unless told otherwise.
+pub fn default_socket(iface: &str) -> PathBuf {
+    PathBuf::from(format!("/run/lbx/{iface}.sock"))
+}
+
+/// Binds the socket, root-only: mode 0600 and a peer-credential check.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // A socket file left by an agent that died; a live agent is detected by connecting.
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("another lbx agent is serving {}", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Accepts connections until the task is dropped, passing requests to `jobs`.
+pub async fn serve(listener: UnixListener, jobs: mpsc::Sender<Job>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let jobs = jobs.clone();
+        tokio::spawn(async move {
+            let root = stream.peer_cred().map(|c| c.uid() == 0).unwrap_or(false);
+            let (rd, mut wr) = stream.into_split();
+            let mut lines = tokio::io::BufReader::new(rd).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let resp = if !root {
+                    Response::Error(
+                        "permission denied: the lbx control socket is for root only".into(),
+                    )
+                } else {
+                    match serde_json::from_str::<Request>(&line) {
+                        Err(e) => Response::Error(format!("malformed request: {e}")),
+                        Ok(req) => {
+                            let (tx, rx) = oneshot::channel();
+                            if jobs.send((req, tx)).await.is_err() {
+                                return;
+                            }
+                            rx.await
+                                .unwrap_or(Response::Error("the agent is shutting down".into()))
+                        }
+                    }
+                };
+                let mut out = serde_json::to_vec(&resp).expect("serializable");
+                out.push(b'\n');
+                if wr.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "no lbx agent found: {0}; start one with `lbx run --iface IF`, or name its socket with --socket"
+    )]
+    NoAgent(String),
+    #[error("permission denied on {0}: the control socket is for root only; run lbx as root")]
+    Permission(PathBuf),
+    #[error("cannot talk to the agent at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Agent(String),
+}
+
+/// The socket to use: the one given, or the only agent's under /run/lbx.
+pub fn find_socket(given: Option<PathBuf>) -> Result<PathBuf, ClientError> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let dir = Path::new("/run/lbx");
+    let socks: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+                .collect()
+        })
+        .unwrap_or_default();
+    match socks.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(ClientError::NoAgent(format!(
+            "no socket in {}",
+            dir.display()
+        ))),
+        many => Err(ClientError::NoAgent(format!(
+            "several agents run ({}); pick one",
+            many.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// Sends one request and waits for its answer.
+pub fn call(socket: &Path, req: &Request) -> Result<Value, ClientError> {
+    let io = |source| ClientError::Io {
+        path: socket.to_path_buf(),
+        source,
+    };
+    let stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => ClientError::Permission(socket.to_path_buf()),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            ClientError::NoAgent(format!("nothing listens on {}", socket.display()))
+        }
+        _ => io(e),
+    })?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(io)?;
+    let mut line = serde_json::to_vec(req).expect("serializable");
+    line.push(b'\n');
+    (&stream).write_all(&line).map_err(io)?;
+    let mut answer = String::new();
+    BufReader::new(&stream).read_line(&mut answer).map_err(io)?;
+    match serde_json::from_str::<Response>(&answer) {
+        Ok(Response::Ok(v)) => Ok(v),
+        Ok(Response::Error(e)) => Err(ClientError::Agent(e)),
+        Err(e) => Err(io(std::io::Error::other(format!(
+            "bad answer from the agent: {e}"
+        )))),
+    }
+}
+
+// VIPs travel in their display form, "10.0.0.100:80/tcp".
+impl Serialize for VipId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for VipId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,250 @@
+//! Loads lbx's XDP programs, attaches them, and holds the balancer's maps.
+
+use std::{
+    fmt,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    programs::{Xdp, XdpMode},
+};
+use lbx_common::{
+    Backend, Counters, FlowEntry, FlowKey, MAX_VIPS, Settings, VipInfo, VipKey, maps, programs,
+};
+
+use crate::sys::{self, MappedArray};
+
+/// The XDP programs, built by build.rs from lbx-ebpf.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lbx-xdp"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataPlaneError {
+    #[error("no such interface: {iface} (see `ip link`)")]
+    NoInterface { iface: String },
+    #[error("{what} needs root (CAP_BPF and CAP_NET_ADMIN): run it as root")]
+    NotRoot { what: String },
+    #[error("failed to load the XDP programs: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the kernel rejected program {program}: {source}")]
+    Program {
+        program: String,
+        source: aya::programs::ProgramError,
+    },
+    #[error(
+        "failed to attach XDP to {iface} in {mode} mode: {source}; try --xdp-mode generic \
+         (or auto), or detach the program already there (`ip link set dev {iface} xdp off`)"
+    )]
+    Attach {
+        iface: String,
+        mode: Mode,
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("cannot pin maps under {dir}: {source}")]
+    Pin {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Sys(#[from] std::io::Error),
+}
+
+/// How the program runs on the interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// In the driver, before the kernel allocates a socket buffer: fastest.
+    Native,
+    /// In the kernel's receive path; works on any interface, slower.
+    Generic,
+    /// Native where the driver supports it, else generic (and says so).
+    Auto,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Native => "native",
+            Mode::Generic => "generic",
+            Mode::Auto => "auto",
+        })
+    }
+}
+
+/// Checks what every attaching command needs before it touches the kernel.
+pub fn preflight(what: &str, iface: &str) -> Result<(), DataPlaneError> {
+    if !sys::is_root() {
+        return Err(DataPlaneError::NotRoot {
+            what: what.to_string(),
+        });
+    }
+    if sys::if_index(iface).is_none() {
+        return Err(DataPlaneError::NoInterface {
+            iface: iface.to_string(),
+        });
+    }
+    sys::raise_memlock_limit();
+    Ok(())
+}
+
+fn loader() -> EbpfLoader<'static> {
+    EbpfLoader::new()
+}
+
+/// Loads the object with the given sizes and attaches `program` to `iface`. Returns the
+/// object (dropping it detaches) and the mode used.
+pub fn load_and_attach(
+    program: &str,
+    iface: &str,
+    mode: Mode,
+    sizes: &[(&'static str, u32)],
+) -> Result<(Ebpf, Mode), DataPlaneError> {
+    let mut l = loader();
+    for (name, size) in sizes {
+        l.map_max_entries(name, *size);
+    }
+    let mut ebpf = l.load(OBJECT)?;
+    let prog_err = |source| DataPlaneError::Program {
+        program: program.to_string(),
+        source,
+    };
+    let prog: &mut Xdp = ebpf
+        .program_mut(program)
+        .expect("program is in the object")
+        .try_into()
+        .map_err(prog_err)?;
+    prog.load().map_err(prog_err)?;
+    let used = match mode {
+        Mode::Native | Mode::Generic => {
+            let m = if mode == Mode::Native {
+                XdpMode::Driver
+            } else {
+                XdpMode::Skb
+            };
+            prog.attach(iface, m)
+                .map_err(|source| DataPlaneError::Attach {
+                    iface: iface.to_string(),
+                    mode,
+                    source,
+                })?;
+            mode
+        }
+        Mode::Auto => match prog.attach(iface, XdpMode::Driver) {
+            Ok(_) => Mode::Native,
+            Err(e) => {
+                eprintln!("native XDP is not available on {iface} ({e}); using generic mode");
+                prog.attach(iface, XdpMode::Skb)
+                    .map_err(|source| DataPlaneError::Attach {
+                        iface: iface.to_string(),
+                        mode: Mode::Generic,
+                        source,
+                    })?;
+                Mode::Generic
+            }
+        },
+    };
+    Ok((ebpf, used))
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str, pin: Option<&Path>) -> Result<Map, DataPlaneError> {
+    let map = ebpf.take_map(name).expect("map is in the object");
+    if let Some(dir) = pin {
+        map.pin(dir.join(name)).map_err(|e| DataPlaneError::Pin {
+            dir: dir.to_path_buf(),
+            source: std::io::Error::other(e),
+        })?;
+    }
+    Ok(map)
+}
+
+macro_rules! typed {
+    ($ebpf:expr, $name:expr, $pin:expr) => {
+        take($ebpf, $name, $pin)?
+            .try_into()
+            .map_err(|source| DataPlaneError::Map { map: $name, source })?
+    };
+}
+
+/// The balancer program attached to an interface, and its maps.
+pub struct Balancer {
+    pub active: Array<MapData, u32>,
+    pub settings: Array<MapData, Settings>,
+    pub vips: HashMap<MapData, VipKey, VipInfo>,
+    pub backends: Array<MapData, Backend>,
+    pub rings: MappedArray,
+    pub flows: HashMap<MapData, FlowKey, FlowEntry>,
+    pub vip_stats: PerCpuArray<MapData, Counters>,
+    pub backend_stats: PerCpuArray<MapData, Counters>,
+    pub reasons: PerCpuArray<MapData, u64>,
+    pub mode: Mode,
+    pub ring_size: u32,
+    pin_dir: Option<PathBuf>,
+    _rings_map: Map,
+    // Last: dropping the object detaches the program.
+    _ebpf: Ebpf,
+}
+
+impl Balancer {
+    /// Loads and attaches the balancer, pinning its maps under `pin_dir` when given.
+    pub fn attach(
+        iface: &str,
+        mode: Mode,
+        ring_size: u32,
+        flows: u32,
+        pin_dir: Option<PathBuf>,
+    ) -> Result<Self, DataPlaneError> {
+        preflight("lbx run", iface)?;
+        let ring_entries = 2 * MAX_VIPS * ring_size;
+        let (mut ebpf, mode) = load_and_attach(
+            programs::BALANCER,
+            iface,
+            mode,
+            &[(maps::RINGS, ring_entries), (maps::FLOWS, flows)],
+        )?;
+        if let Some(dir) = &pin_dir {
+            // A previous run that died leaves its pins; they name maps no longer in use.
+            let _ = std::fs::remove_dir_all(dir);
+            std::fs::create_dir_all(dir).map_err(|source| DataPlaneError::Pin {
+                dir: dir.clone(),
+                source,
+            })?;
+        }
+        let pin = pin_dir.as_deref();
+        let rings_map = take(&mut ebpf, maps::RINGS, pin)?;
+        let rings = match &rings_map {
+            Map::Array(data) => MappedArray::new(data.fd().as_fd(), ring_entries as usize)?,
+            _ => unreachable!("RINGS is an array"),
+        };
+        Ok(Self {
+            active: typed!(&mut ebpf, maps::ACTIVE, pin),
+            settings: typed!(&mut ebpf, maps::SETTINGS, pin),
+            vips: typed!(&mut ebpf, maps::VIPS, pin),
+            backends: typed!(&mut ebpf, maps::BACKENDS, pin),
+            flows: typed!(&mut ebpf, maps::FLOWS, pin),
+            vip_stats: typed!(&mut ebpf, maps::VIP_STATS, pin),
+            backend_stats: typed!(&mut ebpf, maps::BACKEND_STATS, pin),
+            reasons: typed!(&mut ebpf, maps::REASONS, pin),
+            rings,
+            mode,
+            ring_size,
+            pin_dir,
+            _rings_map: rings_map,
+            _ebpf: ebpf,
+        })
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.pin_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}

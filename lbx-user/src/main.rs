@@ -1,0 +1,223 @@
+//! `lbx`: the agent (`lbx run`), the backend-side helpers (`lbx decap`, `lbx pass`) and
+//! the operator's CLI to a running agent.
+
+use std::{net::IpAddr, net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use lbx::{
+    api::{self, Request},
+    config::{BackendConfig, MacAddr, Protocol, VipId},
+    output, run,
+};
+
+/// lbx: a layer-4 load balancer in XDP, with direct server return.
+///
+/// `lbx run` attaches the balancer to an interface and serves a control socket; the other
+/// commands talk to that agent. Backends decapsulate with an ipip/ip6tnl device or with
+/// `lbx decap`.
+#[derive(Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    /// The agent's control socket (default: the only one under /run/lbx).
+    #[arg(long, global = true, env = "LBX_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: attach the balancer to IFACE and serve the control socket until
+    /// SIGTERM or Ctrl-C, which detach it.
+    Run(run::RunArgs),
+    /// On a backend: remove lbx's IPIP / IPv6-in-IPv6 header from packets for the given
+    /// local VIPs (for hosts without an ipip/ip6tnl device). Runs until SIGTERM.
+    Decap(run::DecapArgs),
+    /// Attach a program that passes every frame. Native XDP_TX into a veth only delivers
+    /// when the veth's peer runs an XDP program: run this on the peer. Runs until SIGTERM.
+    Pass(run::PassArgs),
+    /// Add, remove or list virtual services.
+    #[command(subcommand)]
+    Vip(VipCmd),
+    /// Add, remove, re-weight, drain or list the backends of a VIP.
+    #[command(subcommand)]
+    Backend(BackendCmd),
+    /// The agent's interface, mode, generation, VIPs and backends.
+    Status,
+    /// Traffic counters per VIP and backend, and why packets were passed or dropped.
+    Stats,
+    /// Which backend a flow goes to, and why (connection table or Maglev slot).
+    Flow(FlowArgs),
+}
+
+/// A VIP: ADDR:PORT (IPv6 as [ADDR]:PORT); port 0 or a bare address means all ports.
+#[derive(Args, Clone)]
+struct VipArg {
+    /// The VIP, e.g. 10.0.0.100:80 or [2001:db8::1]:443.
+    vip: String,
+    /// The VIP's protocol.
+    #[arg(long = "proto", default_value = "tcp")]
+    protocol: Protocol,
+}
+
+impl VipArg {
+    fn id(&self) -> Result<VipId> {
+        Ok(VipId::parse(&self.vip, self.protocol)?)
+    }
+}
+
+#[derive(Subcommand)]
+enum VipCmd {
+    /// Add a VIP (with no backends yet: its packets are dropped until one is added).
+    Add(VipArg),
+    /// Remove a VIP and its backends.
+    Del(VipArg),
+    /// List VIPs.
+    List,
+}
+
+#[derive(Subcommand)]
+enum BackendCmd {
+    /// Add a backend to a VIP.
+    Add {
+        #[command(flatten)]
+        vip: VipArg,
+        /// The backend's address (same family as the VIP).
+        address: IpAddr,
+        /// Share of new flows relative to the VIP's other backends, 1 to 65535.
+        #[arg(long, default_value_t = lbx::config::DEFAULT_WEIGHT)]
+        weight: u32,
+        /// Ethernet address to send its packets to (the backend or its gateway);
+        /// resolved from the neighbour table when omitted.
+        #[arg(long)]
+        mac: Option<MacAddr>,
+    },
+    /// Remove a backend: its flows move to the others; other flows stay where they are.
+    Del {
+        #[command(flatten)]
+        vip: VipArg,
+        address: IpAddr,
+    },
+    /// Change a backend's weight; established flows keep their backend.
+    Weight {
+        #[command(flatten)]
+        vip: VipArg,
+        address: IpAddr,
+        /// The new weight, 1 to 65535.
+        weight: u32,
+    },
+    /// Stop sending new flows to a backend while its open flows keep working.
+    Drain {
+        #[command(flatten)]
+        vip: VipArg,
+        address: IpAddr,
+        /// Take new flows again.
+        #[arg(long)]
+        undo: bool,
+    },
+    /// List backends, of one VIP or of all.
+    List {
+        /// Only this VIP's backends (ADDR:PORT).
+        vip: Option<String>,
+        #[arg(long = "proto", default_value = "tcp")]
+        protocol: Protocol,
+    },
+}
+
+#[derive(Args)]
+struct FlowArgs {
+    /// The client's address and port, e.g. 192.0.2.7:40000.
+    src: SocketAddr,
+    /// The VIP address and port the flow goes to.
+    dst: SocketAddr,
+    #[arg(long = "proto", default_value = "tcp")]
+    protocol: Protocol,
+}
+
+fn request(cmd: Command) -> Result<Request> {
+    Ok(match cmd {
+        Command::Vip(VipCmd::Add(v)) => Request::VipAdd { vip: v.id()? },
+        Command::Vip(VipCmd::Del(v)) => Request::VipDel { vip: v.id()? },
+        Command::Vip(VipCmd::List) => Request::VipList,
+        Command::Backend(BackendCmd::Add {
+            vip,
+            address,
+            weight,
+            mac,
+        }) => Request::BackendAdd {
+            vip: vip.id()?,
+            backend: BackendConfig {
+                address,
+                weight,
+                mac,
+                drain: false,
+            },
+        },
+        Command::Backend(BackendCmd::Del { vip, address }) => Request::BackendDel {
+            vip: vip.id()?,
+            address,
+        },
+        Command::Backend(BackendCmd::Weight {
+            vip,
+            address,
+            weight,
+        }) => Request::BackendWeight {
+            vip: vip.id()?,
+            address,
+            weight,
+        },
+        Command::Backend(BackendCmd::Drain { vip, address, undo }) => Request::BackendDrain {
+            vip: vip.id()?,
+            address,
+            drain: !undo,
+        },
+        Command::Backend(BackendCmd::List { vip, protocol }) => Request::BackendList {
+            vip: vip.map(|v| VipId::parse(&v, protocol)).transpose()?,
+        },
+        Command::Status => Request::Status,
+        Command::Stats => Request::Stats,
+        Command::Flow(f) => Request::Flow {
+            protocol: f.protocol,
+            src: f.src,
+            dst: f.dst,
+        },
+        Command::Run(_) | Command::Decap(_) | Command::Pass(_) => unreachable!("not a request"),
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run(args) => run::run(args, cli.socket),
+        Command::Decap(args) => run::decap(args),
+        Command::Pass(args) => run::pass(args),
+        cmd => {
+            let req = request(cmd)?;
+            let socket = api::find_socket(cli.socket)?;
+            let answer = api::call(&socket, &req)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&answer).context("json")?);
+            } else {
+                output::print(&req, &answer);
+            }
+            if answer.is_null() {
+                bail!("empty answer from the agent");
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Human-readable rendering of the agent's answers (`--json` prints them raw).
+
+use serde_json::Value;
+
+use crate::api::Request;
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+pub fn print(req: &Request, v: &Value) {
+    match req {
+        Request::VipList => table(
+            &["VIP", "BACKENDS"],
+            arr(v)
+                .iter()
+                .map(|x| vec![s(&x["vip"]), s(&x["backends"])])
+                .collect(),
+        ),
+        Request::BackendList { .. } => table(
+            &["VIP", "BACKEND", "WEIGHT", "STATE", "MAC"],
+            arr(v)
+                .iter()
+                .map(|x| {
+                    let state = if x["drain"] == Value::Bool(true) {
+                        "draining"
+                    } else {
+                        "active"
+                    };
+                    vec![
+                        s(&x["vip"]),
+                        s(&x["address"]),
+                        s(&x["weight"]),
+                        state.into(),
+                        s(&x["mac"]),
+                    ]
+                })
+                .collect(),
+        ),
+        Request::Status => status(v),
+        Request::Stats => stats(v),
+        Request::Flow { protocol, src, dst } => {
+            print!("{protocol} {src} -> {dst}: VIP {}, ", s(&v["vip"]));
+            if v["source"] == "maglev" {
+                println!(
+                    "backend {} (new flow: hash {}, Maglev slot {} of {})",
+                    s(&v["backend"]),
+                    s(&v["hash"]),
+                    s(&v["table_index"]),
+                    s(&v["table_size"])
+                );
+            } else {
+                println!("backend {} ({})", s(&v["backend"]), s(&v["source"]));
+            }
+        }
+        _ => println!("ok: published generation {}", s(&v["generation"])),
+    }
+}
+
+fn arr(v: &Value) -> Vec<Value> {
+    v.as_array().cloned().unwrap_or_default()
+}
+
+fn status(v: &Value) {
+    println!(
+        "interface {} ({} XDP), generation {}, up {} s",
+        s(&v["iface"]),
+        s(&v["mode"]),
+        s(&v["generation"]),
+        s(&v["uptime_seconds"])
+    );
+    println!(
+        "config {}, socket {}, maps {}",
+        s(&v["config"]),
+        s(&v["socket"]),
+        s(&v["pins"])
+    );
+    println!(
+        "seed {}, table size {}, mtu {}",
+        s(&v["seed"]),
+        s(&v["table_size"]),
+        s(&v["mtu"])
+    );
+    for vip in arr(&v["vips"]) {
+        println!();
+        println!("VIP {}", s(&vip["vip"]));
+        table(
+            &["  BACKEND", "WEIGHT", "STATE", "SLOTS", "MAC"],
+            arr(&vip["backends"])
+                .iter()
+                .map(|b| {
+                    vec![
+                        format!("  {}", s(&b["address"])),
+                        s(&b["weight"]),
+                        s(&b["state"]),
+                        s(&b["table_slots"]),
+                        format!("{} ({})", s(&b["mac"]), s(&b["mac_source"])),
+                    ]
+                })
+                .collect(),
+        );
+    }
+}
+
+fn stats(v: &Value) {
+    println!("generation {}", s(&v["generation"]));
+    let mut rows = Vec::new();
+    for vip in arr(&v["vips"]) {
+        rows.push(vec![
+            s(&vip["vip"]),
+            s(&vip["packets"]),
+            s(&vip["bytes"]),
+            s(&vip["new_flows"]),
+        ]);
+        for b in arr(&vip["backends"]) {
+            rows.push(vec![
+                format!("  -> {}", s(&b["address"])),
+                s(&b["packets"]),
+                s(&b["bytes"]),
+                s(&b["new_flows"]),
+            ]);
+        }
+    }
+    table(&["VIP / BACKEND", "PACKETS", "BYTES", "NEW FLOWS"], rows);
+    println!();
+    let reasons = v["reasons"].as_object().cloned().unwrap_or_default();
+    table(
+        &["PACKETS BY OUTCOME", "COUNT"],
+        reasons.iter().map(|(k, n)| vec![k.clone(), s(n)]).collect(),
+    );
+}

@@ -1,0 +1,136 @@
+//! Turns a validated configuration into the data plane's tables: VIP entries, backend
+//! entries and Maglev rings, all numbered by `Slots`.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use lbx_common::{
+    Backend, FAMILY_V4, SETTINGS_F_PORT0_V4, SETTINGS_F_PORT0_V6, Settings, VIP_F_HAS_BACKENDS,
+    VipKey,
+};
+
+use crate::{
+    config::{Config, MacAddr, VipId},
+    maglev::{self, MaglevBackend},
+    net,
+    slots::Slots,
+};
+
+pub struct PlannedVip {
+    pub id: VipId,
+    /// The VIP's number in `Slots` (its counters and ring position).
+    pub number: u32,
+    /// Key with generation slot 0; the publisher sets the slot.
+    pub key: VipKey,
+    pub flags: u32,
+    /// Backend slots, one per ring position; empty when no backend takes new flows.
+    pub ring: Vec<u32>,
+}
+
+/// One whole configuration, ready to publish.
+pub struct Plan {
+    pub settings: Settings,
+    pub vips: Vec<PlannedVip>,
+    pub backends: Vec<(u32, Backend)>,
+}
+
+/// `macs` must hold a next-hop MAC for every backend without one in the config.
+pub fn build(config: &Config, slots: &Slots, macs: &BTreeMap<IpAddr, MacAddr>, mtu: u32) -> Plan {
+    let (src_v4, mask_v4) = net::prefix_words(&config.encap.source_v4);
+    let (src_v6, mask_v6) = net::prefix_words(&config.encap.source_v6);
+    let mut settings = Settings {
+        seed: config.seed,
+        ring_size: config.table_size,
+        mtu,
+        flags: 0,
+        src_v4: src_v4[0],
+        src_v4_hostmask: mask_v4[0],
+        src_v6,
+        src_v6_hostmask: mask_v6,
+        generation: 0,
+    };
+    let mut vips = Vec::new();
+    let mut backends = Vec::new();
+    for vip in &config.vips {
+        let id = vip.id();
+        let family = net::family(vip.address);
+        if vip.port == 0 {
+            settings.flags |= if family == FAMILY_V4 {
+                SETTINGS_F_PORT0_V4
+            } else {
+                SETTINGS_F_PORT0_V6
+            };
+        }
+        let mut in_ring = Vec::new();
+        let mut identities = Vec::new();
+        for b in &vip.backends {
+            let s = slots.backends[&(id, b.address)];
+            let mac = b
+                .mac
+                .or_else(|| macs.get(&b.address).copied())
+                .expect("MAC resolved");
+            backends.push((
+                s.slot,
+                Backend {
+                    addr: net::to_words(b.address),
+                    mac: mac.0,
+                    family: net::family(b.address),
+                    flags: 0,
+                    uid: s.uid,
+                    pad: 0,
+                },
+            ));
+            if !b.drain {
+                in_ring.push((s.slot, b.weight));
+                identities.push(identity(b.address));
+            }
+        }
+        let ring = if in_ring.is_empty() {
+            Vec::new()
+        } else {
+            let mb: Vec<MaglevBackend<'_>> = identities
+                .iter()
+                .zip(&in_ring)
+                .map(|(ident, (_, w))| MaglevBackend {
+                    identity: ident,
+                    weight: *w,
+                })
+                .collect();
+            maglev::build(&mb, config.table_size, config.seed)
+                .expect("validated config builds a table")
+                .into_iter()
+                .map(|i| in_ring[i as usize].0)
+                .collect()
+        };
+        vips.push(PlannedVip {
+            id,
+            number: slots.vips[&id],
+            key: VipKey {
+                addr: net::to_words(vip.address),
+                port_be: vip.port.to_be(),
+                proto: vip.protocol.number(),
+                family,
+                slot: 0,
+            },
+            flags: if ring.is_empty() {
+                0
+            } else {
+                VIP_F_HAS_BACKENDS
+            },
+            ring,
+        });
+    }
+    Plan {
+        settings,
+        vips,
+        backends,
+    }
+}
+
+/// What Maglev hashes for a backend: its address, so every node agrees whatever order
+/// the backends were added in.
+fn identity(addr: IpAddr) -> Vec<u8> {
+    match addr {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}

@@ -1,0 +1,173 @@
+//! The long-running commands: the agent (`lbx run`), `lbx decap` and `lbx pass`.
+
+use std::{net::IpAddr, path::PathBuf, thread};
+
+use anyhow::{Context as _, Result};
+use aya::maps::HashMap;
+use clap::Args;
+use lbx_common::{AddrKey, DEFAULT_FLOWS, maps, programs};
+use tokio::sync::mpsc;
+
+use crate::{
+    agent::{Agent, Options},
+    api::{self, Job, Response},
+    dataplane::{self, Mode},
+    net, sys,
+};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The interface to balance on (it receives the VIP traffic and sends to backends).
+    #[arg(long)]
+    pub iface: String,
+    /// Configuration file (TOML); CLI changes are saved back to it. Default:
+    /// /etc/lbx/IFACE.toml. A missing file means no VIPs yet.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// native (in the driver), generic (in the stack, any interface) or auto (native,
+    /// falling back to generic).
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub xdp_mode: Mode,
+    /// Where to mount/find the BPF filesystem; maps are pinned under DIR/lbx/IFACE.
+    #[arg(long, default_value = "/sys/fs/bpf")]
+    pub bpffs: PathBuf,
+    /// Connection-table size (flows remembered, least recently used evicted first).
+    #[arg(long, default_value_t = DEFAULT_FLOWS)]
+    pub flows: u32,
+}
+
+#[derive(Args)]
+pub struct DecapArgs {
+    /// The backend's interface that receives encapsulated packets.
+    #[arg(long)]
+    pub iface: String,
+    /// A VIP address configured on this host (usually on `lo`); repeat for several.
+    #[arg(long = "vip", required = true)]
+    pub vips: Vec<IpAddr>,
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub xdp_mode: Mode,
+}
+
+#[derive(Args)]
+pub struct PassArgs {
+    #[arg(long)]
+    pub iface: String,
+    #[arg(long, value_enum, default_value_t = Mode::Native)]
+    pub xdp_mode: Mode,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")
+}
+
+/// Waits for SIGTERM or SIGINT.
+async fn stop_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+pub fn run(args: RunArgs, socket: Option<PathBuf>) -> Result<()> {
+    dataplane::preflight("lbx run", &args.iface)?;
+    let socket = socket.unwrap_or_else(|| api::default_socket(&args.iface));
+    let config_path = args
+        .config
+        .unwrap_or_else(|| PathBuf::from(format!("/etc/lbx/{}.toml", args.iface)));
+    sys::ensure_bpffs(&args.bpffs)
+        .with_context(|| format!("cannot mount a BPF filesystem at {}", args.bpffs.display()))?;
+    let pin_dir = args.bpffs.join("lbx").join(&args.iface);
+    let rt = runtime()?;
+    // Bind before attaching: a second agent on the same socket fails before it touches
+    // the interface.
+    let listener = rt
+        .block_on(async { api::bind(&socket) })
+        .with_context(|| format!("cannot serve the control socket {}", socket.display()))?;
+    let mut agent = Agent::start(Options {
+        iface: args.iface.clone(),
+        config_path: config_path.clone(),
+        mode: args.xdp_mode,
+        socket: socket.clone(),
+        pin_dir: Some(pin_dir.clone()),
+        flows: args.flows,
+    })
+    .with_context(|| format!("lbx run --iface {}", args.iface))?;
+    println!(
+        "lbx attached to {} ({} mode), generation {}, config {}, socket {}, maps pinned under {}",
+        args.iface,
+        agent.mode(),
+        agent.generation(),
+        config_path.display(),
+        socket.display(),
+        pin_dir.display()
+    );
+
+    // The agent lives on its own thread: its map updates and grace-period waits block.
+    let (tx, mut rx) = mpsc::channel::<Job>(64);
+    let worker = thread::spawn(move || {
+        while let Some((req, reply)) = rx.blocking_recv() {
+            let answer = match agent.handle(req) {
+                Ok(v) => Response::Ok(v),
+                Err(e) => Response::Error(e.to_string()),
+            };
+            let _ = reply.send(answer);
+        }
+        // Dropping the agent detaches the program and removes the pins.
+        drop(agent);
+    });
+    let result = rt.block_on(async {
+        tokio::select! {
+            r = stop_signal() => r,
+            () = api::serve(listener, tx) => Ok(()),
+        }
+    });
+    // The server task (holding the last sender) is gone: the worker drains and exits.
+    drop(rt);
+    let _ = worker.join();
+    let _ = std::fs::remove_file(&socket);
+    println!("lbx detached from {}", args.iface);
+    result
+}
+
+pub fn decap(args: DecapArgs) -> Result<()> {
+    dataplane::preflight("lbx decap", &args.iface)?;
+    let (mut ebpf, mode) =
+        dataplane::load_and_attach(programs::DECAP, &args.iface, args.xdp_mode, &[])?;
+    let mut vips: HashMap<_, AddrKey, u32> =
+        HashMap::try_from(ebpf.map_mut(maps::DECAP_VIPS).expect("map in object"))?;
+    for vip in &args.vips {
+        let key = AddrKey {
+            addr: net::to_words(*vip),
+            family: net::family(*vip),
+            pad: [0; 3],
+        };
+        vips.insert(key, 1, 0)?;
+    }
+    let list: Vec<String> = args.vips.iter().map(ToString::to_string).collect();
+    println!(
+        "lbx decap attached to {} ({mode} mode) for VIPs {}",
+        args.iface,
+        list.join(", ")
+    );
+    runtime()?.block_on(stop_signal())?;
+    drop(ebpf);
+    println!("lbx decap detached from {}", args.iface);
+    Ok(())
+}
+
+pub fn pass(args: PassArgs) -> Result<()> {
+    dataplane::preflight("lbx pass", &args.iface)?;
+    let (ebpf, mode) = dataplane::load_and_attach(programs::PASS, &args.iface, args.xdp_mode, &[])?;
+    println!("lbx pass attached to {} ({mode} mode)", args.iface);
+    runtime()?.block_on(stop_signal())?;
+    drop(ebpf);
+    println!("lbx pass detached from {}", args.iface);
+    Ok(())
+}

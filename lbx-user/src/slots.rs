@@ -1,0 +1,78 @@
+//! Stable numbers for VIPs and backends across generations: a VIP keeps its id (its
+//! counters and ring) and a backend its slot (its counters, and the connection-table
+//! entries that name it) for as long as it exists.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use lbx_common::{MAX_BACKENDS, MAX_VIPS};
+
+use crate::config::{Config, VipId};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendSlot {
+    pub slot: u32,
+    /// Unique per backend instance, so the data plane can tell a reused slot apart.
+    pub uid: u32,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Slots {
+    pub vips: BTreeMap<VipId, u32>,
+    pub backends: BTreeMap<(VipId, IpAddr), BackendSlot>,
+    next_uid: u32,
+}
+
+/// Numbers newly handed out by `assign`: their counters must start from zero.
+#[derive(Debug, Default)]
+pub struct Fresh {
+    pub vips: Vec<u32>,
+    pub backends: Vec<u32>,
+}
+
+impl Slots {
+    /// Numbers for every VIP and backend of `config`: existing ones keep theirs; new ones
+    /// get the lowest number no current VIP or backend holds, so the generation still in
+    /// use never shares a number with the one being built.
+    pub fn assign(&self, config: &Config) -> (Slots, Fresh) {
+        let mut next = Slots {
+            next_uid: self.next_uid,
+            ..Slots::default()
+        };
+        let mut fresh = Fresh::default();
+        let mut free_vips = (0..MAX_VIPS).filter(|i| !self.vips.values().any(|v| v == i));
+        let used: std::collections::BTreeSet<u32> =
+            self.backends.values().map(|b| b.slot).collect();
+        let mut free_backends = (0..MAX_BACKENDS).filter(|i| !used.contains(i));
+        for vip in &config.vips {
+            let id = vip.id();
+            let n = match self.vips.get(&id) {
+                Some(n) => *n,
+                None => {
+                    let n = free_vips.next().expect("validated: at most MAX_VIPS VIPs");
+                    fresh.vips.push(n);
+                    n
+                }
+            };
+            next.vips.insert(id, n);
+            for b in &vip.backends {
+                let key = (id, b.address);
+                let s = match self.backends.get(&key) {
+                    Some(s) => *s,
+                    None => {
+                        let slot = free_backends
+                            .next()
+                            .expect("validated: at most MAX_BACKENDS");
+                        next.next_uid = next.next_uid.wrapping_add(1).max(1);
+                        fresh.backends.push(slot);
+                        BackendSlot {
+                            slot,
+                            uid: next.next_uid,
+                        }
+                    }
+                };
+                next.backends.insert(key, s);
+            }
+        }
+        (next, fresh)
+    }
+}

@@ -1,0 +1,211 @@
+//! The few kernel interfaces aya 0.14 does not wrap: a BPF "grace period" barrier,
+//! memory-mapping an array map, the BPF filesystem and interface facts.
+
+use std::{
+    ffi::CString,
+    io,
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+    path::Path,
+    ptr::NonNull,
+};
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// `union bpf_attr`, large enough for the commands used here; the kernel wants the
+/// unused tail zeroed.
+#[repr(C, align(8))]
+struct BpfAttr([u8; 128]);
+
+impl BpfAttr {
+    fn new() -> Self {
+        Self([0; 128])
+    }
+    fn put_u32(&mut self, offset: usize, v: u32) {
+        self.0[offset..offset + 4].copy_from_slice(&v.to_ne_bytes());
+    }
+    fn put_u64(&mut self, offset: usize, v: u64) {
+        self.0[offset..offset + 8].copy_from_slice(&v.to_ne_bytes());
+    }
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut BpfAttr) -> io::Result<i64> {
+    // SAFETY: attr is a valid, zero-padded bpf_attr of the size passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BpfAttr,
+            std::mem::size_of::<BpfAttr>() as u32,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn map_create(
+    map_type: u32,
+    key: u32,
+    value: u32,
+    entries: u32,
+    inner: RawFd,
+) -> io::Result<OwnedFd> {
+    let mut attr = BpfAttr::new();
+    attr.put_u32(0, map_type);
+    attr.put_u32(4, key);
+    attr.put_u32(8, value);
+    attr.put_u32(12, entries);
+    attr.put_u32(16, 0); // map_flags
+    attr.put_u32(20, inner.max(0) as u32); // inner_map_fd
+    let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
+    // SAFETY: the kernel returned a new file descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+fn map_update(map: RawFd, key: &u32, value: &u32) -> io::Result<()> {
+    let mut attr = BpfAttr::new();
+    attr.put_u32(0, map as u32);
+    attr.put_u64(8, key as *const u32 as u64);
+    attr.put_u64(16, value as *const u32 as u64);
+    attr.put_u64(24, 0); // BPF_ANY
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+}
+
+/// Waits until every BPF program that was running when it was called has returned.
+///
+/// The kernel waits for an RCU grace period after each update of a map-in-map from user
+/// space, so that the caller knows no program still uses the old inner map. Updating a
+/// private one-slot array-of-maps is therefore a barrier: after it, no packet that read
+/// the previous generation slot is still in flight.
+pub struct ProgramBarrier {
+    outer: OwnedFd,
+    inner: OwnedFd,
+}
+
+impl ProgramBarrier {
+    pub fn new() -> io::Result<Self> {
+        let inner = map_create(BPF_MAP_TYPE_ARRAY, 4, 4, 1, -1)?;
+        let outer = map_create(BPF_MAP_TYPE_ARRAY_OF_MAPS, 4, 4, 1, inner.as_raw_fd())?;
+        Ok(Self { outer, inner })
+    }
+
+    pub fn wait(&self) -> io::Result<()> {
+        map_update(self.outer.as_raw_fd(), &0, &(self.inner.as_raw_fd() as u32))
+    }
+}
+
+/// The values of an array map of `u32`, mapped into our memory (`BPF_F_MMAPABLE`).
+///
+/// The kernel lays array elements out 8 bytes apart whatever their size, so value `i` is
+/// the first word of the `i`-th 8-byte element.
+pub struct MappedArray {
+    ptr: NonNull<u32>,
+    len: usize,
+    bytes: usize,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value.
+unsafe impl Send for MappedArray {}
+
+/// `u32` words per array element in the kernel's layout.
+const WORDS_PER_ELEM: usize = 2;
+
+impl MappedArray {
+    /// Maps the `len` values of the `u32` array behind `fd`.
+    pub fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
+        let page = 4096usize;
+        let bytes = (len * WORDS_PER_ELEM * 4).div_ceil(page) * page;
+        // SAFETY: a fresh shared mapping of the map's value area; checked for failure.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p.cast()).expect("mmap returned null");
+        Ok(Self { ptr, len, bytes })
+    }
+
+    /// Writes `values` to elements `start..start + values.len()`.
+    pub fn write(&mut self, start: usize, values: &[u32]) {
+        assert!(
+            start + values.len() <= self.len,
+            "write past the end of the array"
+        );
+        // SAFETY: the mapping holds `len` elements of WORDS_PER_ELEM words for as long as
+        // self lives, and &mut self gives exclusive access on our side.
+        let words =
+            unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len * WORDS_PER_ELEM) };
+        let elems = words[start * WORDS_PER_ELEM..].chunks_exact_mut(WORDS_PER_ELEM);
+        for (elem, v) in elems.zip(values) {
+            elem[0] = *v;
+        }
+    }
+}
+
+impl Drop for MappedArray {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what new() mapped.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
+    }
+}
+
+/// Mounts a BPF filesystem at `dir` unless one is there (a fresh mount namespace, such
+/// as `ip netns exec` makes, has none).
+pub fn ensure_bpffs(dir: &Path) -> io::Result<()> {
+    let c = CString::new(dir.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // SAFETY: statfs on a valid C string into a zeroed struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    let fs = CString::new("bpf").expect("no NUL");
+    // SAFETY: mount(2) with valid C strings and no data.
+    if unsafe { libc::mount(fs.as_ptr(), c.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The interface's index, or None if there is no such interface.
+pub fn if_index(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: valid C string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (idx != 0).then_some(idx)
+}
+
+/// The interface's MTU, from sysfs.
+pub fn if_mtu(name: &str) -> io::Result<u32> {
+    let s = std::fs::read_to_string(format!("/sys/class/net/{name}/mtu"))?;
+    s.trim().parse().map_err(io::Error::other)
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Older kernels charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.
+pub fn raise_memlock_limit() {
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid struct; failure only matters on old kernels.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
+}
