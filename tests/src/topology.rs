@@ -1,0 +1,752 @@
+//! The test network: namespaces, veths, bridge, addresses and the processes on each host,
+//! behind one RAII guard.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::DirBuilderExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+
+use crate::capture::format_mac;
+use crate::client::Client;
+use crate::netns::{self, Netns};
+use crate::process::{Process, run_bounded};
+use crate::{
+    Binaries, CLIENT_V4, CLIENT_V6, DIRECT_PORT, LB_V4, LB_V6, MAX_BACKENDS, VIP_PREFIX_V4,
+    VIP_PREFIX_V6, backend_name, backend_v4, backend_v6, ethtool,
+};
+
+/// Every host's interface toward the switch has this name inside the host's namespace.
+pub const IFACE: &str = "eth0";
+/// The bridge in the switch namespace.
+const BRIDGE: &str = "br0";
+/// The client keeps the usual MTU; everything behind the lb has room for the 20-byte IPIP
+/// or 40-byte IPv6-in-IPv6 header lbx adds (testbed pitfall 3).
+const CLIENT_MTU: u16 = 1500;
+const INNER_MTU: u16 = 1600;
+/// Limit for a process to report that it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Limit for one `lbx` CLI command.
+const CLI_TIMEOUT: Duration = Duration::from_secs(20);
+/// Lines of each process's stdout and stderr shown when a test fails.
+const TAIL_LINES: usize = 30;
+
+/// One host: its namespace and where it sits on the link.
+#[derive(Debug)]
+pub struct Host {
+    /// `client`, `lb` or `backend-<i>`.
+    pub name: String,
+    pub netns: Netns,
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Ipv6Addr,
+    /// The MAC address of its interface [`IFACE`].
+    pub mac: [u8; 6],
+    /// The switch-side end of its veth (a bridge port), in the switch namespace.
+    pub switch_port: String,
+}
+
+impl Host {
+    /// The host's address of the same family as `like`.
+    pub fn addr_like(&self, like: IpAddr) -> IpAddr {
+        match like {
+            IpAddr::V4(_) => self.ipv4.into(),
+            IpAddr::V6(_) => self.ipv6.into(),
+        }
+    }
+
+    pub fn mac_string(&self) -> String {
+        format_mac(&self.mac)
+    }
+}
+
+/// Where `lbx flow` says a flow goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flow {
+    pub backend: IpAddr,
+    /// `connection table` or `maglev`.
+    pub source: String,
+}
+
+/// A counter of `lbx --json stats` by its reason name (`forwarded`, `pass_not_vip`, ...).
+pub fn reason_count(stats: &serde_json::Value, reason: &str) -> anyhow::Result<u64> {
+    stats["reasons"][reason]
+        .as_u64()
+        .with_context(|| format!("`lbx stats --json` has no reasons.{reason}: {stats}"))
+}
+
+/// How many of `names` are each name, sorted by name.
+pub fn tally<S: AsRef<str>>(names: &[S]) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for name in names {
+        *counts.entry(name.as_ref().to_owned()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// What to build; see [`Topology::builder`].
+#[derive(Debug, Clone)]
+pub struct TopologyBuilder {
+    backends: usize,
+    vips: Vec<SocketAddr>,
+    lbx: bool,
+}
+
+/// The running test network. Dropping it stops every process it started (process groups,
+/// SIGTERM then SIGKILL), deletes every namespace and its temporary directory, and prints the
+/// tail of each process's output (the test harness shows it when the test fails).
+///
+/// Its processes are also bound to the thread that built it (`PR_SET_PDEATHSIG`), so that a
+/// test process killed outright leaves none behind: build and drop it on the same thread.
+#[derive(Debug)]
+pub struct Topology {
+    processes: Vec<Process>,
+    pub client: Host,
+    pub lb: Host,
+    pub backends: Vec<Host>,
+    pub switch: Netns,
+    dir: PathBuf,
+    bins: Binaries,
+    socket: PathBuf,
+    /// Whether `lbx run` was started (so `lbx status` may answer).
+    agent_started: bool,
+    /// Whether dropping prints the agent's state and the processes' logs.
+    report_on_drop: bool,
+}
+
+impl TopologyBuilder {
+    /// How many backends (at least 1, at most [`MAX_BACKENDS`]); default 3.
+    pub fn backends(mut self, n: usize) -> Self {
+        self.backends = n;
+        self
+    }
+
+    /// A VIP the backends serve: each puts its address on `lo`, runs the test server on it,
+    /// and decapsulates packets for it. Configuring the VIP in lbx is up to the test.
+    pub fn vip(mut self, vip: SocketAddr) -> Self {
+        self.vips.push(vip);
+        self
+    }
+
+    /// Builds the network and backends' servers only: no lbx anywhere (no XDP programs). For
+    /// checking the test rig itself.
+    pub fn without_lbx(mut self) -> Self {
+        self.lbx = false;
+        self
+    }
+
+    pub fn build(self) -> anyhow::Result<Topology> {
+        ensure!(
+            crate::is_root(),
+            "the network tests must run as root (they create network namespaces)"
+        );
+        ensure!(
+            (1..=MAX_BACKENDS).contains(&self.backends),
+            "a topology has 1 to {MAX_BACKENDS} backends, not {}",
+            self.backends
+        );
+        ensure!(
+            !(self.lbx && self.vips.is_empty()),
+            "a topology with lbx needs at least one VIP"
+        );
+        netns::remove_stale_namespaces();
+        let bins = Binaries {
+            test_server: Binaries::locate_test_server()?,
+            // Without lbx the rig never runs it; an empty path makes any use fail loudly.
+            lbx: if self.lbx {
+                Binaries::locate_lbx()?
+            } else {
+                Binaries::locate_lbx().unwrap_or_default()
+            },
+        };
+
+        // Namespaces first: each deletes itself if a later step fails. The directory last, as
+        // from its creation on `topo` owns it.
+        let client = make_host("client", CLIENT_V4, CLIENT_V6, 0x01)?;
+        let lb = make_host("lb", LB_V4, LB_V6, 0x02)?;
+        let switch = Netns::create("switch")?;
+        let dir = make_temp_dir()?;
+        let mut topo = Topology {
+            processes: Vec::new(),
+            client,
+            lb,
+            backends: Vec::new(),
+            switch,
+            socket: dir.join("lbx.sock"),
+            dir,
+            bins,
+            agent_started: false,
+            report_on_drop: true,
+        };
+        for i in 1..=self.backends {
+            let mac_last = 0x10 + u8::try_from(i).expect("at most MAX_BACKENDS");
+            topo.backends.push(make_host(
+                &backend_name(i),
+                backend_v4(i),
+                backend_v6(i),
+                mac_last,
+            )?);
+        }
+        // From here on a failure drops `topo`, which cleans up everything made so far.
+        topo.wire()?;
+        topo.configure_client()?;
+        topo.configure_lb()?;
+        topo.configure_backends(&self.vips)?;
+        topo.start_backends(&self.vips, self.lbx)?;
+        if self.lbx {
+            topo.start_lbx()?;
+        }
+        Ok(topo)
+    }
+}
+
+/// Removes temporary directories of test processes that no longer exist (killed outright).
+fn remove_stale_temp_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(netns::PREFIX) else {
+            continue;
+        };
+        let Some(Ok(pid)) = rest.split('-').next().map(str::parse::<u32>) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn make_temp_dir() -> anyhow::Result<PathBuf> {
+    remove_stale_temp_dirs();
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "{}{}-{}",
+        netns::PREFIX,
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("failed to create {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn make_host(name: &str, ipv4: Ipv4Addr, ipv6: Ipv6Addr, mac_last: u8) -> anyhow::Result<Host> {
+    let netns = Netns::create(&name.replace("backend-", "b"))?;
+    // Before any interface exists here, so that every interface is created with these:
+    // addresses are usable at once, with no duplicate address detection to wait for.
+    netns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+    netns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+    netns.ip(&["link", "set", "lo", "up"])?;
+    Ok(Host {
+        name: name.to_owned(),
+        netns,
+        ipv4,
+        ipv6,
+        mac: [0x02, 0x77, 0, 0, 0, mac_last],
+        switch_port: format!("p-{}", name.replace("backend-", "b")),
+    })
+}
+
+impl Topology {
+    /// A topology with 3 backends and lbx; add VIPs with [`TopologyBuilder::vip`].
+    pub fn builder() -> TopologyBuilder {
+        TopologyBuilder {
+            backends: 3,
+            vips: Vec::new(),
+            lbx: true,
+        }
+    }
+
+    fn hosts(&self) -> impl Iterator<Item = &Host> {
+        [&self.client, &self.lb].into_iter().chain(&self.backends)
+    }
+
+    /// Names of every namespace of this topology.
+    pub fn namespace_names(&self) -> Vec<String> {
+        self.hosts()
+            .map(|h| h.netns.name().to_owned())
+            .chain([self.switch.name().to_owned()])
+            .collect()
+    }
+
+    /// Process ids of every process this topology started.
+    pub fn pids(&self) -> Vec<u32> {
+        self.processes.iter().map(Process::pid).collect()
+    }
+
+    /// The temporary directory holding the socket, config and process logs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The agent's control socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn binaries(&self) -> &Binaries {
+        &self.bins
+    }
+
+    /// The client host's connections and pings.
+    pub fn client(&self) -> Client<'_> {
+        Client::new(&self.client.netns)
+    }
+
+    /// Backend `i`, 1-based like the names.
+    pub fn backend(&self, i: usize) -> &Host {
+        &self.backends[i - 1]
+    }
+
+    /// The backend that answers with `name`.
+    pub fn backend_named(&self, name: &str) -> Option<&Host> {
+        self.backends.iter().find(|b| b.name == name)
+    }
+
+    /// The backend whose address is `addr`.
+    pub fn backend_at(&self, addr: IpAddr) -> Option<&Host> {
+        self.backends
+            .iter()
+            .find(|b| IpAddr::V4(b.ipv4) == addr || IpAddr::V6(b.ipv6) == addr)
+    }
+
+    /// The switch: a bridge, and one veth per host with its switch end enslaved to it.
+    fn wire(&self) -> anyhow::Result<()> {
+        let sw = &self.switch;
+        // No IPv6 on the switch's own ports: it only bridges.
+        sw.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+        sw.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+        sw.ip(&["link", "set", "lo", "up"])?;
+        // STP off: ports forward at once. Multicast snooping off: neighbour discovery is
+        // flooded like broadcast, with no querier to wait for.
+        sw.ip(&[
+            "link",
+            "add",
+            BRIDGE,
+            "mtu",
+            &INNER_MTU.to_string(),
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "mcast_snooping",
+            "0",
+        ])?;
+        sw.ip(&["link", "set", BRIDGE, "up"])?;
+        for host in self.hosts() {
+            let mtu = if host.name == "client" {
+                CLIENT_MTU
+            } else {
+                INNER_MTU
+            };
+            sw.ip(&[
+                "link",
+                "add",
+                &host.switch_port,
+                "mtu",
+                &INNER_MTU.to_string(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                IFACE,
+                "netns",
+                host.netns.name(),
+            ])?;
+            host.netns.ip(&[
+                "link",
+                "set",
+                IFACE,
+                "address",
+                &host.mac_string(),
+                "mtu",
+                &mtu.to_string(),
+                "up",
+            ])?;
+            sw.ip(&["link", "set", &host.switch_port, "master", BRIDGE, "up"])?;
+            host.netns
+                .ip(&["addr", "add", &format!("{}/24", host.ipv4), "dev", IFACE])?;
+            host.netns.ip(&[
+                "addr",
+                "add",
+                &format!("{}/64", host.ipv6),
+                "dev",
+                IFACE,
+                "nodad",
+            ])?;
+        }
+        Ok(())
+    }
+
+    fn configure_client(&self) -> anyhow::Result<()> {
+        let c = &self.client.netns;
+        c.ip(&[
+            "route",
+            "add",
+            VIP_PREFIX_V4,
+            "via",
+            &LB_V4.to_string(),
+            "dev",
+            IFACE,
+        ])?;
+        c.ip(&[
+            "-6",
+            "route",
+            "add",
+            VIP_PREFIX_V6,
+            "via",
+            &LB_V6.to_string(),
+            "dev",
+            IFACE,
+        ])?;
+        c.run(|| ethtool::disable_tx_checksum(IFACE))?
+            .with_context(|| {
+                format!("failed to turn TX checksum offload off on the client's {IFACE}")
+            })
+    }
+
+    fn configure_lb(&self) -> anyhow::Result<()> {
+        let lb = &self.lb.netns;
+        // The lb forwards only through XDP; its kernel must not route VIP traffic itself.
+        lb.sysctl("net.ipv4.ip_forward", "0")?;
+        lb.sysctl("net.ipv6.conf.all.forwarding", "0")?;
+        // `lbx backend add` without --mac looks the backend up in the neighbour table.
+        for b in &self.backends {
+            for addr in [b.ipv4.to_string(), b.ipv6.to_string()] {
+                lb.ip(&[
+                    "neigh",
+                    "replace",
+                    &addr,
+                    "lladdr",
+                    &b.mac_string(),
+                    "dev",
+                    IFACE,
+                    "nud",
+                    "permanent",
+                ])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn configure_backends(&self, vips: &[SocketAddr]) -> anyhow::Result<()> {
+        let addrs: BTreeSet<IpAddr> = vips.iter().map(SocketAddr::ip).collect();
+        for b in &self.backends {
+            let ns = &b.netns;
+            // The VIPs live on lo: the backend accepts packets for them but never claims them
+            // on the link (ARP for them is answered by nobody, replies use the link address).
+            ns.sysctl("net.ipv4.conf.all.arp_ignore", "1")?;
+            ns.sysctl("net.ipv4.conf.all.arp_announce", "2")?;
+            ns.sysctl(&format!("net.ipv4.conf.{IFACE}.arp_ignore"), "1")?;
+            ns.sysctl(&format!("net.ipv4.conf.{IFACE}.arp_announce"), "2")?;
+            // Decapsulated packets come in on eth0 addressed to a VIP on lo.
+            for conf in ["all", "default", IFACE] {
+                ns.sysctl(&format!("net.ipv4.conf.{conf}.rp_filter"), "0")?;
+            }
+            ns.sysctl("net.ipv4.ip_forward", "0")?;
+            ns.sysctl("net.ipv6.conf.all.forwarding", "0")?;
+            for addr in &addrs {
+                let (prefix, extra): (&str, &[&str]) = match addr {
+                    IpAddr::V4(_) => ("32", &[]),
+                    IpAddr::V6(_) => ("128", &["nodad"]),
+                };
+                let mut args = vec!["addr", "add"];
+                let cidr = format!("{addr}/{prefix}");
+                args.extend([cidr.as_str(), "dev", "lo"]);
+                args.extend_from_slice(extra);
+                ns.ip(&args)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a long-running process in `netns`, logging to the test directory. The caller
+    /// waits for it to be ready, then hands it to `self.processes` (even if it failed to get
+    /// ready, so its log is shown with the others).
+    fn start(
+        &self,
+        label: &str,
+        netns: &Netns,
+        program: &Path,
+        args: &[String],
+    ) -> anyhow::Result<Process> {
+        let mut cmd = netns.command(program);
+        cmd.args(args);
+        Process::spawn(label, cmd, &self.dir)
+    }
+
+    fn start_backends(&mut self, vips: &[SocketAddr], lbx: bool) -> anyhow::Result<()> {
+        let vip_addrs: BTreeSet<IpAddr> = vips.iter().map(SocketAddr::ip).collect();
+        let listen: BTreeSet<SocketAddr> = vips.iter().copied().collect();
+        let server = self.bins.test_server.clone();
+        let lbx_bin = self.bins.lbx.clone();
+        for i in 0..self.backends.len() {
+            let b = &self.backends[i];
+            let name = b.name.clone();
+            let mut args = vec!["--name".to_owned(), name.clone()];
+            let own = [
+                SocketAddr::new(b.ipv4.into(), DIRECT_PORT),
+                SocketAddr::new(b.ipv6.into(), DIRECT_PORT),
+            ];
+            for addr in listen.iter().chain(&own) {
+                args.extend(["--listen".to_owned(), addr.to_string()]);
+            }
+            let mut server_process =
+                self.start(&format!("{name}-server"), &b.netns, &server, &args)?;
+            let ready = server_process.wait_for_line("listening", READY_TIMEOUT);
+            self.processes.push(server_process);
+            ready?;
+
+            if lbx {
+                let b = &self.backends[i];
+                let mut args = vec!["decap".to_owned(), "--iface".to_owned(), IFACE.to_owned()];
+                for addr in &vip_addrs {
+                    args.extend(["--vip".to_owned(), addr.to_string()]);
+                }
+                let mut decap = self.start(&format!("{name}-decap"), &b.netns, &lbx_bin, &args)?;
+                let ready = decap.wait_for_line("attached", READY_TIMEOUT);
+                self.processes.push(decap);
+                ready?;
+            }
+        }
+        Ok(())
+    }
+
+    fn start_lbx(&mut self) -> anyhow::Result<()> {
+        let lbx = self.bins.lbx.clone();
+        // The lb sends with native XDP_TX into its veth: the peer needs an XDP program.
+        let args = vec![
+            "pass".to_owned(),
+            "--iface".to_owned(),
+            self.lb.switch_port.clone(),
+        ];
+        let mut pass = self.start("switch-pass", &self.switch, &lbx, &args)?;
+        let ready = pass.wait_for_line("attached", READY_TIMEOUT);
+        self.processes.push(pass);
+        ready?;
+
+        let args = vec![
+            "run".to_owned(),
+            "--iface".to_owned(),
+            IFACE.to_owned(),
+            "--socket".to_owned(),
+            self.socket.display().to_string(),
+            "--config".to_owned(),
+            self.dir.join("lbx.toml").display().to_string(),
+            "--xdp-mode".to_owned(),
+            "native".to_owned(),
+        ];
+        let mut agent = self.start("lb-agent", &self.lb.netns, &lbx, &args)?;
+        self.agent_started = true;
+        let ready = agent.wait_until("its socket answering `lbx status`", READY_TIMEOUT, || {
+            run_bounded(self.lbx_command(&["status"]), Duration::from_secs(2))
+                .is_ok_and(|out| out.status.success())
+        });
+        self.processes.push(agent);
+        ready
+    }
+
+    /// `ip netns exec <lb> lbx --socket S ARGS`, not yet run.
+    pub fn lbx_command(&self, args: &[&str]) -> Command {
+        let mut cmd = self.lb.netns.command(&self.bins.lbx);
+        cmd.arg("--socket").arg(&self.socket).args(args);
+        cmd
+    }
+
+    /// Runs an `lbx` CLI command against the agent inside the lb namespace; returns its
+    /// output whatever the exit status.
+    pub fn lbx_output(&self, args: &[&str]) -> anyhow::Result<Output> {
+        run_bounded(self.lbx_command(args), CLI_TIMEOUT)
+            .with_context(|| format!("lbx {}", args.join(" ")))
+    }
+
+    /// Runs an `lbx` CLI command; returns stdout, or an error with stderr if it failed.
+    pub fn lbx(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.lbx_output(args)?;
+        if !out.status.success() {
+            bail!(
+                "`lbx {}` failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs `lbx --json ARGS` and parses its stdout.
+    pub fn lbx_json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        let out = self.lbx(&full)?;
+        serde_json::from_str(&out)
+            .with_context(|| format!("`lbx {}` printed invalid JSON: {out}", full.join(" ")))
+    }
+
+    /// Runs an `lbx` CLI command that must fail; returns its stderr.
+    pub fn lbx_fails(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.lbx_output(args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        ensure!(
+            !out.status.success(),
+            "`lbx {}` succeeded but should have failed; stdout: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+        Ok(stderr)
+    }
+
+    /// Runs `program ARGS` to completion inside `netns` with a time limit.
+    pub fn run_in(
+        &self,
+        netns: &Netns,
+        program: &Path,
+        args: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<Output> {
+        let mut cmd = netns.command(program);
+        cmd.args(args);
+        run_bounded(cmd, timeout)
+    }
+
+    /// Starts an extra long-running process in the lb's namespace (e.g. a listener on the
+    /// lb's own address) and waits for its `ready_line`; it is stopped with the topology.
+    pub fn spawn_in_lb(
+        &mut self,
+        label: &str,
+        program: &Path,
+        args: &[String],
+        ready_line: &str,
+    ) -> anyhow::Result<()> {
+        let mut process = self.start(label, &self.lb.netns, program, args)?;
+        let ready = process.wait_for_line(ready_line, READY_TIMEOUT);
+        self.processes.push(process);
+        ready
+    }
+
+    /// Backend `i`'s address of the VIP's family.
+    pub fn backend_addr(&self, i: usize, vip: SocketAddr) -> IpAddr {
+        self.backend(i).addr_like(vip.ip())
+    }
+
+    /// `lbx vip add VIP`, then `lbx backend add VIP <addr> --weight W` for each backend
+    /// `(i, W)` (addresses of the VIP's family; MACs from the lb's neighbour table).
+    pub fn add_vip(&self, vip: SocketAddr, backends: &[(usize, u32)]) -> anyhow::Result<()> {
+        self.lbx(&["vip", "add", &vip.to_string()])?;
+        for &(i, weight) in backends {
+            self.lbx(&[
+                "backend",
+                "add",
+                &vip.to_string(),
+                &self.backend_addr(i, vip).to_string(),
+                "--weight",
+                &weight.to_string(),
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// `lbx --json flow SRC DST`: the backend a TCP flow goes to and why (`source`).
+    pub fn flow(&self, src: SocketAddr, dst: SocketAddr) -> anyhow::Result<Flow> {
+        let json =
+            self.lbx_json(&["flow", "--proto", "tcp", &src.to_string(), &dst.to_string()])?;
+        let backend = json["backend"]
+            .as_str()
+            .and_then(|b| b.parse().ok())
+            .with_context(|| format!("`lbx flow` printed no backend address: {json}"))?;
+        let source = json["source"]
+            .as_str()
+            .with_context(|| format!("`lbx flow` printed no source: {json}"))?
+            .to_owned();
+        Ok(Flow { backend, source })
+    }
+
+    /// `lbx --json backend list`: the whole running backend configuration.
+    pub fn backend_list(&self) -> anyhow::Result<serde_json::Value> {
+        self.lbx_json(&["backend", "list"])
+    }
+
+    /// Whether dropping the topology prints the agent's status and stats and the tail of each
+    /// process's log (default: yes, which the test harness shows only for a failed test; a
+    /// panic always prints them).
+    pub fn set_report_on_drop(&mut self, report: bool) {
+        self.report_on_drop = report;
+    }
+
+    /// The last lines of every process's output.
+    pub fn log_tails(&self) -> String {
+        let mut out = format!("logs in {}\n", self.dir.display());
+        for p in &self.processes {
+            out.push_str(&p.tail(TAIL_LINES));
+        }
+        out
+    }
+
+    /// Whether every started process is still running; names the first that is not.
+    pub fn check_processes(&mut self) -> anyhow::Result<()> {
+        for p in &mut self.processes {
+            if !p.is_running() {
+                bail!("{} is no longer running\n{}", p.label(), p.tail(TAIL_LINES));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        // Everything is cleaned up before anything is printed: printing can fail (a closed
+        // pipe), and a failure must not leave processes or files behind.
+        let report = self.report_on_drop || std::thread::panicking();
+        let mut text = String::new();
+        // The agent's view at the end, for the failure report.
+        if report && self.agent_started {
+            for args in [["status"], ["stats"]] {
+                let shown = match run_bounded(self.lbx_command(&args), Duration::from_secs(5)) {
+                    Ok(out) => format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    ),
+                    Err(e) => format!("{e:#}"),
+                };
+                text.push_str(&format!(
+                    "--- lbx {} at the end of the test ---\n{shown}\n",
+                    args[0]
+                ));
+            }
+        }
+        // Stop the agent first, so it detaches its programs while the namespaces still exist.
+        for p in self.processes.iter_mut().rev() {
+            p.stop();
+        }
+        if report {
+            text.push_str(&self.log_tails());
+        }
+        self.processes.clear();
+        if std::env::var_os("LBX_TEST_KEEP_DIR").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            text.push_str(&format!(
+                "kept {} (LBX_TEST_KEEP_DIR is set)\n",
+                self.dir.display()
+            ));
+        }
+        // Captured by the test harness, which shows it only for a failed test.
+        if !text.is_empty() {
+            eprintln!("{text}");
+        }
+        // The namespaces are fields, deleted after this with their interfaces.
+    }
+}
