@@ -63,7 +63,7 @@ pub struct Agent {
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Agent {
-    /// Loads the configuration, attaches to the interface and publishes generation 1.
+    /// Loads the configuration, publishes it as generation 1 and attaches to the interface.
     pub fn start(opts: Options) -> Result<Self, AgentError> {
         crate::dataplane::preflight("lbx run", &opts.iface)?;
         let config = match Config::load(&opts.config_path) {
@@ -82,13 +82,8 @@ impl Agent {
             None => sys::if_mtu(&opts.iface).map_err(DataPlaneError::Sys)?,
         };
         let macs = resolve_macs(&config, &BTreeMap::new(), &opts.iface)?;
-        let bal = Balancer::attach(
-            &opts.iface,
-            opts.mode,
-            config.table_size,
-            opts.flows,
-            opts.pin_dir.clone(),
-        )?;
+        let bal = Balancer::load(config.table_size, opts.flows, opts.pin_dir.clone())?;
+        let publisher = Publisher::new().map_err(PublishError::Barrier)?;
         let mut agent = Agent {
             opts,
             config: Config::default(),
@@ -96,7 +91,7 @@ impl Agent {
             macs: BTreeMap::new(),
             mtu,
             bal,
-            publisher: Publisher::new().map_err(PublishError::Barrier)?,
+            publisher,
             plan: Plan {
                 settings: Default::default(),
                 vips: Vec::new(),
@@ -104,12 +99,15 @@ impl Agent {
             },
             started: Instant::now(),
         };
+        // The first generation is in place before the program sees a packet.
         agent.publish(config, macs)?;
+        let iface = agent.opts.iface.clone();
+        agent.bal.attach(&iface, agent.opts.mode)?;
         Ok(agent)
     }
 
     pub fn mode(&self) -> Mode {
-        self.bal.mode
+        self.bal.mode.expect("attached in start()")
     }
 
     pub fn generation(&self) -> u64 {

@@ -98,58 +98,68 @@ fn loader() -> EbpfLoader<'static> {
     EbpfLoader::new()
 }
 
-/// Loads the object with the given sizes and attaches `program` to `iface`. Returns the
-/// object (dropping it detaches) and the mode used.
-pub fn load_and_attach(
-    program: &str,
-    iface: &str,
-    mode: Mode,
-    sizes: &[(&'static str, u32)],
-) -> Result<(Ebpf, Mode), DataPlaneError> {
+/// Loads the object with the given map sizes, and the kernel verifies `program`.
+fn load(program: &str, sizes: &[(&'static str, u32)]) -> Result<Ebpf, DataPlaneError> {
     let mut l = loader();
     for (name, size) in sizes {
         l.map_max_entries(name, *size);
     }
     let mut ebpf = l.load(OBJECT)?;
-    let prog_err = |source| DataPlaneError::Program {
-        program: program.to_string(),
-        source,
-    };
-    let prog: &mut Xdp = ebpf
-        .program_mut(program)
+    xdp_mut(&mut ebpf, program)?
+        .load()
+        .map_err(|source| DataPlaneError::Program {
+            program: program.to_string(),
+            source,
+        })?;
+    Ok(ebpf)
+}
+
+fn xdp_mut<'a>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut Xdp, DataPlaneError> {
+    ebpf.program_mut(program)
         .expect("program is in the object")
         .try_into()
-        .map_err(prog_err)?;
-    prog.load().map_err(prog_err)?;
-    let used = match mode {
-        Mode::Native | Mode::Generic => {
-            let m = if mode == Mode::Native {
-                XdpMode::Driver
-            } else {
-                XdpMode::Skb
-            };
-            prog.attach(iface, m)
-                .map_err(|source| DataPlaneError::Attach {
-                    iface: iface.to_string(),
-                    mode,
-                    source,
-                })?;
-            mode
-        }
+        .map_err(|source| DataPlaneError::Program {
+            program: program.to_string(),
+            source,
+        })
+}
+
+/// Attaches a loaded program in `mode`; `Auto` falls back from native to generic and says so.
+fn attach(prog: &mut Xdp, iface: &str, mode: Mode) -> Result<Mode, DataPlaneError> {
+    let attach_err = |mode, source| DataPlaneError::Attach {
+        iface: iface.to_string(),
+        mode,
+        source,
+    };
+    match mode {
+        Mode::Native => prog
+            .attach(iface, XdpMode::Driver)
+            .map_err(|e| attach_err(mode, e))?,
+        Mode::Generic => prog
+            .attach(iface, XdpMode::Skb)
+            .map_err(|e| attach_err(mode, e))?,
         Mode::Auto => match prog.attach(iface, XdpMode::Driver) {
-            Ok(_) => Mode::Native,
+            Ok(_) => return Ok(Mode::Native),
             Err(e) => {
                 eprintln!("native XDP is not available on {iface} ({e}); using generic mode");
                 prog.attach(iface, XdpMode::Skb)
-                    .map_err(|source| DataPlaneError::Attach {
-                        iface: iface.to_string(),
-                        mode: Mode::Generic,
-                        source,
-                    })?;
-                Mode::Generic
+                    .map_err(|e| attach_err(Mode::Generic, e))?;
+                return Ok(Mode::Generic);
             }
         },
     };
+    Ok(mode)
+}
+
+/// Loads `program` and attaches it to `iface`. Returns the object (dropping it detaches)
+/// and the mode used.
+pub fn load_and_attach(
+    program: &str,
+    iface: &str,
+    mode: Mode,
+) -> Result<(Ebpf, Mode), DataPlaneError> {
+    let mut ebpf = load(program, &[])?;
+    let used = attach(xdp_mut(&mut ebpf, program)?, iface, mode)?;
     Ok((ebpf, used))
 }
 
@@ -183,29 +193,26 @@ pub struct Balancer {
     pub vip_stats: PerCpuArray<MapData, Counters>,
     pub backend_stats: PerCpuArray<MapData, Counters>,
     pub reasons: PerCpuArray<MapData, u64>,
-    pub mode: Mode,
+    /// How it is attached, if it is.
+    pub mode: Option<Mode>,
     pub ring_size: u32,
     pin_dir: Option<PathBuf>,
     _rings_map: Map,
     // Last: dropping the object detaches the program.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
 }
 
 impl Balancer {
-    /// Loads and attaches the balancer, pinning its maps under `pin_dir` when given.
-    pub fn attach(
-        iface: &str,
-        mode: Mode,
+    /// Loads the balancer (not attached to any interface yet) with rings of `ring_size`
+    /// and a connection table of `flows` entries, pinning its maps under `pin_dir`.
+    pub fn load(
         ring_size: u32,
         flows: u32,
         pin_dir: Option<PathBuf>,
     ) -> Result<Self, DataPlaneError> {
-        preflight("lbx run", iface)?;
         let ring_entries = 2 * MAX_VIPS * ring_size;
-        let (mut ebpf, mode) = load_and_attach(
+        let mut ebpf = load(
             programs::BALANCER,
-            iface,
-            mode,
             &[(maps::RINGS, ring_entries), (maps::FLOWS, flows)],
         )?;
         if let Some(dir) = &pin_dir {
@@ -232,12 +239,28 @@ impl Balancer {
             backend_stats: typed!(&mut ebpf, maps::BACKEND_STATS, pin),
             reasons: typed!(&mut ebpf, maps::REASONS, pin),
             rings,
-            mode,
+            mode: None,
             ring_size,
             pin_dir,
             _rings_map: rings_map,
-            _ebpf: ebpf,
+            ebpf,
         })
+    }
+
+    /// Attaches the balancer to `iface`; returns the mode used.
+    pub fn attach(&mut self, iface: &str, mode: Mode) -> Result<Mode, DataPlaneError> {
+        let used = attach(xdp_mut(&mut self.ebpf, programs::BALANCER)?, iface, mode)?;
+        self.mode = Some(used);
+        Ok(used)
+    }
+
+    /// The balancer program, e.g. to run packets through it with `TestRun`.
+    pub fn program(&self) -> &Xdp {
+        self.ebpf
+            .program(programs::BALANCER)
+            .expect("program is in the object")
+            .try_into()
+            .expect("the balancer is an XDP program")
     }
 }
 

@@ -138,8 +138,7 @@ pub fn run(args: RunArgs, socket: Option<PathBuf>) -> Result<()> {
 
 pub fn decap(args: DecapArgs) -> Result<()> {
     dataplane::preflight("lbx decap", &args.iface)?;
-    let (mut ebpf, mode) =
-        dataplane::load_and_attach(programs::DECAP, &args.iface, args.xdp_mode, &[])?;
+    let (mut ebpf, mode) = dataplane::load_and_attach(programs::DECAP, &args.iface, args.xdp_mode)?;
     let mut vips: HashMap<_, AddrKey, u32> =
         HashMap::try_from(ebpf.map_mut(maps::DECAP_VIPS).expect("map in object"))?;
     for vip in &args.vips {
@@ -164,7 +163,7 @@ pub fn decap(args: DecapArgs) -> Result<()> {
 
 pub fn pass(args: PassArgs) -> Result<()> {
     dataplane::preflight("lbx pass", &args.iface)?;
-    let (ebpf, mode) = dataplane::load_and_attach(programs::PASS, &args.iface, args.xdp_mode, &[])?;
+    let (ebpf, mode) = dataplane::load_and_attach(programs::PASS, &args.iface, args.xdp_mode)?;
     println!("lbx pass attached to {} ({mode} mode)", args.iface);
     runtime()?.block_on(stop_signal())?;
     drop(ebpf);
