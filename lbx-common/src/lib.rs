@@ -121,6 +121,9 @@ pub struct Backend {
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 32);
 
+/// The backend failed its health checks: its established flows move to other backends.
+pub const BACKEND_F_DOWN: u8 = 1;
+
 /// Settings of one generation, read by every packet of it. A zero `ring_size` means no
 /// generation was published into this slot.
 #[repr(C)]

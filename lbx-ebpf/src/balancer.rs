@@ -2,8 +2,8 @@
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lbx_common::{
-    Backend, FAMILY_V4, FlowEntry, MAX_BACKENDS, Reason, SETTINGS_F_PORT0_V4, SETTINGS_F_PORT0_V6,
-    Settings, VIP_F_HAS_BACKENDS, VipInfo, VipKey, hash::flow_hash,
+    BACKEND_F_DOWN, Backend, FAMILY_V4, FlowEntry, MAX_BACKENDS, Reason, SETTINGS_F_PORT0_V4,
+    SETTINGS_F_PORT0_V6, Settings, VIP_F_HAS_BACKENDS, VipInfo, VipKey, hash::flow_hash,
 };
 
 use crate::{
@@ -121,8 +121,9 @@ fn lookup_vip<'a>(pkt: &Packet, slot: u32, settings: &Settings) -> Option<&'a Vi
     unsafe { VIPS.get(&key) }
 }
 
-/// The backend the connection table holds for this flow, if it is still there: a slot
-/// whose uid changed was given to another backend since, and counts as a miss.
+/// The backend the connection table holds for this flow, if it still takes it: a slot
+/// whose uid changed was given to another backend since, and a backend that failed its
+/// health checks gives its flows up; both count as a miss.
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "a reference hands the helper the key in place; by value would copy it on the packet path"
@@ -131,7 +132,7 @@ fn lookup_vip<'a>(pkt: &Packet, slot: u32, settings: &Settings) -> Option<&'a Vi
 fn established<'a>(pkt: &Packet, backend_base: u32) -> Option<(u32, &'a Backend)> {
     let entry = unsafe { FLOWS.get(&pkt.key) }?;
     let backend = BACKENDS.get(backend_base + entry.backend)?;
-    if backend.family == 0 || backend.uid != entry.uid {
+    if backend.family == 0 || backend.uid != entry.uid || backend.flags & BACKEND_F_DOWN != 0 {
         return None;
     }
     Some((entry.backend, backend))

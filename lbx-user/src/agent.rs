@@ -17,8 +17,9 @@ use crate::{
     config::{Config, ConfigError, MacAddr, Protocol, VipId},
     dataplane::{Balancer, DataPlaneError, Mode},
     generation::{PublishError, Publisher},
+    health::{Health, ProbeResult, State},
     net::{self, ResolveError},
-    plan::{self, Plan},
+    plan::{self, Effective, Overrides, Plan},
     slots::Slots,
     sys,
 };
@@ -57,7 +58,27 @@ pub struct Agent {
     bal: Balancer,
     publisher: Publisher,
     plan: Plan,
+    /// Health of the backends of VIPs that have a health check.
+    health: BTreeMap<(VipId, IpAddr), Health>,
+    /// The effective weights in the published generation.
+    published: Overrides,
     started: Instant,
+}
+
+/// What the agent thread handles, in arrival order.
+pub enum Event {
+    Api(crate::api::Job),
+    Probe(VipId, IpAddr, ProbeResult),
+    Tick,
+}
+
+/// A backend to probe, and how.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    pub vip: VipId,
+    pub backend: IpAddr,
+    pub addr: SocketAddr,
+    pub check: crate::config::HealthCheck,
 }
 
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -97,6 +118,8 @@ impl Agent {
                 vips: Vec::new(),
                 backends: Vec::new(),
             },
+            health: BTreeMap::new(),
+            published: Overrides::new(),
             started: Instant::now(),
         };
         // The first generation is in place before the program sees a packet.
@@ -114,13 +137,38 @@ impl Agent {
         self.publisher.generation()
     }
 
+    /// Effective weight and health of every backend of a VIP with a health check.
+    fn effective(&self, config: &Config, now: Instant) -> Overrides {
+        let mut out = Overrides::new();
+        for v in &config.vips {
+            let Some(check) = &v.health else { continue };
+            for b in &v.backends {
+                let key = (v.id(), b.address);
+                let Some(h) = self.health.get(&key) else {
+                    continue;
+                };
+                let permille = (h.weight_factor(check, now) * f64::from(plan::FULL)).round() as u32;
+                let down = h.state == State::Down;
+                out.insert(key, Effective { permille, down });
+            }
+        }
+        out
+    }
+
     fn publish(
         &mut self,
         config: Config,
         macs: BTreeMap<IpAddr, MacAddr>,
     ) -> Result<u64, AgentError> {
         let (slots, fresh) = self.slots.assign(&config);
-        let plan = plan::build(&config, &slots, &macs, self.mtu);
+        // Health is kept only for backends that are still checked.
+        self.health.retain(|(vip, addr), _| {
+            config
+                .vip(*vip)
+                .is_some_and(|v| v.health.is_some() && v.backend(*addr).is_some())
+        });
+        let overrides = self.effective(&config, Instant::now());
+        let plan = plan::build(&config, &slots, &macs, self.mtu, &overrides);
         self.publisher
             .reset_counters(&mut self.bal, &fresh.vips, &fresh.backends)?;
         let generation = self.publisher.publish(&mut self.bal, &plan)?;
@@ -128,6 +176,7 @@ impl Agent {
         self.slots = slots;
         self.macs = macs;
         self.plan = plan;
+        self.published = overrides;
         Ok(generation)
     }
 
@@ -162,6 +211,66 @@ impl Agent {
         Ok(json!({ "generation": generation }))
     }
 
+    /// The backends to probe under the current configuration.
+    pub fn health_targets(&self) -> Vec<Target> {
+        let mut out = Vec::new();
+        for v in &self.config.vips {
+            let Some(check) = &v.health else { continue };
+            let port = check.port.unwrap_or(v.port);
+            for b in &v.backends {
+                out.push(Target {
+                    vip: v.id(),
+                    backend: b.address,
+                    addr: SocketAddr::new(b.address, port),
+                    check: check.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Takes a probe result; a change of state is logged and published at once.
+    pub fn on_probe(&mut self, vip: VipId, backend: IpAddr, result: &ProbeResult) {
+        let Some(check) = self.config.vip(vip).and_then(|v| v.health.clone()) else {
+            return;
+        };
+        if self
+            .config
+            .vip(vip)
+            .and_then(|v| v.backend(backend))
+            .is_none()
+        {
+            return;
+        }
+        let now = Instant::now();
+        let h = self
+            .health
+            .entry((vip, backend))
+            .or_insert_with(|| Health::new(now));
+        if let Some(t) = h.observe(result, &check, now) {
+            eprintln!(
+                "backend {backend} of VIP {vip} is {}: {}",
+                if t.to == State::Up { "up" } else { "down" },
+                t.reason
+            );
+            self.republish("health change");
+        }
+    }
+
+    /// Runs every control interval: publishes when an effective weight moved (slow start).
+    pub fn on_tick(&mut self) {
+        if self.effective(&self.config, Instant::now()) != self.published {
+            self.republish("slow start");
+        }
+    }
+
+    fn republish(&mut self, why: &str) {
+        let (config, macs) = (self.config.clone(), self.macs.clone());
+        if let Err(e) = self.publish(config, macs) {
+            eprintln!("publishing after {why} failed: {e}");
+        }
+    }
+
     pub fn handle(&mut self, req: Request) -> Result<Value, AgentError> {
         match req {
             Request::VipAdd { vip } => self.edit(|c| c.add_vip(vip)),
@@ -180,6 +289,7 @@ impl Agent {
                 address,
                 drain,
             } => self.edit(|c| c.set_drain(vip, address, drain)),
+            Request::VipHealth { vip, health } => self.edit(|c| c.set_health(vip, health)),
             Request::VipList => Ok(self.vip_list()),
             Request::BackendList { vip } => self.backend_list(vip),
             Request::Status => Ok(self.status()),
@@ -250,13 +360,33 @@ impl Agent {
                     .map(|b| {
                         let slot = self.slots.backends[&(id, b.address)].slot;
                         let share = ring.iter().filter(|s| **s == slot).count();
+                        let eff = self.published.get(&(id, b.address));
+                        let health = self.health.get(&(id, b.address)).map(|h| {
+                            json!({
+                                "state": h.state,
+                                "reason": h.reason,
+                                "since_seconds": h.since.elapsed().as_secs(),
+                                "latency_ms": h.latency_ewma.map(|l| l * 1e3),
+                                "latency_p90_ms": h.latency_p90().map(|l| l * 1e3),
+                            })
+                        });
                         json!({
                             "address": b.address,
                             "weight": b.weight,
-                            "state": if b.drain { "draining" } else { "active" },
+                            "state": if b.drain {
+                                "draining"
+                            } else if eff.is_some_and(|e| e.down) {
+                                "down"
+                            } else {
+                                "active"
+                            },
                             "mac": self.mac_of(b.address, b.mac).map(|m| m.to_string()),
                             "mac_source": if b.mac.is_some() { "configured" } else { "neighbour table" },
                             "table_slots": share,
+                            "effective_weight": eff.map_or(f64::from(b.weight), |e| {
+                                f64::from(b.weight) * f64::from(e.permille) / f64::from(plan::FULL)
+                            }),
+                            "health": health,
                         })
                     })
                     .collect();

@@ -17,7 +17,7 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use crate::config::{BackendConfig, Protocol, VipId};
+use crate::config::{BackendConfig, HealthCheck, Protocol, VipId};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -27,6 +27,10 @@ pub enum Request {
     },
     VipDel {
         vip: VipId,
+    },
+    VipHealth {
+        vip: VipId,
+        health: Option<HealthCheck>,
     },
     VipList,
     BackendAdd {

@@ -238,8 +238,144 @@ pub struct VipConfig {
     /// 0 means every port of `address` and `protocol`.
     pub port: u16,
     pub protocol: Protocol,
+    /// How the agent checks this VIP's backends; none: they are assumed healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
     #[serde(rename = "backend", default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<BackendConfig>,
+}
+
+/// What a health probe does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// A TCP connection that opens.
+    #[default]
+    Tcp,
+    /// An HTTP/1.1 GET with the expected status (and body text, if given).
+    Http,
+}
+
+/// Health check of a VIP's backends. Probes go to each backend's own address, at `port`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(default)]
+    pub kind: CheckKind,
+    /// Port to probe; default: the VIP's port (required for an all-ports VIP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// HTTP: the path to GET.
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// HTTP: the status a healthy backend answers.
+    #[serde(default = "default_health_status")]
+    pub expect_status: u16,
+    /// HTTP: text the body must contain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_contains: Option<String>,
+    #[serde(default = "default_health_interval")]
+    pub interval_ms: u64,
+    #[serde(default = "default_health_timeout")]
+    pub timeout_ms: u64,
+    /// Consecutive successes that bring a failed backend back.
+    #[serde(default = "default_health_rise")]
+    pub rise: u32,
+    /// Consecutive failures that take a backend out.
+    #[serde(default = "default_health_fall")]
+    pub fall: u32,
+    /// Seconds over which a recovered backend's weight ramps up to its full value.
+    #[serde(default = "default_slow_start")]
+    pub slow_start_s: u64,
+}
+
+fn default_health_path() -> String {
+    "/".to_owned()
+}
+fn default_health_status() -> u16 {
+    200
+}
+fn default_health_interval() -> u64 {
+    1000
+}
+fn default_health_timeout() -> u64 {
+    500
+}
+fn default_health_rise() -> u32 {
+    2
+}
+fn default_health_fall() -> u32 {
+    2
+}
+fn default_slow_start() -> u64 {
+    10
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            kind: CheckKind::Tcp,
+            port: None,
+            path: default_health_path(),
+            expect_status: default_health_status(),
+            body_contains: None,
+            interval_ms: default_health_interval(),
+            timeout_ms: default_health_timeout(),
+            rise: default_health_rise(),
+            fall: default_health_fall(),
+            slow_start_s: default_slow_start(),
+        }
+    }
+}
+
+impl HealthCheck {
+    fn validate(&self, vip: VipId) -> Result<(), ConfigError> {
+        let bad = |reason: String| ConfigError::BadHealthCheck { vip, reason };
+        if vip.port == 0 && self.port.is_none() {
+            return Err(bad("an all-ports VIP needs `port` for its checks".into()));
+        }
+        if self.port == Some(0) {
+            return Err(bad("port 0 cannot be probed: use 1 to 65535".into()));
+        }
+        if !(100..=3_600_000).contains(&self.interval_ms) {
+            return Err(bad(format!(
+                "interval_ms {} is out of range: use 100 to 3600000",
+                self.interval_ms
+            )));
+        }
+        if self.timeout_ms < 10 || self.timeout_ms > self.interval_ms {
+            return Err(bad(format!(
+                "timeout_ms {} is out of range: use 10 up to interval_ms ({})",
+                self.timeout_ms, self.interval_ms
+            )));
+        }
+        for (name, n) in [("rise", self.rise), ("fall", self.fall)] {
+            if !(1..=100).contains(&n) {
+                return Err(bad(format!("{name} {n} is out of range: use 1 to 100")));
+            }
+        }
+        if self.slow_start_s > 3600 {
+            return Err(bad(format!(
+                "slow_start_s {} is out of range: use 0 to 3600",
+                self.slow_start_s
+            )));
+        }
+        if self.kind == CheckKind::Http {
+            if !self.path.starts_with('/') || self.path.contains(char::is_whitespace) {
+                return Err(bad(format!(
+                    "path {:?} must start with '/' and contain no spaces",
+                    self.path
+                )));
+            }
+            if !(100..=599).contains(&self.expect_status) {
+                return Err(bad(format!(
+                    "expect_status {} is not an HTTP status: use 100 to 599",
+                    self.expect_status
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl VipConfig {
@@ -467,6 +603,8 @@ pub enum ConfigError {
         value: Prefix,
         reason: String,
     },
+    #[error("health check of VIP {vip}: {reason}")]
+    BadHealthCheck { vip: VipId, reason: String },
     #[error("invalid address {value}: {reason}")]
     BadAddress { value: String, reason: String },
     #[error("unknown protocol \"{value}\": use tcp or udp")]
@@ -739,6 +877,9 @@ impl Config {
             if !vips.insert(vip) {
                 return Err(ConfigError::DuplicateVip { vip });
             }
+            if let Some(h) = &v.health {
+                h.validate(vip)?;
+            }
             if v.backends.len() > size as usize {
                 return Err(ConfigError::TableTooSmall {
                     vip,
@@ -804,6 +945,7 @@ impl Config {
             address: id.address,
             port: id.port,
             protocol: id.protocol,
+            health: None,
             backends: Vec::new(),
         });
         Ok(())
@@ -871,6 +1013,19 @@ impl Config {
         let b = self.backend_mut(id, backend)?;
         check_weight(id, backend, weight)?;
         b.weight = weight;
+        Ok(())
+    }
+
+    /// Sets (or with `None` removes) the health check of a VIP's backends.
+    pub fn set_health(
+        &mut self,
+        id: VipId,
+        health: Option<HealthCheck>,
+    ) -> Result<(), ConfigError> {
+        if let Some(h) = &health {
+            h.validate(id)?;
+        }
+        self.vip_mut(id)?.health = health;
         Ok(())
     }
 
@@ -1236,6 +1391,7 @@ drain = false                # optional, omitted when false
             address: extra.address,
             port: extra.port,
             protocol: extra.protocol,
+            health: None,
             backends: vec![],
         });
         let e = assert_names(c.validate(), &["65", "64"]);
@@ -1358,6 +1514,7 @@ drain = false                # optional, omitted when false
                 address: vip.address,
                 port: 80,
                 protocol: Protocol::Tcp,
+                health: None,
                 backends: vec![],
             });
             let e = assert_names(c.validate(), &[addr, "VIP"]);
@@ -1733,5 +1890,97 @@ drain = false                # optional, omitted when false
         assert_eq!(line_column("ab\ncd", 0), (1, 1));
         assert_eq!(line_column("ab\ncd", 4), (2, 2));
         assert_eq!(line_column("é\nx", 3), (2, 1));
+    }
+
+    #[test]
+    fn health_checks() {
+        let text = r#"
+[[vip]]
+address = "10.0.0.100"
+port = 80
+protocol = "tcp"
+[vip.health]
+kind = "http"
+path = "/healthz"
+interval_ms = 500
+timeout_ms = 200
+rise = 3
+"#;
+        let c = Config::from_toml(text).expect("parses");
+        let h = c.vips[0].health.as_ref().expect("health");
+        assert_eq!(
+            (h.kind, h.path.as_str(), h.rise, h.fall),
+            (CheckKind::Http, "/healthz", 3, 2)
+        );
+        assert_eq!(Config::from_toml(&c.to_toml()).expect("round trip"), c);
+
+        let vip = c.vips[0].id();
+        let mut all_ports = vip;
+        all_ports.port = 0;
+        let cases: [(VipId, HealthCheck, &str); 6] = [
+            (all_ports, HealthCheck::default(), "needs `port`"),
+            (
+                vip,
+                HealthCheck {
+                    interval_ms: 50,
+                    ..Default::default()
+                },
+                "interval_ms 50",
+            ),
+            (
+                vip,
+                HealthCheck {
+                    timeout_ms: 2000,
+                    ..Default::default()
+                },
+                "timeout_ms 2000",
+            ),
+            (
+                vip,
+                HealthCheck {
+                    fall: 0,
+                    ..Default::default()
+                },
+                "fall 0",
+            ),
+            (
+                vip,
+                HealthCheck {
+                    kind: CheckKind::Http,
+                    path: "x".into(),
+                    ..Default::default()
+                },
+                "path",
+            ),
+            (
+                vip,
+                HealthCheck {
+                    kind: CheckKind::Http,
+                    expect_status: 999,
+                    ..Default::default()
+                },
+                "999",
+            ),
+        ];
+        for (id, h, words) in cases {
+            let e = h.validate(id).expect_err(words);
+            assert!(matches!(e, ConfigError::BadHealthCheck { .. }), "{e:?}");
+            assert!(e.to_string().contains(words), "{e} should name {words}");
+        }
+        let mut c2 = c.clone();
+        let before = c2.clone();
+        assert!(
+            c2.set_health(
+                vip,
+                Some(HealthCheck {
+                    rise: 0,
+                    ..Default::default()
+                })
+            )
+            .is_err()
+        );
+        assert_eq!(c2, before, "a refused health check changes nothing");
+        c2.set_health(vip, None).expect("remove");
+        assert!(c2.vips[0].health.is_none());
     }
 }

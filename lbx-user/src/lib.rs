@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod dataplane;
 pub mod generation;
+pub mod health;
 pub mod maglev;
 pub mod net;
 pub mod output;

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use lbx::{
     api::{self, Request},
-    config::{BackendConfig, MacAddr, Protocol, VipId},
+    config::{BackendConfig, CheckKind, HealthCheck, MacAddr, Protocol, VipId},
     output, run,
 };
 
@@ -76,8 +76,48 @@ enum VipCmd {
     Add(VipArg),
     /// Remove a VIP and its backends.
     Del(VipArg),
+    /// Set how the VIP's backends are health-checked (probes go to each backend's own
+    /// address); a failing backend leaves the table at once and returns through a slow start.
+    Health(HealthArgs),
     /// List VIPs.
     List,
+}
+
+#[derive(Args)]
+struct HealthArgs {
+    #[command(flatten)]
+    vip: VipArg,
+    /// Remove the health check: every backend counts as healthy.
+    #[arg(long, conflicts_with_all = ["kind", "port", "path"])]
+    off: bool,
+    /// tcp: the connection opens; http: a GET answers with the expected status.
+    #[arg(long, value_enum, default_value = "tcp")]
+    kind: CheckKind,
+    /// Port to probe (default: the VIP's port).
+    #[arg(long)]
+    port: Option<u16>,
+    /// HTTP path to GET.
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// HTTP status a healthy backend answers.
+    #[arg(long, default_value_t = 200)]
+    expect_status: u16,
+    /// Text the HTTP body must contain.
+    #[arg(long)]
+    body_contains: Option<String>,
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+    #[arg(long, default_value_t = 500)]
+    timeout_ms: u64,
+    /// Consecutive successes that bring a failed backend back.
+    #[arg(long, default_value_t = 2)]
+    rise: u32,
+    /// Consecutive failures that take a backend out.
+    #[arg(long, default_value_t = 2)]
+    fall: u32,
+    /// Seconds over which a recovered backend's weight ramps back up.
+    #[arg(long, default_value_t = 10)]
+    slow_start_s: u64,
 }
 
 #[derive(Subcommand)]
@@ -143,6 +183,21 @@ fn request(cmd: Command) -> Result<Request> {
         Command::Vip(VipCmd::Add(v)) => Request::VipAdd { vip: v.id()? },
         Command::Vip(VipCmd::Del(v)) => Request::VipDel { vip: v.id()? },
         Command::Vip(VipCmd::List) => Request::VipList,
+        Command::Vip(VipCmd::Health(h)) => Request::VipHealth {
+            vip: h.vip.id()?,
+            health: (!h.off).then(|| HealthCheck {
+                kind: h.kind,
+                port: h.port,
+                path: h.path,
+                expect_status: h.expect_status,
+                body_contains: h.body_contains,
+                interval_ms: h.interval_ms,
+                timeout_ms: h.timeout_ms,
+                rise: h.rise,
+                fall: h.fall,
+                slow_start_s: h.slow_start_s,
+            }),
+        },
         Command::Backend(BackendCmd::Add {
             vip,
             address,

@@ -110,15 +110,36 @@ fn status(v: &Value) {
         println!();
         println!("VIP {}", s(&vip["vip"]));
         table(
-            &["  BACKEND", "WEIGHT", "STATE", "SLOTS", "MAC"],
+            &[
+                "  BACKEND",
+                "WEIGHT",
+                "EFFECTIVE",
+                "STATE",
+                "SLOTS",
+                "HEALTH",
+                "MAC",
+            ],
             arr(&vip["backends"])
                 .iter()
                 .map(|b| {
+                    let h = &b["health"];
+                    let health = if h.is_null() {
+                        "not checked".to_string()
+                    } else {
+                        format!(
+                            "{} ({}, {} s ago)",
+                            s(&h["state"]),
+                            s(&h["reason"]),
+                            s(&h["since_seconds"])
+                        )
+                    };
                     vec![
                         format!("  {}", s(&b["address"])),
                         s(&b["weight"]),
+                        s(&b["effective_weight"]),
                         s(&b["state"]),
                         s(&b["table_slots"]),
+                        health,
                         format!("{} ({})", s(&b["mac"]), s(&b["mac_source"])),
                     ]
                 })

@@ -4,8 +4,8 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use lbx_common::{
-    Backend, FAMILY_V4, SETTINGS_F_PORT0_V4, SETTINGS_F_PORT0_V6, Settings, VIP_F_HAS_BACKENDS,
-    VipKey,
+    BACKEND_F_DOWN, Backend, FAMILY_V4, SETTINGS_F_PORT0_V4, SETTINGS_F_PORT0_V6, Settings,
+    VIP_F_HAS_BACKENDS, VipKey,
 };
 
 use crate::{
@@ -33,8 +33,30 @@ pub struct Plan {
     pub backends: Vec<(u32, Backend)>,
 }
 
+/// What the agent decides for a backend beyond its configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Effective {
+    /// Share of its configured weight the backend gets now, in thousandths (a slow start
+    /// ramps it up); 0 keeps it out of the ring.
+    pub permille: u32,
+    /// Failed its health checks: its established flows move too.
+    pub down: bool,
+}
+
+/// A backend's whole weight, in `Effective::permille`.
+pub const FULL: u32 = 1000;
+
+/// Effective weights and health by (VIP, backend); a backend not in it runs as configured.
+pub type Overrides = BTreeMap<(VipId, IpAddr), Effective>;
+
 /// `macs` must hold a next-hop MAC for every backend without one in the config.
-pub fn build(config: &Config, slots: &Slots, macs: &BTreeMap<IpAddr, MacAddr>, mtu: u32) -> Plan {
+pub fn build(
+    config: &Config,
+    slots: &Slots,
+    macs: &BTreeMap<IpAddr, MacAddr>,
+    mtu: u32,
+    overrides: &Overrides,
+) -> Plan {
     let (src_v4, mask_v4) = net::prefix_words(&config.encap.source_v4);
     let (src_v6, mask_v6) = net::prefix_words(&config.encap.source_v6);
     let mut settings = Settings {
@@ -68,19 +90,28 @@ pub fn build(config: &Config, slots: &Slots, macs: &BTreeMap<IpAddr, MacAddr>, m
                 .mac
                 .or_else(|| macs.get(&b.address).copied())
                 .expect("MAC resolved");
+            let eff = overrides
+                .get(&(id, b.address))
+                .copied()
+                .unwrap_or(Effective {
+                    permille: FULL,
+                    down: false,
+                });
             backends.push((
                 s.slot,
                 Backend {
                     addr: net::to_words(b.address),
                     mac: mac.0,
                     family: net::family(b.address),
-                    flags: 0,
+                    flags: if eff.down { BACKEND_F_DOWN } else { 0 },
                     uid: s.uid,
                     pad: 0,
                 },
             ));
-            if !b.drain {
-                in_ring.push((s.slot, b.weight));
+            if !b.drain && !eff.down && eff.permille > 0 {
+                // Maglev needs only ratios: scaling every weight by 1000 lets a weight of
+                // 1 ramp up as finely as any other.
+                in_ring.push((s.slot, b.weight * eff.permille));
                 identities.push(identity(b.address));
             }
         }

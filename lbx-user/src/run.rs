@@ -6,13 +6,13 @@ use anyhow::{Context as _, Result};
 use aya::maps::HashMap;
 use clap::Args;
 use lbx_common::{AddrKey, DEFAULT_FLOWS, maps, programs};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::{
-    agent::{Agent, Options},
+    agent::{Agent, Event, Options},
     api::{self, Job, Response},
     dataplane::{self, Mode},
-    net, sys,
+    health, net, sys,
 };
 
 #[derive(Args)]
@@ -55,6 +55,9 @@ pub struct PassArgs {
     #[arg(long, value_enum, default_value_t = Mode::Native)]
     pub xdp_mode: Mode,
 }
+
+/// How often the agent revisits effective weights (slow start).
+const CONTROL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
@@ -110,22 +113,62 @@ pub fn run(args: RunArgs, socket: Option<PathBuf>) -> Result<()> {
     );
 
     // The agent lives on its own thread: its map updates and grace-period waits block.
-    let (tx, mut rx) = mpsc::channel::<Job>(64);
+    // Requests, probe results and control ticks reach it through one queue, in order.
+    let (tx, mut rx) = mpsc::channel::<Event>(1024);
+    let (targets_tx, targets_rx) = watch::channel(agent.health_targets());
     let worker = thread::spawn(move || {
-        while let Some((req, reply)) = rx.blocking_recv() {
-            let answer = match agent.handle(req) {
-                Ok(v) => Response::Ok(v),
-                Err(e) => Response::Error(e.to_string()),
-            };
-            let _ = reply.send(answer);
+        while let Some(event) = rx.blocking_recv() {
+            match event {
+                Event::Api((req, reply)) => {
+                    let answer = match agent.handle(req) {
+                        Ok(v) => Response::Ok(v),
+                        Err(e) => Response::Error(e.to_string()),
+                    };
+                    let _ = reply.send(answer);
+                    targets_tx.send_if_modified(|t| {
+                        let now = agent.health_targets();
+                        let changed = *t != now;
+                        *t = now;
+                        changed
+                    });
+                }
+                Event::Probe(vip, backend, result) => agent.on_probe(vip, backend, &result),
+                Event::Tick => agent.on_tick(),
+            }
         }
         // Dropping the agent detaches the program and removes the pins.
         drop(agent);
     });
+    let (api_tx, mut api_rx) = mpsc::channel::<Job>(64);
     let result = rt.block_on(async {
+        let forward = {
+            let tx = tx.clone();
+            async move {
+                while let Some(job) = api_rx.recv().await {
+                    if tx.send(Event::Api(job)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        };
+        let ticks = {
+            let tx = tx.clone();
+            async move {
+                let mut every = tokio::time::interval(CONTROL_INTERVAL);
+                loop {
+                    every.tick().await;
+                    if tx.send(Event::Tick).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        };
         tokio::select! {
             r = stop_signal() => r,
-            () = api::serve(listener, tx) => Ok(()),
+            () = api::serve(listener, api_tx) => Ok(()),
+            () = forward => Ok(()),
+            () = ticks => Ok(()),
+            () = health::run_probes(targets_rx, tx) => Ok(()),
         }
     });
     // The server task (holding the last sender) is gone: the worker drains and exits.

@@ -76,3 +76,58 @@ impl Slots {
         (next, fresh)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BackendConfig, Protocol};
+
+    fn config(vips: &[(&str, &[&str])]) -> Config {
+        let mut c = Config::default();
+        for (vip, backends) in vips {
+            let id = VipId::parse(vip, Protocol::Tcp).unwrap();
+            c.add_vip(id).unwrap();
+            for b in *backends {
+                c.add_backend(id, BackendConfig::new(b.parse().unwrap()))
+                    .unwrap();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn numbers_are_stable_and_fresh_ones_are_new() {
+        let a = config(&[("10.0.0.1:80", &["10.1.0.1", "10.1.0.2"])]);
+        let (s1, fresh) = Slots::default().assign(&a);
+        assert_eq!(fresh.vips, vec![0]);
+        assert_eq!(fresh.backends, vec![0, 1]);
+
+        // Remove one backend, add another and a VIP: survivors keep their numbers, and
+        // the newcomers never take a number the old generation still uses.
+        let b = config(&[
+            ("10.0.0.1:80", &["10.1.0.2", "10.1.0.3"]),
+            ("10.0.0.2:80", &["10.1.0.1"]),
+        ]);
+        let (s2, fresh) = s1.assign(&b);
+        let vip1 = VipId::parse("10.0.0.1:80", Protocol::Tcp).unwrap();
+        let kept = (vip1, "10.1.0.2".parse().unwrap());
+        assert_eq!(s2.backends[&kept], s1.backends[&kept]);
+        assert_eq!(s2.vips[&vip1], 0);
+        assert_eq!(fresh.vips, vec![1]);
+        assert!(
+            !fresh.backends.contains(&0) && !fresh.backends.contains(&1),
+            "{fresh:?}"
+        );
+        let uids: std::collections::BTreeSet<u32> = s2.backends.values().map(|b| b.uid).collect();
+        assert_eq!(uids.len(), s2.backends.len(), "uids are unique");
+        let removed = (vip1, "10.1.0.1".parse().unwrap());
+        assert!(!s2.backends.contains_key(&removed));
+
+        // A number the current generation no longer uses is free again (backend slot 0),
+        // while the current generation's are not (VIP ids 0 and 1).
+        let (s3, fresh) = s2.assign(&config(&[("10.0.0.3:80", &["10.1.0.9"])]));
+        assert_eq!(fresh.vips, vec![2]);
+        assert_eq!(fresh.backends, vec![0]);
+        assert!(s3.backends.values().all(|b| b.uid > s1.backends[&kept].uid));
+    }
+}

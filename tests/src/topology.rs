@@ -635,6 +635,39 @@ impl Topology {
         ready
     }
 
+    /// Stops backend `i`'s server, as if its service died (its address still answers).
+    pub fn stop_server(&mut self, i: usize) -> anyhow::Result<()> {
+        let label = format!("{}-server", self.backend(i).name);
+        let at = self
+            .processes
+            .iter()
+            .position(|p| p.label() == label)
+            .ok_or_else(|| anyhow::anyhow!("no running {label}"))?;
+        let mut p = self.processes.remove(at);
+        p.stop();
+        Ok(())
+    }
+
+    /// Starts backend `i`'s server again, listening on `vips` and its own addresses.
+    pub fn start_server(&mut self, i: usize, vips: &[SocketAddr]) -> anyhow::Result<()> {
+        let b = self.backend(i);
+        let name = b.name.clone();
+        let mut args = vec!["--name".to_owned(), name.clone()];
+        let own = [
+            SocketAddr::new(b.ipv4.into(), DIRECT_PORT),
+            SocketAddr::new(b.ipv6.into(), DIRECT_PORT),
+        ];
+        for addr in vips.iter().chain(&own) {
+            args.extend(["--listen".to_owned(), addr.to_string()]);
+        }
+        let server = self.bins.test_server.clone();
+        let netns = &self.backend(i).netns;
+        let mut process = self.start(&format!("{name}-server"), netns, &server, &args)?;
+        let ready = process.wait_for_line("listening", READY_TIMEOUT);
+        self.processes.push(process);
+        ready
+    }
+
     /// Backend `i`'s address of the VIP's family.
     pub fn backend_addr(&self, i: usize, vip: SocketAddr) -> IpAddr {
         self.backend(i).addr_like(vip.ip())

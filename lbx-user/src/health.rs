@@ -1,0 +1,456 @@
+//! Health checks: probing a backend (TCP connect or HTTP GET), and the per-backend state
+//! machine that turns probe results into up/down decisions, damped against flapping, with
+//! a slow start after recovery.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::timeout,
+};
+
+use crate::{
+    agent::{Event, Target},
+    config::{CheckKind, HealthCheck, VipId},
+};
+
+/// What one probe found.
+#[derive(Clone, Debug)]
+pub struct ProbeResult {
+    pub ok: bool,
+    /// Time to the answer (or to the failure).
+    pub latency: Duration,
+    /// Why it failed, for logs and `lbx status`.
+    pub detail: String,
+}
+
+/// Probes `target` once as `check` says, within its timeout.
+pub async fn probe(target: SocketAddr, check: &HealthCheck) -> ProbeResult {
+    let start = Instant::now();
+    let limit = Duration::from_millis(check.timeout_ms);
+    let outcome = match timeout(limit, probe_inner(target, check)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {} ms", check.timeout_ms)),
+    };
+    ProbeResult {
+        ok: outcome.is_ok(),
+        latency: start.elapsed(),
+        detail: outcome.err().unwrap_or_default(),
+    }
+}
+
+async fn probe_inner(target: SocketAddr, check: &HealthCheck) -> Result<(), String> {
+    let mut stream = TcpStream::connect(target)
+        .await
+        .map_err(|e| format!("connect to {target}: {e}"))?;
+    if check.kind == CheckKind::Tcp {
+        return Ok(());
+    }
+    let host = match target {
+        SocketAddr::V4(a) => a.ip().to_string(),
+        SocketAddr::V6(a) => format!("[{}]", a.ip()),
+    };
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lbx-health\r\nConnection: close\r\n\r\n",
+        check.path
+    );
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    // Bounded read: a health page is small; 64 KiB is plenty to find status and text.
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    while buf.len() < 64 * 1024 {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if check.body_contains.is_none() && buf.windows(2).any(|w| w == b"\r\n") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let status: u16 = text
+        .strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.get(2..5))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "not an HTTP answer: {:?}",
+                text.lines().next().unwrap_or("")
+            )
+        })?;
+    if status != check.expect_status {
+        return Err(format!(
+            "HTTP status {status}, expected {}",
+            check.expect_status
+        ));
+    }
+    if let Some(want) = &check.body_contains
+        && !text.contains(want.as_str())
+    {
+        return Err(format!("body does not contain {want:?}"));
+    }
+    Ok(())
+}
+
+/// Probes every target at its interval and sends the results to the agent, following the
+/// target list as the configuration changes. Returns when the agent is gone.
+pub async fn run_probes(mut targets: watch::Receiver<Vec<Target>>, events: mpsc::Sender<Event>) {
+    let mut probers: HashMap<(VipId, IpAddr), (Target, JoinHandle<()>)> = HashMap::new();
+    loop {
+        let wanted: Vec<Target> = targets.borrow_and_update().clone();
+        probers.retain(|key, (t, handle)| {
+            let keep = wanted.iter().any(|w| (w.vip, w.backend) == *key && w == t);
+            if !keep {
+                handle.abort();
+            }
+            keep
+        });
+        for t in wanted {
+            let key = (t.vip, t.backend);
+            if probers.contains_key(&key) {
+                continue;
+            }
+            let events = events.clone();
+            let target = t.clone();
+            let handle = tokio::spawn(async move {
+                let mut every =
+                    tokio::time::interval(Duration::from_millis(target.check.interval_ms));
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    let r = probe(target.addr, &target.check).await;
+                    if events
+                        .send(Event::Probe(target.vip, target.backend, r))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            probers.insert(key, (t, handle));
+        }
+        if targets.changed().await.is_err() {
+            break;
+        }
+    }
+    for (_, (_, h)) in probers {
+        h.abort();
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Up,
+    Down,
+}
+
+/// Flap damping: every fall adds a penalty that halves every `PENALTY_HALF_LIFE`; while
+/// it is above `SUPPRESS`, the backend stays out even if probes succeed, until it decays
+/// below `REUSE`.
+const PENALTY_PER_FALL: f64 = 1000.0;
+const SUPPRESS: f64 = 2500.0;
+const REUSE: f64 = 800.0;
+const PENALTY_HALF_LIFE: Duration = Duration::from_secs(30);
+
+/// Probe latencies kept for the high percentile.
+const LATENCY_WINDOW: usize = 32;
+
+/// A change of state, with the reason.
+#[derive(Clone, Debug)]
+pub struct Transition {
+    pub to: State,
+    pub reason: String,
+}
+
+/// What the agent knows about one backend's health.
+#[derive(Clone, Debug)]
+pub struct Health {
+    pub state: State,
+    ok_run: u32,
+    fail_run: u32,
+    pub since: Instant,
+    pub reason: String,
+    penalty: f64,
+    penalty_at: Instant,
+    suppressed: bool,
+    /// When the last recovery happened (slow start runs from here).
+    recovered_at: Option<Instant>,
+    /// Exponentially smoothed probe latency (seconds), and the recent samples.
+    pub latency_ewma: Option<f64>,
+    latencies: VecDeque<f64>,
+}
+
+impl Health {
+    /// A backend starts up: traffic flows at once, and `fall` failed probes take it out.
+    pub fn new(now: Instant) -> Self {
+        Health {
+            state: State::Up,
+            ok_run: 0,
+            fail_run: 0,
+            since: now,
+            reason: "not probed yet".into(),
+            penalty: 0.0,
+            penalty_at: now,
+            suppressed: false,
+            recovered_at: None,
+            latency_ewma: None,
+            latencies: VecDeque::with_capacity(LATENCY_WINDOW),
+        }
+    }
+
+    fn decayed_penalty(&self, now: Instant) -> f64 {
+        let dt = now.saturating_duration_since(self.penalty_at).as_secs_f64();
+        self.penalty * 0.5f64.powf(dt / PENALTY_HALF_LIFE.as_secs_f64())
+    }
+
+    /// Takes one probe result; returns the transition it caused, if any.
+    pub fn observe(
+        &mut self,
+        r: &ProbeResult,
+        check: &HealthCheck,
+        now: Instant,
+    ) -> Option<Transition> {
+        if r.ok {
+            let s = r.latency.as_secs_f64();
+            self.latency_ewma = Some(match self.latency_ewma {
+                Some(e) => 0.8 * e + 0.2 * s,
+                None => s,
+            });
+            if self.latencies.len() == LATENCY_WINDOW {
+                self.latencies.pop_front();
+            }
+            self.latencies.push_back(s);
+            self.ok_run += 1;
+            self.fail_run = 0;
+        } else {
+            self.fail_run += 1;
+            self.ok_run = 0;
+        }
+        match self.state {
+            State::Up if !r.ok && self.fail_run >= check.fall => {
+                self.penalty = self.decayed_penalty(now) + PENALTY_PER_FALL;
+                self.penalty_at = now;
+                self.suppressed = self.penalty > SUPPRESS;
+                Some(self.change(
+                    State::Down,
+                    format!("{} failed probes: {}", self.fail_run, r.detail),
+                    now,
+                ))
+            }
+            State::Down if r.ok && self.ok_run >= check.rise => {
+                if self.suppressed {
+                    if self.decayed_penalty(now) > REUSE {
+                        self.reason =
+                            "flapping: held down until it has been stable for a while".into();
+                        return None;
+                    }
+                    self.suppressed = false;
+                }
+                self.recovered_at = Some(now);
+                Some(self.change(State::Up, format!("{} successful probes", self.ok_run), now))
+            }
+            _ => None,
+        }
+    }
+
+    fn change(&mut self, to: State, reason: String, now: Instant) -> Transition {
+        self.state = to;
+        self.since = now;
+        self.reason = reason.clone();
+        Transition { to, reason }
+    }
+
+    /// Share of its weight the backend gets now: 0 when down, ramping from 10% to 100%
+    /// during the slow start after a recovery, else 1.
+    pub fn weight_factor(&self, check: &HealthCheck, now: Instant) -> f64 {
+        if self.state == State::Down {
+            return 0.0;
+        }
+        match self.recovered_at {
+            Some(t) if check.slow_start_s > 0 => {
+                let done =
+                    now.saturating_duration_since(t).as_secs_f64() / check.slow_start_s as f64;
+                if done >= 1.0 { 1.0 } else { 0.1 + 0.9 * done }
+            }
+            _ => 1.0,
+        }
+    }
+
+    /// The 90th percentile of recent probe latencies, in seconds.
+    pub fn latency_p90(&self) -> Option<f64> {
+        if self.latencies.is_empty() {
+            return None;
+        }
+        let mut v: Vec<f64> = self.latencies.iter().copied().collect();
+        v.sort_by(f64::total_cmp);
+        Some(v[((v.len() - 1) as f64 * 0.9).round() as usize])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok() -> ProbeResult {
+        ProbeResult {
+            ok: true,
+            latency: Duration::from_millis(2),
+            detail: String::new(),
+        }
+    }
+    fn fail() -> ProbeResult {
+        ProbeResult {
+            ok: false,
+            latency: Duration::from_millis(500),
+            detail: "refused".into(),
+        }
+    }
+
+    #[test]
+    fn fall_and_rise_counts() {
+        let check = HealthCheck {
+            rise: 2,
+            fall: 3,
+            slow_start_s: 0,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let mut h = Health::new(t);
+        assert!(h.observe(&fail(), &check, t).is_none());
+        assert!(h.observe(&fail(), &check, t).is_none());
+        let down = h
+            .observe(&fail(), &check, t)
+            .expect("third failure takes it down");
+        assert_eq!(down.to, State::Down);
+        assert!(down.reason.contains("refused"), "{}", down.reason);
+        assert_eq!(h.weight_factor(&check, t), 0.0);
+        assert!(h.observe(&ok(), &check, t).is_none());
+        assert!(
+            h.observe(&fail(), &check, t).is_none(),
+            "a failure resets the rise count"
+        );
+        assert!(h.observe(&ok(), &check, t).is_none());
+        assert_eq!(
+            h.observe(&ok(), &check, t).expect("two successes").to,
+            State::Up
+        );
+        assert_eq!(h.weight_factor(&check, t), 1.0);
+    }
+
+    #[test]
+    fn slow_start_ramps() {
+        let check = HealthCheck {
+            rise: 1,
+            fall: 1,
+            slow_start_s: 10,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let mut h = Health::new(t);
+        h.observe(&fail(), &check, t);
+        h.observe(&ok(), &check, t);
+        let at = |s| h.weight_factor(&check, t + Duration::from_secs(s));
+        assert!((at(0) - 0.1).abs() < 1e-9);
+        assert!((at(5) - 0.55).abs() < 1e-9);
+        assert_eq!(at(10), 1.0);
+        assert_eq!(at(100), 1.0);
+    }
+
+    #[test]
+    fn flapping_is_held_down() {
+        let check = HealthCheck {
+            rise: 1,
+            fall: 1,
+            slow_start_s: 0,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let mut h = Health::new(t);
+        // Three quick falls push the penalty over the suppress level.
+        for _ in 0..2 {
+            assert_eq!(h.observe(&fail(), &check, t).unwrap().to, State::Down);
+            assert_eq!(h.observe(&ok(), &check, t).unwrap().to, State::Up);
+        }
+        assert_eq!(h.observe(&fail(), &check, t).unwrap().to, State::Down);
+        assert!(
+            h.observe(&ok(), &check, t).is_none(),
+            "held down while flapping"
+        );
+        assert!(h.reason.starts_with("flapping"));
+        // 3000 decays below 800 after log2(3000/800) half-lives, about 57 s.
+        let later = t + Duration::from_secs(60);
+        assert_eq!(h.observe(&ok(), &check, later).unwrap().to, State::Up);
+    }
+
+    #[test]
+    fn latency_percentile() {
+        let check = HealthCheck::default();
+        let t = Instant::now();
+        let mut h = Health::new(t);
+        for ms in 1..=10 {
+            h.observe(
+                &ProbeResult {
+                    ok: true,
+                    latency: Duration::from_millis(ms),
+                    detail: String::new(),
+                },
+                &check,
+                t,
+            );
+        }
+        let p90 = h.latency_p90().unwrap();
+        assert!(
+            (p90 - 0.009).abs() < 1e-3 || (p90 - 0.010).abs() < 1e-3,
+            "{p90}"
+        );
+        assert!(h.latency_ewma.unwrap() > 0.005);
+    }
+
+    #[tokio::test]
+    async fn probes_a_real_listener() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            for _ in 0..2 {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut b = [0u8; 512];
+                let _ = s.read(&mut b).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+            }
+        });
+        let tcp = probe(addr, &HealthCheck::default()).await;
+        assert!(tcp.ok, "{}", tcp.detail);
+        let http = HealthCheck {
+            kind: CheckKind::Http,
+            body_contains: Some("ok".into()),
+            ..Default::default()
+        };
+        let r = probe(addr, &http).await;
+        assert!(r.ok, "{}", r.detail);
+        // Nothing listens on the port any more once the listener task ends.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead = closed.local_addr().unwrap();
+        drop(closed);
+        let r = probe(dead, &HealthCheck::default()).await;
+        assert!(!r.ok && r.detail.contains("connect"), "{}", r.detail);
+    }
+}

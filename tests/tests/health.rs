@@ -1,0 +1,181 @@
+//! Health checks: a backend whose service dies leaves the table at once (its flows move,
+//! nobody else's), and comes back through a slow start when it recovers.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use lbx_tests::{DIRECT_PORT, Topology, VIP_V4, VIP_V6, backend_name, tally};
+
+/// Checks are fast so the test is: a failure is seen within FALL * INTERVAL.
+const INTERVAL_MS: u64 = 200;
+const FALL: u32 = 2;
+const SLOW_START_S: u64 = 3;
+
+fn backend_status(topo: &Topology, vip: SocketAddr, addr: IpAddr) -> serde_json::Value {
+    let status = topo.lbx_json(&["status"]).expect("lbx status");
+    let vip_name = format!("{vip}/tcp");
+    status["vips"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["vip"] == vip_name.as_str()))
+        .and_then(|v| v["backends"].as_array())
+        .and_then(|b| b.iter().find(|b| b["address"] == addr.to_string().as_str()))
+        .cloned()
+        .unwrap_or_else(|| panic!("no backend {addr} of {vip_name} in `lbx status`: {status}"))
+}
+
+/// Polls `lbx status` until backend `addr` is in `state`; returns how long it took.
+fn wait_state(
+    topo: &Topology,
+    vip: SocketAddr,
+    addr: IpAddr,
+    state: &str,
+    limit: Duration,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let b = backend_status(topo, vip, addr);
+        if b["health"]["state"] == state {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "backend {addr} of {vip} not {state} within {limit:?}: {b}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn run(vip: SocketAddr, first_port: u16) {
+    let mut topo = Topology::builder()
+        .backends(3)
+        .vip(vip)
+        .build()
+        .expect("topology");
+    topo.add_vip(vip, &[(1, 1), (2, 1), (3, 1)])
+        .expect("add VIP");
+    let vip_arg = vip.to_string();
+    topo.lbx(&[
+        "vip",
+        "health",
+        &vip_arg,
+        "--kind",
+        "tcp",
+        "--port",
+        &DIRECT_PORT.to_string(),
+        "--interval-ms",
+        &INTERVAL_MS.to_string(),
+        "--timeout-ms",
+        "100",
+        "--fall",
+        &FALL.to_string(),
+        "--rise",
+        "2",
+        "--slow-start-s",
+        &SLOW_START_S.to_string(),
+    ])
+    .expect("lbx vip health");
+    let dead = topo.backend_addr(2, vip);
+    wait_state(&topo, vip, dead, "up", Duration::from_secs(5));
+
+    // Connections to the two survivors stay open across the failure.
+    let ports: Vec<u16> = (first_port..first_port + 30).collect();
+    let open: Vec<_> = topo
+        .client()
+        .open_many(vip, &ports)
+        .expect("connect")
+        .into_iter()
+        .filter(|c| c.first_answer() != Some(backend_name(2).as_str()))
+        .collect();
+    assert!(
+        open.len() >= 10,
+        "only {} connections landed on survivors",
+        open.len()
+    );
+
+    topo.stop_server(2).expect("stop backend-2's server");
+    let took = wait_state(&topo, vip, dead, "down", Duration::from_secs(5));
+    // FALL failed probes at INTERVAL_MS, plus the probe timeout and polling slack.
+    let bound = Duration::from_millis(INTERVAL_MS * u64::from(FALL + 2) + 500);
+    assert!(
+        took <= bound,
+        "backend-2 taken out after {took:?}, more than {bound:?}"
+    );
+    let b = backend_status(&topo, vip, dead);
+    assert_eq!(b["state"], "down", "{b}");
+    assert_eq!(
+        b["table_slots"], 0,
+        "a down backend keeps no table slots: {b}"
+    );
+    assert!(
+        b["health"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("failed probes")),
+        "the reason names the failure: {b}"
+    );
+
+    // New connections all go to the survivors, and every one of them succeeds.
+    let ports: Vec<u16> = (first_port + 100..first_port + 400).collect();
+    let names = topo
+        .client()
+        .ask_many(vip, &ports)
+        .expect("connections after the failure");
+    let counts = tally(&names);
+    assert!(
+        !counts.contains_key(&backend_name(2)),
+        "new connections reached the dead backend: {counts:?}"
+    );
+    for mut c in open {
+        let was = c.first_answer().expect("asked").to_owned();
+        assert_eq!(c.ask().expect("open connection still works"), was);
+    }
+
+    // Recovery: back up after `rise` probes, first with a reduced weight.
+    topo.start_server(2, &[vip])
+        .expect("restart backend-2's server");
+    wait_state(&topo, vip, dead, "up", Duration::from_secs(5));
+    let b = backend_status(&topo, vip, dead);
+    let eff = b["effective_weight"].as_f64().expect("effective weight");
+    let full = b["weight"].as_f64().expect("weight");
+    assert!(
+        eff < full,
+        "right after recovery the weight ramps up, got {eff} of {full}: {b}"
+    );
+    let start = Instant::now();
+    loop {
+        let b = backend_status(&topo, vip, dead);
+        if b["effective_weight"].as_f64() == b["weight"].as_f64() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(SLOW_START_S + 3),
+            "slow start did not finish within {}s: {b}",
+            SLOW_START_S + 3
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Fresh source ports: the ones used above are in the connection table, on survivors.
+    let fresh: Vec<u16> = (first_port + 500..first_port + 800).collect();
+    let names = topo
+        .client()
+        .ask_many(vip, &fresh)
+        .expect("connections after recovery");
+    let counts = tally(&names);
+    let back = counts.get(&backend_name(2)).copied().unwrap_or(0);
+    assert!(
+        back > fresh.len() / 10,
+        "recovered backend-2 got {back} of {} new connections: {counts:?}",
+        fresh.len()
+    );
+}
+
+#[test]
+fn failed_backend_leaves_and_returns_v4() {
+    run(SocketAddr::new(VIP_V4.into(), 80), 20000);
+}
+
+#[test]
+fn failed_backend_leaves_and_returns_v6() {
+    run(SocketAddr::new(VIP_V6.into(), 80), 30000);
+}
