@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use lbx::{
     api::{self, Request},
     config::{BackendConfig, CheckKind, HealthCheck, MacAddr, Protocol, VipId},
-    output, run,
+    output, run, trace,
 };
 
 /// lbx: a layer-4 load balancer in XDP, with direct server return.
@@ -52,6 +52,91 @@ enum Command {
     Stats,
     /// Which backend a flow goes to, and why (connection table or Maglev slot).
     Flow(FlowArgs),
+    /// The load-prediction model, offline: score it on a trace, or generate one.
+    #[command(subcommand)]
+    Model(ModelCmd),
+}
+
+#[derive(Subcommand)]
+enum ModelCmd {
+    /// Replay a trace (CSV: time_s,backend,rate,latency_ms) and report each backend's
+    /// one-step forecast error (MAPE) of the model next to a last-value forecast and a
+    /// moving average.
+    Eval {
+        #[arg(long)]
+        trace: PathBuf,
+    },
+    /// Write a synthetic trace with daily cycles and a flash-sale spike.
+    Trace {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        backends: usize,
+        #[arg(long, default_value_t = 2.0)]
+        days: f64,
+        /// Seconds between rows.
+        #[arg(long, default_value_t = 60)]
+        step_s: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+fn model(cmd: ModelCmd, json: bool) -> Result<()> {
+    match cmd {
+        ModelCmd::Trace {
+            out,
+            backends,
+            days,
+            step_s,
+            seed,
+        } => {
+            if backends == 0 || step_s == 0 || days.is_nan() || days <= 0.0 {
+                bail!("--backends, --step-s and --days must be positive");
+            }
+            let text = trace::generate(&trace::TraceSpec {
+                backends,
+                days,
+                step_s,
+                seed,
+            });
+            std::fs::write(&out, text)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!("wrote {}", out.display());
+        }
+        ModelCmd::Eval { trace: path } => {
+            let scores = trace::evaluate(&trace::read(&path)?);
+            if json {
+                let v: serde_json::Map<String, serde_json::Value> = scores
+                    .iter()
+                    .map(|(b, e)| {
+                        (
+                            b.clone(),
+                            serde_json::json!({
+                                "points": e.points,
+                                "mape_model": e.holt,
+                                "mape_last_value": e.last_value,
+                                "mape_moving_average": e.moving_average,
+                            }),
+                        )
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "{:<16} {:>7} {:>12} {:>12} {:>12}",
+                    "BACKEND", "POINTS", "MODEL MAPE", "LAST VALUE", "MOVING AVG"
+                );
+                for (b, e) in &scores {
+                    println!(
+                        "{b:<16} {:>7} {:>11.2}% {:>11.2}% {:>11.2}%",
+                        e.points, e.holt, e.last_value, e.moving_average
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A VIP: ADDR:PORT (IPv6 as [ADDR]:PORT); port 0 or a bare address means all ports.
@@ -185,7 +270,7 @@ fn request(cmd: Command) -> Result<Request> {
         Command::Vip(VipCmd::List) => Request::VipList,
         Command::Vip(VipCmd::Health(h)) => Request::VipHealth {
             vip: h.vip.id()?,
-            health: (!h.off).then(|| HealthCheck {
+            health: (!h.off).then_some(HealthCheck {
                 kind: h.kind,
                 port: h.port,
                 path: h.path,
@@ -240,7 +325,9 @@ fn request(cmd: Command) -> Result<Request> {
             src: f.src,
             dst: f.dst,
         },
-        Command::Run(_) | Command::Decap(_) | Command::Pass(_) => unreachable!("not a request"),
+        Command::Run(_) | Command::Decap(_) | Command::Pass(_) | Command::Model(_) => {
+            unreachable!("not a request")
+        }
     })
 }
 
@@ -260,6 +347,7 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Run(args) => run::run(args, cli.socket),
         Command::Decap(args) => run::decap(args),
         Command::Pass(args) => run::pass(args),
+        Command::Model(cmd) => model(cmd, cli.json),
         cmd => {
             let req = request(cmd)?;
             let socket = api::find_socket(cli.socket)?;
