@@ -18,10 +18,12 @@ use crate::{
     dataplane::{Balancer, DataPlaneError, Mode},
     generation::{PublishError, Publisher},
     health::{Health, ProbeResult, State},
+    model::BackendModel,
     net::{self, ResolveError},
     plan::{self, Effective, Overrides, Plan},
     slots::Slots,
     sys,
+    weights::{self, Input, Policy},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +64,23 @@ pub struct Agent {
     health: BTreeMap<(VipId, IpAddr), Health>,
     /// The effective weights in the published generation.
     published: Overrides,
+    /// Load signals of each backend over the last control interval.
+    signals: BTreeMap<(VipId, IpAddr), Signals>,
+    /// Counters at the last control tick, by backend slot.
+    last_counters: BTreeMap<u32, (Counters, Instant)>,
+    /// Forecast and capacity model of each backend of an adaptive VIP.
+    models: BTreeMap<(VipId, IpAddr), BackendModel>,
+    /// Adaptive weight of each backend of an adaptive VIP, and why.
+    adaptive: BTreeMap<(VipId, IpAddr), (u32, String)>,
     started: Instant,
+}
+
+/// Per-second rates of one backend over the last control interval.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Signals {
+    pub new_flows_per_s: f64,
+    pub packets_per_s: f64,
+    pub bytes_per_s: f64,
 }
 
 /// What the agent thread handles, in arrival order.
@@ -120,6 +138,10 @@ impl Agent {
             },
             health: BTreeMap::new(),
             published: Overrides::new(),
+            signals: BTreeMap::new(),
+            last_counters: BTreeMap::new(),
+            models: BTreeMap::new(),
+            adaptive: BTreeMap::new(),
             started: Instant::now(),
         };
         // The first generation is in place before the program sees a packet.
@@ -144,15 +166,110 @@ impl Agent {
             let Some(check) = &v.health else { continue };
             for b in &v.backends {
                 let key = (v.id(), b.address);
-                let Some(h) = self.health.get(&key) else {
-                    continue;
+                let weight = v
+                    .adaptive
+                    .as_ref()
+                    .and_then(|_| self.adaptive.get(&key))
+                    .map(|(w, _)| *w);
+                let (permille, down) = match self.health.get(&key) {
+                    Some(h) => (
+                        (h.weight_factor(check, now) * f64::from(plan::FULL)).round() as u32,
+                        h.state == State::Down,
+                    ),
+                    None => (plan::FULL, false),
                 };
-                let permille = (h.weight_factor(check, now) * f64::from(plan::FULL)).round() as u32;
-                let down = h.state == State::Down;
-                out.insert(key, Effective { permille, down });
+                out.insert(
+                    key,
+                    Effective {
+                        weight,
+                        permille,
+                        down,
+                    },
+                );
             }
         }
         out
+    }
+
+    /// Reads the data plane's per-backend counters into per-second rates.
+    fn sample_signals(&mut self, now: Instant) {
+        let mut signals = BTreeMap::new();
+        let mut counters = BTreeMap::new();
+        for (key, slot) in &self.slots.backends {
+            let Ok(values) = self.bal.backend_stats.get(&slot.slot, 0) else {
+                continue;
+            };
+            let c = values.iter().fold(Counters::default(), |a, c| Counters {
+                packets: a.packets + c.packets,
+                bytes: a.bytes + c.bytes,
+                new_flows: a.new_flows + c.new_flows,
+            });
+            if let Some((prev, at)) = self.last_counters.get(&slot.slot) {
+                let dt = now.saturating_duration_since(*at).as_secs_f64();
+                if dt > 0.0 {
+                    let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt;
+                    signals.insert(
+                        *key,
+                        Signals {
+                            new_flows_per_s: rate(c.new_flows, prev.new_flows),
+                            packets_per_s: rate(c.packets, prev.packets),
+                            bytes_per_s: rate(c.bytes, prev.bytes),
+                        },
+                    );
+                }
+            }
+            counters.insert(slot.slot, (c, now));
+        }
+        self.signals = signals;
+        self.last_counters = counters;
+    }
+
+    /// Feeds the interval's signals to the models and chooses the adaptive weights.
+    fn adapt(&mut self) {
+        let mut keep = BTreeMap::new();
+        for v in &self.config.vips {
+            let Some(a) = &v.adaptive else { continue };
+            let id = v.id();
+            let policy = Policy {
+                min_weight: a.min_weight,
+                max_weight: a.max_weight,
+                hysteresis: f64::from(a.hysteresis_percent) / 100.0,
+                churn_budget: f64::from(a.churn_budget_percent) / 100.0,
+            };
+            let max_op = v
+                .backends
+                .iter()
+                .map(|b| b.weight)
+                .max()
+                .unwrap_or(1)
+                .max(1);
+            let mut inputs = Vec::with_capacity(v.backends.len());
+            for b in &v.backends {
+                let key = (id, b.address);
+                let rate = self.signals.get(&key).map_or(0.0, |s| s.new_flows_per_s);
+                let health = self.health.get(&key);
+                let latency = health
+                    .filter(|h| h.state == State::Up)
+                    .and_then(|h| h.latency_ewma);
+                let model = self.models.entry(key).or_default();
+                model.observe(rate, latency);
+                let current = self.adaptive.get(&key).map_or_else(
+                    || (u64::from(a.max_weight) * u64::from(b.weight) / u64::from(max_op)) as u32,
+                    |(w, _)| *w,
+                );
+                inputs.push(Input {
+                    operator: b.weight,
+                    capacity: model.capacity.estimate(),
+                    current,
+                });
+            }
+            let (weights, reasons) = weights::choose(&inputs, &policy);
+            for ((b, w), why) in v.backends.iter().zip(weights).zip(reasons) {
+                keep.insert((id, b.address), (w, why));
+            }
+        }
+        self.models.retain(|k, _| keep.contains_key(k));
+        self.adaptive = keep;
     }
 
     fn publish(
@@ -258,9 +375,14 @@ impl Agent {
     }
 
     /// Runs every control interval: publishes when an effective weight moved (slow start).
+    /// Every control interval: measure, run the models, and publish when an effective
+    /// weight moved (adaptive weights, slow start).
     pub fn on_tick(&mut self) {
-        if self.effective(&self.config, Instant::now()) != self.published {
-            self.republish("slow start");
+        let now = Instant::now();
+        self.sample_signals(now);
+        self.adapt();
+        if self.effective(&self.config, now) != self.published {
+            self.republish("a weight change");
         }
     }
 
@@ -290,6 +412,7 @@ impl Agent {
                 drain,
             } => self.edit(|c| c.set_drain(vip, address, drain)),
             Request::VipHealth { vip, health } => self.edit(|c| c.set_health(vip, health)),
+            Request::VipAdaptive { vip, adaptive } => self.edit(|c| c.set_adaptive(vip, adaptive)),
             Request::VipList => Ok(self.vip_list()),
             Request::BackendList { vip } => self.backend_list(vip),
             Request::Status => Ok(self.status()),
@@ -384,7 +507,20 @@ impl Agent {
                             "mac_source": if b.mac.is_some() { "configured" } else { "neighbour table" },
                             "table_slots": share,
                             "effective_weight": eff.map_or(f64::from(b.weight), |e| {
-                                f64::from(b.weight) * f64::from(e.permille) / f64::from(plan::FULL)
+                                f64::from(e.weight.unwrap_or(b.weight)) * f64::from(e.permille)
+                                    / f64::from(plan::FULL)
+                            }),
+                            "signals": self.signals.get(&(id, b.address)),
+                            "adaptive": self.adaptive.get(&(id, b.address)).map(|(w, why)| {
+                                let m = self.models.get(&(id, b.address));
+                                json!({
+                                    "weight": w,
+                                    "reason": why,
+                                    "capacity_per_s": m.and_then(|m| m.capacity.estimate()),
+                                    "forecast_per_s": m.and_then(|m| m.demand.forecast(1.0)),
+                                    "predicted_utilisation": m.and_then(|m| m.predicted_utilisation()),
+                                    "base_latency_ms": m.and_then(|m| m.capacity.base_latency()).map(|l| l * 1e3),
+                                })
                             }),
                             "health": health,
                         })

@@ -17,7 +17,7 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use crate::config::{BackendConfig, HealthCheck, Protocol, VipId};
+use crate::config::{Adaptive, BackendConfig, HealthCheck, Protocol, VipId};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -31,6 +31,10 @@ pub enum Request {
     VipHealth {
         vip: VipId,
         health: Option<HealthCheck>,
+    },
+    VipAdaptive {
+        vip: VipId,
+        adaptive: Option<Adaptive>,
     },
     VipList,
     BackendAdd {

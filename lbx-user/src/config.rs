@@ -241,8 +241,87 @@ pub struct VipConfig {
     /// How the agent checks this VIP's backends; none: they are assumed healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthCheck>,
+    /// Weights set by the agent from measured load; none: the operator's weights as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<Adaptive>,
     #[serde(rename = "backend", default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<BackendConfig>,
+}
+
+/// Adaptive weights: every control interval the agent measures each backend (new flows
+/// per second from the data plane, probe latency from the health checks), estimates its
+/// capacity, and sets weights in proportion, with the operator's weights as caps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Adaptive {
+    /// Weights range over `min_weight..=max_weight` (the largest capacity gets the max).
+    #[serde(default = "default_min_weight")]
+    pub min_weight: u32,
+    #[serde(default = "default_max_weight")]
+    pub max_weight: u32,
+    /// A weight moves only when it would change by more than this many percent.
+    #[serde(default = "default_hysteresis")]
+    pub hysteresis_percent: u32,
+    /// At most this share of table slots (percent) changes owner per interval.
+    #[serde(default = "default_churn_budget")]
+    pub churn_budget_percent: u32,
+}
+
+fn default_min_weight() -> u32 {
+    1
+}
+fn default_max_weight() -> u32 {
+    1000
+}
+fn default_hysteresis() -> u32 {
+    5
+}
+fn default_churn_budget() -> u32 {
+    10
+}
+
+impl Default for Adaptive {
+    fn default() -> Self {
+        Adaptive {
+            min_weight: default_min_weight(),
+            max_weight: default_max_weight(),
+            hysteresis_percent: default_hysteresis(),
+            churn_budget_percent: default_churn_budget(),
+        }
+    }
+}
+
+impl Adaptive {
+    fn validate(&self, vip: VipId, health: Option<&HealthCheck>) -> Result<(), ConfigError> {
+        let bad = |reason: String| ConfigError::BadAdaptive { vip, reason };
+        if health.is_none() {
+            return Err(bad(
+                "adaptive weights need a health check to measure latency: add one with \
+                 `lbx vip health VIP --kind http ...`"
+                    .into(),
+            ));
+        }
+        if self.min_weight < 1 || self.max_weight > MAX_WEIGHT || self.min_weight > self.max_weight
+        {
+            return Err(bad(format!(
+                "weights {}..{} are out of range: use 1 <= min_weight <= max_weight <= {MAX_WEIGHT}",
+                self.min_weight, self.max_weight
+            )));
+        }
+        if self.hysteresis_percent > 100 {
+            return Err(bad(format!(
+                "hysteresis_percent {} is out of range: use 0 to 100",
+                self.hysteresis_percent
+            )));
+        }
+        if !(1..=100).contains(&self.churn_budget_percent) {
+            return Err(bad(format!(
+                "churn_budget_percent {} is out of range: use 1 to 100",
+                self.churn_budget_percent
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// What a health probe does.
@@ -603,6 +682,8 @@ pub enum ConfigError {
         value: Prefix,
         reason: String,
     },
+    #[error("adaptive weights of VIP {vip}: {reason}")]
+    BadAdaptive { vip: VipId, reason: String },
     #[error("health check of VIP {vip}: {reason}")]
     BadHealthCheck { vip: VipId, reason: String },
     #[error("invalid address {value}: {reason}")]
@@ -880,6 +961,9 @@ impl Config {
             if let Some(h) = &v.health {
                 h.validate(vip)?;
             }
+            if let Some(a) = &v.adaptive {
+                a.validate(vip, v.health.as_ref())?;
+            }
             if v.backends.len() > size as usize {
                 return Err(ConfigError::TableTooSmall {
                     vip,
@@ -946,6 +1030,7 @@ impl Config {
             port: id.port,
             protocol: id.protocol,
             health: None,
+            adaptive: None,
             backends: Vec::new(),
         });
         Ok(())
@@ -1016,6 +1101,20 @@ impl Config {
         Ok(())
     }
 
+    /// Turns adaptive weights on (with these limits) or off for a VIP.
+    pub fn set_adaptive(
+        &mut self,
+        id: VipId,
+        adaptive: Option<Adaptive>,
+    ) -> Result<(), ConfigError> {
+        let vip = self.vip_mut(id)?;
+        if let Some(a) = &adaptive {
+            a.validate(id, vip.health.as_ref())?;
+        }
+        vip.adaptive = adaptive;
+        Ok(())
+    }
+
     /// Sets (or with `None` removes) the health check of a VIP's backends.
     pub fn set_health(
         &mut self,
@@ -1025,7 +1124,16 @@ impl Config {
         if let Some(h) = &health {
             h.validate(id)?;
         }
-        self.vip_mut(id)?.health = health;
+        let vip = self.vip_mut(id)?;
+        if health.is_none() && vip.adaptive.is_some() {
+            return Err(ConfigError::BadAdaptive {
+                vip: id,
+                reason: "adaptive weights need the health check: turn them off first \
+                         (`lbx vip adaptive VIP --off`)"
+                    .into(),
+            });
+        }
+        vip.health = health;
         Ok(())
     }
 
@@ -1392,6 +1500,7 @@ drain = false                # optional, omitted when false
             port: extra.port,
             protocol: extra.protocol,
             health: None,
+            adaptive: None,
             backends: vec![],
         });
         let e = assert_names(c.validate(), &["65", "64"]);
@@ -1515,6 +1624,7 @@ drain = false                # optional, omitted when false
                 port: 80,
                 protocol: Protocol::Tcp,
                 health: None,
+                adaptive: None,
                 backends: vec![],
             });
             let e = assert_names(c.validate(), &[addr, "VIP"]);
@@ -1982,5 +2092,49 @@ rise = 3
         assert_eq!(c2, before, "a refused health check changes nothing");
         c2.set_health(vip, None).expect("remove");
         assert!(c2.vips[0].health.is_none());
+    }
+
+    #[test]
+    fn adaptive_needs_health_and_sane_limits() {
+        let mut c = Config::default();
+        let vip = VipId::parse("10.0.0.1:80", Protocol::Tcp).unwrap();
+        c.add_vip(vip).unwrap();
+        let before = c.clone();
+        let e = c.set_adaptive(vip, Some(Adaptive::default())).unwrap_err();
+        assert!(e.to_string().contains("health check"), "{e}");
+        assert_eq!(c, before);
+        c.set_health(vip, Some(HealthCheck::default())).unwrap();
+        for bad in [
+            Adaptive {
+                min_weight: 0,
+                ..Default::default()
+            },
+            Adaptive {
+                min_weight: 10,
+                max_weight: 5,
+                ..Default::default()
+            },
+            Adaptive {
+                churn_budget_percent: 0,
+                ..Default::default()
+            },
+            Adaptive {
+                hysteresis_percent: 101,
+                ..Default::default()
+            },
+        ] {
+            let before = c.clone();
+            let e = c.set_adaptive(vip, Some(bad.clone())).unwrap_err();
+            assert!(
+                matches!(e, ConfigError::BadAdaptive { .. }),
+                "{bad:?}: {e:?}"
+            );
+            assert_eq!(c, before);
+        }
+        c.set_adaptive(vip, Some(Adaptive::default())).unwrap();
+        c.validate().unwrap();
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c, "round trip");
+        let e = c.set_health(vip, None).unwrap_err();
+        assert!(e.to_string().contains("--off"), "{e}");
     }
 }

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use lbx::{
     api::{self, Request},
-    config::{BackendConfig, CheckKind, HealthCheck, MacAddr, Protocol, VipId},
+    config::{Adaptive, BackendConfig, CheckKind, HealthCheck, MacAddr, Protocol, VipId},
     output, run, trace,
 };
 
@@ -161,11 +161,35 @@ enum VipCmd {
     Add(VipArg),
     /// Remove a VIP and its backends.
     Del(VipArg),
+    /// Turn adaptive weights on or off: every second the agent measures each backend (new
+    /// flows/s, probe latency), estimates its capacity, and weights it in proportion; the
+    /// operator's weights are caps. Needs a health check (`lbx vip health`).
+    Adaptive(AdaptiveArgs),
     /// Set how the VIP's backends are health-checked (probes go to each backend's own
     /// address); a failing backend leaves the table at once and returns through a slow start.
     Health(HealthArgs),
     /// List VIPs.
     List,
+}
+
+#[derive(Args)]
+struct AdaptiveArgs {
+    #[command(flatten)]
+    vip: VipArg,
+    /// Back to the operator's weights.
+    #[arg(long)]
+    off: bool,
+    /// Smallest weight a backend gets (the largest capacity gets --max-weight).
+    #[arg(long, default_value_t = 1)]
+    min_weight: u32,
+    #[arg(long, default_value_t = 1000)]
+    max_weight: u32,
+    /// A weight moves only if it would change by more than this many percent.
+    #[arg(long, default_value_t = 5)]
+    hysteresis_percent: u32,
+    /// At most this share of table slots (percent) changes owner per second.
+    #[arg(long, default_value_t = 10)]
+    churn_budget_percent: u32,
 }
 
 #[derive(Args)]
@@ -268,6 +292,15 @@ fn request(cmd: Command) -> Result<Request> {
         Command::Vip(VipCmd::Add(v)) => Request::VipAdd { vip: v.id()? },
         Command::Vip(VipCmd::Del(v)) => Request::VipDel { vip: v.id()? },
         Command::Vip(VipCmd::List) => Request::VipList,
+        Command::Vip(VipCmd::Adaptive(a)) => Request::VipAdaptive {
+            vip: a.vip.id()?,
+            adaptive: (!a.off).then_some(Adaptive {
+                min_weight: a.min_weight,
+                max_weight: a.max_weight,
+                hysteresis_percent: a.hysteresis_percent,
+                churn_budget_percent: a.churn_budget_percent,
+            }),
+        },
         Command::Vip(VipCmd::Health(h)) => Request::VipHealth {
             vip: h.vip.id()?,
             health: (!h.off).then_some(HealthCheck {

@@ -36,7 +36,9 @@ pub struct Plan {
 /// What the agent decides for a backend beyond its configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Effective {
-    /// Share of its configured weight the backend gets now, in thousandths (a slow start
+    /// Weight chosen by the agent (adaptive), replacing the configured one.
+    pub weight: Option<u32>,
+    /// Share of its (configured or adaptive) weight the backend gets now, in thousandths (a slow start
     /// ramps it up); 0 keeps it out of the ring.
     pub permille: u32,
     /// Failed its health checks: its established flows move too.
@@ -94,6 +96,7 @@ pub fn build(
                 .get(&(id, b.address))
                 .copied()
                 .unwrap_or(Effective {
+                    weight: None,
                     permille: FULL,
                     down: false,
                 });
@@ -111,7 +114,7 @@ pub fn build(
             if !b.drain && !eff.down && eff.permille > 0 {
                 // Maglev needs only ratios: scaling every weight by 1000 lets a weight of
                 // 1 ramp up as finely as any other.
-                in_ring.push((s.slot, b.weight * eff.permille));
+                in_ring.push((s.slot, eff.weight.unwrap_or(b.weight) * eff.permille));
                 identities.push(identity(b.address));
             }
         }
