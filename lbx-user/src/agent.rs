@@ -21,6 +21,7 @@ use crate::{
     model::BackendModel,
     net::{self, ResolveError},
     plan::{self, Effective, Overrides, Plan},
+    report::{self, Report},
     slots::Slots,
     sys,
     weights::{self, Input, Policy},
@@ -72,6 +73,8 @@ pub struct Agent {
     models: BTreeMap<(VipId, IpAddr), BackendModel>,
     /// Adaptive weight of each backend of an adaptive VIP, and why.
     adaptive: BTreeMap<(VipId, IpAddr), (u32, String)>,
+    /// Latest load report of each backend that serves one.
+    reports: BTreeMap<(VipId, IpAddr), Report>,
     started: Instant,
 }
 
@@ -100,6 +103,9 @@ pub struct Target {
 }
 
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// A load report comes from the backend's own agent on the same link: it answers fast or
+/// not at all, and the control loop must not wait on it.
+const REPORT_TIMEOUT: Duration = Duration::from_millis(50);
 
 impl Agent {
     /// Loads the configuration, publishes it as generation 1 and attaches to the interface.
@@ -142,6 +148,7 @@ impl Agent {
             last_counters: BTreeMap::new(),
             models: BTreeMap::new(),
             adaptive: BTreeMap::new(),
+            reports: BTreeMap::new(),
             started: Instant::now(),
         };
         // The first generation is in place before the program sees a packet.
@@ -227,6 +234,7 @@ impl Agent {
     /// Feeds the interval's signals to the models and chooses the adaptive weights.
     fn adapt(&mut self) {
         let mut keep = BTreeMap::new();
+        let mut reports = std::mem::take(&mut self.reports);
         for v in &self.config.vips {
             let Some(a) = &v.adaptive else { continue };
             let id = v.id();
@@ -251,15 +259,28 @@ impl Agent {
                 let latency = health
                     .filter(|h| h.state == State::Up)
                     .and_then(|h| h.latency_ewma);
+                let report = a
+                    .report_port
+                    .and_then(|p| report::fetch(SocketAddr::new(b.address, p), REPORT_TIMEOUT));
+                match report {
+                    Some(r) => reports.insert(key, r),
+                    None => reports.remove(&key),
+                };
                 let model = self.models.entry(key).or_default();
                 model.observe(rate, latency);
+                // Without queueing in the latency yet, a reported utilisation bounds capacity.
+                let capacity = model.capacity.estimate().or_else(|| {
+                    report
+                        .filter(|r| r.utilisation > 0.05 && rate > 0.0)
+                        .map(|r| rate / r.utilisation)
+                });
                 let current = self.adaptive.get(&key).map_or_else(
                     || (u64::from(a.max_weight) * u64::from(b.weight) / u64::from(max_op)) as u32,
                     |(w, _)| *w,
                 );
                 inputs.push(Input {
                     operator: b.weight,
-                    capacity: model.capacity.estimate(),
+                    capacity,
                     current,
                 });
             }
@@ -269,6 +290,8 @@ impl Agent {
             }
         }
         self.models.retain(|k, _| keep.contains_key(k));
+        reports.retain(|k, _| keep.contains_key(k));
+        self.reports = reports;
         self.adaptive = keep;
     }
 
@@ -511,6 +534,7 @@ impl Agent {
                                     / f64::from(plan::FULL)
                             }),
                             "signals": self.signals.get(&(id, b.address)),
+                            "report": self.reports.get(&(id, b.address)),
                             "adaptive": self.adaptive.get(&(id, b.address)).map(|(w, why)| {
                                 let m = self.models.get(&(id, b.address));
                                 json!({

@@ -265,6 +265,10 @@ pub struct Adaptive {
     /// At most this share of table slots (percent) changes owner per interval.
     #[serde(default = "default_churn_budget")]
     pub churn_budget_percent: u32,
+    /// Port of `lbx report` on each backend's own address: its CPU utilisation and
+    /// requests in flight, shown in `lbx status` and used when latency says nothing yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_port: Option<u16>,
 }
 
 fn default_min_weight() -> u32 {
@@ -287,6 +291,7 @@ impl Default for Adaptive {
             max_weight: default_max_weight(),
             hysteresis_percent: default_hysteresis(),
             churn_budget_percent: default_churn_budget(),
+            report_port: None,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod model;
 pub mod net;
 pub mod output;
 pub mod plan;
+pub mod report;
 pub mod run;
 pub mod slots;
 pub mod sys;

@@ -52,6 +52,16 @@ enum Command {
     Stats,
     /// Which backend a flow goes to, and why (connection table or Maglev slot).
     Flow(FlowArgs),
+    /// On a backend: serve a one-line load report (CPU utilisation, connections in flight)
+    /// that an adaptive lbx agent reads. Runs until killed.
+    Report {
+        /// Address and port to serve on (the backend's own address).
+        #[arg(long)]
+        listen: SocketAddr,
+        /// The service's port: its established connections count as in flight.
+        #[arg(long)]
+        service_port: Option<u16>,
+    },
     /// The load-prediction model, offline: score it on a trace, or generate one.
     #[command(subcommand)]
     Model(ModelCmd),
@@ -190,6 +200,9 @@ struct AdaptiveArgs {
     /// At most this share of table slots (percent) changes owner per second.
     #[arg(long, default_value_t = 10)]
     churn_budget_percent: u32,
+    /// Port of `lbx report` on each backend's own address (optional load signal).
+    #[arg(long)]
+    report_port: Option<u16>,
 }
 
 #[derive(Args)]
@@ -299,6 +312,7 @@ fn request(cmd: Command) -> Result<Request> {
                 max_weight: a.max_weight,
                 hysteresis_percent: a.hysteresis_percent,
                 churn_budget_percent: a.churn_budget_percent,
+                report_port: a.report_port,
             }),
         },
         Command::Vip(VipCmd::Health(h)) => Request::VipHealth {
@@ -358,7 +372,11 @@ fn request(cmd: Command) -> Result<Request> {
             src: f.src,
             dst: f.dst,
         },
-        Command::Run(_) | Command::Decap(_) | Command::Pass(_) | Command::Model(_) => {
+        Command::Run(_)
+        | Command::Decap(_)
+        | Command::Pass(_)
+        | Command::Model(_)
+        | Command::Report { .. } => {
             unreachable!("not a request")
         }
     })
@@ -381,6 +399,10 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Decap(args) => run::decap(args),
         Command::Pass(args) => run::pass(args),
         Command::Model(cmd) => model(cmd, cli.json),
+        Command::Report {
+            listen,
+            service_port,
+        } => lbx::report::serve(listen, service_port),
         cmd => {
             let req = request(cmd)?;
             let socket = api::find_socket(cli.socket)?;
