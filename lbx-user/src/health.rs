@@ -169,6 +169,8 @@ const SUPPRESS: f64 = 2500.0;
 const REUSE: f64 = 800.0;
 const PENALTY_HALF_LIFE: Duration = Duration::from_secs(30);
 
+const PROBES_SUCCEED: &str = "probes succeed";
+
 /// Probe latencies kept for the high percentile.
 const LATENCY_WINDOW: usize = 32;
 
@@ -266,7 +268,19 @@ impl Health {
                 self.recovered_at = Some(now);
                 Some(self.change(State::Up, format!("{} successful probes", self.ok_run), now))
             }
-            _ => None,
+            State::Up => {
+                // Keep the reason current for `lbx status`, without allocating every probe.
+                if r.ok && self.fail_run == 0 && self.reason != PROBES_SUCCEED {
+                    self.reason = PROBES_SUCCEED.to_owned();
+                } else if !r.ok {
+                    self.reason = format!(
+                        "{} of {} failed probes: {}",
+                        self.fail_run, check.fall, r.detail
+                    );
+                }
+                None
+            }
+            State::Down => None,
         }
     }
 

@@ -229,8 +229,9 @@ struct HealthArgs {
     body_contains: Option<String>,
     #[arg(long, default_value_t = 1000)]
     interval_ms: u64,
-    #[arg(long, default_value_t = 500)]
-    timeout_ms: u64,
+    /// Default: 500, or the interval if that is shorter.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
     /// Consecutive successes that bring a failed backend back.
     #[arg(long, default_value_t = 2)]
     rise: u32,
@@ -324,7 +325,7 @@ fn request(cmd: Command) -> Result<Request> {
                 expect_status: h.expect_status,
                 body_contains: h.body_contains,
                 interval_ms: h.interval_ms,
-                timeout_ms: h.timeout_ms,
+                timeout_ms: h.timeout_ms.unwrap_or(h.interval_ms.min(500)),
                 rise: h.rise,
                 fall: h.fall,
                 slow_start_s: h.slow_start_s,

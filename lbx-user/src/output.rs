@@ -145,6 +145,37 @@ fn status(v: &Value) {
                 })
                 .collect(),
         );
+        signals(&vip);
+    }
+}
+
+/// One line per backend with load signals and, for adaptive VIPs, the model's view.
+fn signals(vip: &Value) {
+    for b in arr(&vip["backends"]) {
+        let sig = &b["signals"];
+        if sig.is_null() {
+            continue;
+        }
+        let num =
+            |v: &Value, digits: usize| v.as_f64().map_or("-".into(), |x| format!("{x:.digits$}"));
+        let mut line = format!(
+            "  {}: {} new flows/s, {} packets/s, probe latency {} ms",
+            s(&b["address"]),
+            num(&sig["new_flows_per_s"], 1),
+            num(&sig["packets_per_s"], 0),
+            num(&b["health"]["latency_ms"], 2)
+        );
+        let a = &b["adaptive"];
+        if !a.is_null() {
+            line.push_str(&format!(
+                "; forecast {}/s, capacity {}/s, weight {} ({})",
+                num(&a["forecast_per_s"], 1),
+                num(&a["capacity_per_s"], 0),
+                s(&a["weight"]),
+                s(&a["reason"])
+            ));
+        }
+        println!("{line}");
     }
 }
 
