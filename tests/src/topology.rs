@@ -536,6 +536,12 @@ impl Topology {
         self.processes.push(pass);
         ready?;
 
+        self.start_agent()
+    }
+
+    /// Starts `lbx run` in the lb namespace and waits until it answers.
+    fn start_agent(&mut self) -> anyhow::Result<()> {
+        let lbx = self.bins.lbx.clone();
         let args = vec![
             "run".to_owned(),
             "--iface".to_owned(),
@@ -543,7 +549,7 @@ impl Topology {
             "--socket".to_owned(),
             self.socket.display().to_string(),
             "--config".to_owned(),
-            self.dir.join("lbx.toml").display().to_string(),
+            self.config_path().display().to_string(),
             "--xdp-mode".to_owned(),
             "native".to_owned(),
         ];
@@ -633,6 +639,28 @@ impl Topology {
         let ready = process.wait_for_line(ready_line, READY_TIMEOUT);
         self.processes.push(process);
         ready
+    }
+
+    /// The agent's configuration file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("lbx.toml")
+    }
+
+    /// Stops the agent (SIGTERM: it detaches) and starts it again on the same
+    /// configuration file.
+    pub fn restart_agent(&mut self) -> anyhow::Result<()> {
+        let at = self
+            .processes
+            .iter()
+            .position(|p| p.label() == "lb-agent")
+            .ok_or_else(|| anyhow::anyhow!("no running lb-agent"))?;
+        let mut p = self.processes.remove(at);
+        let status = p.stop();
+        ensure!(
+            status.is_some_and(|s| s.success()),
+            "lbx run did not exit cleanly on SIGTERM: {status:?}"
+        );
+        self.start_agent()
     }
 
     /// Stops backend `i`'s server, as if its service died (its address still answers).
