@@ -120,7 +120,14 @@ impl Agent {
                 );
                 Config::default()
             }
-            Err(e) => return Err(e.into()),
+            // Syntax and I/O errors name the file already; validation errors do not.
+            Err(e @ (ConfigError::Parse { .. } | ConfigError::Io { .. })) => return Err(e.into()),
+            Err(e) => {
+                return Err(AgentError::Other(format!(
+                    "{}: {e}; nothing was loaded",
+                    opts.config_path.display()
+                )));
+            }
         };
         let mtu = match config.mtu {
             Some(m) => m,
