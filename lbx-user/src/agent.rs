@@ -178,6 +178,7 @@ impl Agent {
         let mut out = Overrides::new();
         for v in &config.vips {
             let Some(check) = &v.health else { continue };
+            let panic = self.panicking(v);
             for b in &v.backends {
                 let key = (v.id(), b.address);
                 let weight = v
@@ -186,6 +187,7 @@ impl Agent {
                     .and_then(|_| self.adaptive.get(&key))
                     .map(|(w, _)| *w);
                 let (permille, down) = match self.health.get(&key) {
+                    Some(_) if panic => (plan::FULL, false),
                     Some(h) => (
                         (h.weight_factor(check, now) * f64::from(plan::FULL)).round() as u32,
                         h.state == State::Down,
@@ -203,6 +205,23 @@ impl Agent {
             }
         }
         out
+    }
+
+    /// Whether more than half of a VIP's backends taking new flows failed their checks.
+    /// Then the failures more likely come from overload (probes queue behind requests)
+    /// than from the backends, and taking them out would pile everything on the rest: like
+    /// Envoy's panic threshold, health is ignored until enough backends pass again.
+    fn panicking(&self, v: &crate::config::VipConfig) -> bool {
+        let serving: Vec<_> = v.backends.iter().filter(|b| !b.drain).collect();
+        let down = serving
+            .iter()
+            .filter(|b| {
+                self.health
+                    .get(&(v.id(), b.address))
+                    .is_some_and(|h| h.state == State::Down)
+            })
+            .count();
+        down * 2 > serving.len()
     }
 
     /// Reads the data plane's per-backend counters into per-second rates.
@@ -400,6 +419,14 @@ impl Agent {
                 if t.to == State::Up { "up" } else { "down" },
                 t.reason
             );
+            if let Some(v) = self.config.vip(vip)
+                && self.panicking(v)
+            {
+                eprintln!(
+                    "VIP {vip}: more than half of its backends fail their checks; \
+                     ignoring health checks until enough pass again"
+                );
+            }
             self.republish("health change");
         }
     }
@@ -557,7 +584,11 @@ impl Agent {
                         })
                     })
                     .collect();
-                json!({ "vip": id.to_string(), "backends": backends })
+                json!({
+                    "vip": id.to_string(),
+                    "health_panic": v.health.is_some() && self.panicking(v),
+                    "backends": backends,
+                })
             })
             .collect();
         json!({

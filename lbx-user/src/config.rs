@@ -278,7 +278,7 @@ fn default_max_weight() -> u32 {
     1000
 }
 fn default_hysteresis() -> u32 {
-    5
+    10
 }
 fn default_churn_budget() -> u32 {
     10

@@ -195,7 +195,7 @@ struct AdaptiveArgs {
     #[arg(long, default_value_t = 1000)]
     max_weight: u32,
     /// A weight moves only if it would change by more than this many percent.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 10)]
     hysteresis_percent: u32,
     /// At most this share of table slots (percent) changes owner per second.
     #[arg(long, default_value_t = 10)]

@@ -62,7 +62,7 @@ pub struct Capacity {
 /// Latency within this factor of the base says little about capacity (noise dominates).
 const MIN_QUEUEING: f64 = 1.15;
 /// Smoothing of successive estimates.
-const CAPACITY_GAIN: f64 = 0.3;
+const CAPACITY_GAIN: f64 = 0.15;
 
 impl Capacity {
     pub fn observe(&mut self, rate: f64, latency: f64) {

@@ -19,7 +19,7 @@ impl Default for Policy {
         Policy {
             min_weight: 1,
             max_weight: 1000,
-            hysteresis: 0.05,
+            hysteresis: 0.1,
             churn_budget: 0.1,
         }
     }

@@ -179,3 +179,64 @@ fn failed_backend_leaves_and_returns_v4() {
 fn failed_backend_leaves_and_returns_v6() {
     run(SocketAddr::new(VIP_V6.into(), 80), 30000);
 }
+
+/// When most backends fail their checks at once, lbx keeps them all in the table rather
+/// than piling every flow on the last one (panic mode), and leaves panic mode once they pass.
+#[test]
+fn most_backends_failing_keeps_the_table_whole() {
+    let vip = SocketAddr::new(VIP_V4.into(), 80);
+    let mut topo = Topology::builder()
+        .backends(3)
+        .vip(vip)
+        .build()
+        .expect("topology");
+    topo.add_vip(vip, &[(1, 1), (2, 1), (3, 1)])
+        .expect("add VIP");
+    let vip_arg = vip.to_string();
+    topo.lbx(&[
+        "vip",
+        "health",
+        &vip_arg,
+        "--port",
+        &DIRECT_PORT.to_string(),
+        "--interval-ms",
+        &INTERVAL_MS.to_string(),
+        "--timeout-ms",
+        "100",
+        "--fall",
+        "2",
+        "--rise",
+        "2",
+        "--slow-start-s",
+        "0",
+    ])
+    .expect("lbx vip health");
+    let one = topo.backend_addr(1, vip);
+    wait_state(&topo, vip, one, "up", Duration::from_secs(5));
+
+    topo.stop_server(1).expect("stop backend-1");
+    wait_state(&topo, vip, one, "down", Duration::from_secs(5));
+    let panic = |topo: &Topology| {
+        topo.lbx_json(&["status"]).expect("status")["vips"][0]["health_panic"].clone()
+    };
+    assert_eq!(panic(&topo), false, "one of three down is no panic");
+    assert_eq!(backend_status(&topo, vip, one)["table_slots"], 0);
+
+    topo.stop_server(2).expect("stop backend-2");
+    let two = topo.backend_addr(2, vip);
+    wait_state(&topo, vip, two, "down", Duration::from_secs(5));
+    assert_eq!(panic(&topo), true, "two of three down is panic");
+    for i in 1..=3 {
+        let b = backend_status(&topo, vip, topo.backend_addr(i, vip));
+        assert!(
+            b["table_slots"].as_u64().unwrap_or(0) > 0,
+            "in panic every backend keeps its slots: {b}"
+        );
+    }
+
+    topo.start_server(1, &[vip]).expect("restart backend-1");
+    topo.start_server(2, &[vip]).expect("restart backend-2");
+    wait_state(&topo, vip, one, "up", Duration::from_secs(5));
+    wait_state(&topo, vip, two, "up", Duration::from_secs(5));
+    assert_eq!(panic(&topo), false, "panic ends once the backends pass");
+}
