@@ -61,6 +61,8 @@ pub struct Capacity {
 
 /// Latency within this factor of the base says little about capacity (noise dominates).
 const MIN_QUEUEING: f64 = 1.15;
+/// Per observation, the base latency may rise by this factor unless a lower latency is seen.
+const BASE_CREEP: f64 = 1.002;
 /// Smoothing of successive estimates.
 const CAPACITY_GAIN: f64 = 0.15;
 
@@ -69,14 +71,12 @@ impl Capacity {
         if !(latency.is_finite() && latency > 0.0 && rate.is_finite() && rate >= 0.0) {
             return;
         }
-        let base = self.base.map_or(latency, |b| b.min(latency));
+        // The base is the lowest latency seen, but it creeps up unless seen again, so one
+        // unusually fast probe does not bias every later estimate.
+        let base = self.base.map_or(latency, |b| (b * BASE_CREEP).min(latency));
         self.base = Some(base);
         if latency < base * MIN_QUEUEING || rate <= 0.0 {
-            // Lightly loaded: the capacity is at least what it serves with room to spare.
-            let floor = rate * MIN_QUEUEING / (MIN_QUEUEING - 1.0);
-            if self.estimate.is_some_and(|e| e < floor) {
-                self.estimate = Some(floor);
-            }
+            // Lightly loaded: latency says nothing about capacity; keep what we know.
             return;
         }
         let seen = rate * latency / (latency - base);
