@@ -65,6 +65,8 @@ pub mod programs {
     pub const BALANCER: &str = "lbx_balancer";
     pub const DECAP: &str = "lbx_decap";
     pub const PASS: &str = "lbx_pass";
+    /// Benchmark floor: a minimal encapsulating forwarder without lookups.
+    pub const BENCH_FORWARD: &str = "lbx_bench_forward";
 }
 
 /// An IP address as sixteen network-order bytes seen as four `u32` words; IPv4 uses the
@@ -137,6 +139,9 @@ pub struct Settings {
     pub mtu: u32,
     /// `SETTINGS_F_*` bits.
     pub flags: u32,
+    /// `vip_filter_bit` of every VIP address, OR-ed: a packet whose destination's bit is
+    /// clear is for no VIP, and skips the VIP table lookup.
+    pub vip_filter: u64,
     /// Outer IPv4 source: `src_v4 | (hash & src_v4_hostmask)`, both network order.
     pub src_v4: u32,
     pub src_v4_hostmask: u32,
@@ -146,7 +151,17 @@ pub struct Settings {
     /// Generation number (informational; `lbx status` and consistency checks).
     pub generation: u64,
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 64);
+const _: () = assert!(core::mem::size_of::<Settings>() == 72);
+
+/// The bit of `Settings::vip_filter` for a destination address: one of 64, from all its
+/// bytes (cheap in BPF: three XORs and two shifts).
+#[inline(always)]
+pub fn vip_filter_bit(addr: &Addr) -> u64 {
+    let x = addr[0] ^ addr[1] ^ addr[2] ^ addr[3];
+    let x = x ^ (x >> 16);
+    let x = x ^ (x >> 8);
+    1u64 << (x & 63)
+}
 
 /// Some IPv4 VIP listens on all ports: an exact miss needs a port-0 lookup.
 pub const SETTINGS_F_PORT0_V4: u32 = 1;

@@ -4,6 +4,7 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lbx_common::{
     BACKEND_F_DOWN, Backend, FAMILY_V4, FlowEntry, MAX_BACKENDS, Reason, SETTINGS_F_PORT0_V4,
     SETTINGS_F_PORT0_V6, Settings, VIP_F_HAS_BACKENDS, VipInfo, VipKey, hash::flow_hash,
+    vip_filter_bit,
 };
 
 use crate::{
@@ -51,6 +52,10 @@ fn try_balance(ctx: &XdpContext) -> Result<(), Reason> {
     let ring_size = settings.ring_size;
     if ring_size == 0 {
         return Err(Reason::PassNoConfig);
+    }
+    // Most traffic that is not for a VIP stops here, without hashing a VIP table key.
+    if settings.vip_filter & vip_filter_bit(&pkt.key.dst) == 0 {
+        return Err(Reason::PassNotVip);
     }
     let vip = lookup_vip(&pkt, slot, settings).ok_or(Reason::PassNotVip)?;
     let backend_base = slot * MAX_BACKENDS;

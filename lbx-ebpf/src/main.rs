@@ -7,6 +7,7 @@ mod balancer;
 mod cursor;
 mod decap;
 mod encap;
+mod floor;
 mod maps;
 mod parse;
 
@@ -33,6 +34,13 @@ pub fn lbx_decap(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn lbx_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// Benchmark floor only (`cargo xtask bench`): parses Ethernet/IP/ports, prepends a fixed
+/// outer header and sends the frame back, with no lookup. Never attached.
+#[xdp]
+pub fn lbx_bench_forward(ctx: XdpContext) -> u32 {
+    floor::forward(&ctx)
 }
 
 #[cfg(target_arch = "bpf")]

@@ -151,6 +151,12 @@ fn attach(prog: &mut Xdp, iface: &str, mode: Mode) -> Result<Mode, DataPlaneErro
     Ok(mode)
 }
 
+/// Loads `program` (one of `lbx_common::programs`) without attaching it, e.g. to run
+/// packets through it with `TestRun` (the benchmark's floors).
+pub fn load_unattached(program: &str) -> Result<Ebpf, DataPlaneError> {
+    load(program, &[])
+}
+
 /// Loads `program` and attaches it to `iface`. Returns the object (dropping it detaches)
 /// and the mode used.
 pub fn load_and_attach(

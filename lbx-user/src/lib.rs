@@ -12,6 +12,7 @@ pub mod model;
 pub mod net;
 pub mod output;
 pub mod plan;
+pub mod reference;
 pub mod report;
 pub mod run;
 pub mod slots;

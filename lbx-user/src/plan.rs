@@ -66,6 +66,7 @@ pub fn build(
         ring_size: config.table_size,
         mtu,
         flags: 0,
+        vip_filter: 0,
         src_v4: src_v4[0],
         src_v4_hostmask: mask_v4[0],
         src_v6,
@@ -77,6 +78,7 @@ pub fn build(
     for vip in &config.vips {
         let id = vip.id();
         let family = net::family(vip.address);
+        settings.vip_filter |= lbx_common::vip_filter_bit(&net::to_words(vip.address));
         if vip.port == 0 {
             settings.flags |= if family == FAMILY_V4 {
                 SETTINGS_F_PORT0_V4

@@ -14,11 +14,17 @@
 //! Everything is torn down when the [`Topology`] is dropped, including during a panic. Only
 //! addresses inside these namespaces are ever sent to.
 
+pub mod bench_adaptive;
 pub mod capture;
 pub mod client;
 pub mod ethtool;
+pub mod fixture;
 pub mod netns;
+pub mod packets;
+pub mod pcap;
 pub mod process;
+pub mod rng;
+pub mod testrun;
 pub mod topology;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -114,7 +120,9 @@ impl Binaries {
     }
 }
 
-fn locate_binary(env: &str, name: &str, hint: &str) -> anyhow::Result<PathBuf> {
+/// Finds binary `name`: from the variable `env`, else next to the running executable or one
+/// directory up; `hint` says how to build it.
+pub fn locate_binary(env: &str, name: &str, hint: &str) -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os(env) {
         let path = PathBuf::from(path);
         if !path.is_file() {

@@ -87,12 +87,83 @@ pub fn tally<S: AsRef<str>>(names: &[S]) -> std::collections::BTreeMap<String, u
     counts
 }
 
+/// The environment variable choosing how backends decapsulate: `xdp` (the default),
+/// `kernel` or `mixed`; see [`DecapMode`].
+pub const DECAP_ENV: &str = "LBX_TEST_DECAP";
+
+/// How the backends of a topology decapsulate the packets lbx sends them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecapMode {
+    /// Every backend runs `lbx decap` (XDP). The default: it needs no tunnel support in the
+    /// kernel, and this project's test host has no IPIP.
+    Xdp,
+    /// Every backend decapsulates with its kernel's fallback tunnel devices `tunl0` (module
+    /// ipip) and `ip6tnl0` (ip6_tunnel), as the README tells operators to.
+    Kernel,
+    /// Odd backends use the kernel's devices, even ones `lbx decap`, so that one run covers
+    /// both paths (what `cargo xtask vm-test` uses).
+    Mixed,
+}
+
+impl DecapMode {
+    /// From [`DECAP_ENV`]; `xdp` when unset.
+    pub fn from_env() -> anyhow::Result<Self> {
+        match std::env::var(DECAP_ENV) {
+            Err(std::env::VarError::NotPresent) => Ok(DecapMode::Xdp),
+            Ok(v) if v == "xdp" => Ok(DecapMode::Xdp),
+            Ok(v) if v == "kernel" => Ok(DecapMode::Kernel),
+            Ok(v) if v == "mixed" => Ok(DecapMode::Mixed),
+            Ok(v) => bail!("{DECAP_ENV}={v}: expected xdp, kernel or mixed"),
+            Err(e) => bail!("{DECAP_ENV}: {e}"),
+        }
+    }
+
+    /// How backend `i` (1-based) decapsulates.
+    pub fn for_backend(self, i: usize) -> Decap {
+        match self {
+            DecapMode::Xdp => Decap::Xdp,
+            DecapMode::Kernel => Decap::Kernel,
+            DecapMode::Mixed if i % 2 == 1 => Decap::Kernel,
+            DecapMode::Mixed => Decap::Xdp,
+        }
+    }
+}
+
+/// The environment variable scaling the tests' counts of connections, flows and
+/// configuration changes: a factor in (0, 1], default 1. `cargo xtask vm-test` sets 0.5 in
+/// its VMs, whose emulated CPU makes every connection and CLI call about 20 times slower.
+pub const SCALE_ENV: &str = "LBX_TEST_SCALE";
+
+/// `n` times [`SCALE_ENV`], rounded, but at least `min`: the floor a test needs for its
+/// check to mean anything. Bounds that depend on a count must use the scaled count.
+pub fn scaled(n: usize, min: usize) -> usize {
+    let factor = match std::env::var(SCALE_ENV) {
+        Err(_) => 1.0,
+        Ok(v) => match v.parse::<f64>() {
+            Ok(f) if f > 0.0 && f <= 1.0 => f,
+            _ => panic!("{SCALE_ENV}={v}: expected a factor in (0, 1]"),
+        },
+    };
+    ((n as f64 * factor).round() as usize).max(min).min(n)
+}
+
+/// How one backend decapsulates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decap {
+    /// `lbx decap --iface eth0 --vip ...`.
+    Xdp,
+    /// `tunl0` and `ip6tnl0` up, reverse path filtering off on tunl0.
+    Kernel,
+}
+
 /// What to build; see [`Topology::builder`].
 #[derive(Debug, Clone)]
 pub struct TopologyBuilder {
     backends: usize,
     vips: Vec<SocketAddr>,
     lbx: bool,
+    /// None: from [`DECAP_ENV`] when built.
+    decap: Option<DecapMode>,
 }
 
 /// The running test network. Dropping it stops every process it started (process groups,
@@ -115,6 +186,8 @@ pub struct Topology {
     agent_started: bool,
     /// Whether dropping prints the agent's state and the processes' logs.
     report_on_drop: bool,
+    /// How each backend decapsulates (empty without lbx).
+    decap: Vec<Decap>,
 }
 
 impl TopologyBuilder {
@@ -138,6 +211,12 @@ impl TopologyBuilder {
         self
     }
 
+    /// How the backends decapsulate, instead of what [`DECAP_ENV`] says.
+    pub fn decap(mut self, mode: DecapMode) -> Self {
+        self.decap = Some(mode);
+        self
+    }
+
     pub fn build(self) -> anyhow::Result<Topology> {
         ensure!(
             crate::is_root(),
@@ -152,6 +231,10 @@ impl TopologyBuilder {
             !(self.lbx && self.vips.is_empty()),
             "a topology with lbx needs at least one VIP"
         );
+        let decap = match self.decap {
+            Some(mode) => mode,
+            None => DecapMode::from_env()?,
+        };
         netns::remove_stale_namespaces();
         let bins = Binaries {
             test_server: Binaries::locate_test_server()?,
@@ -180,6 +263,7 @@ impl TopologyBuilder {
             bins,
             agent_started: false,
             report_on_drop: true,
+            decap: Vec::new(),
         };
         for i in 1..=self.backends {
             let mac_last = 0x10 + u8::try_from(i).expect("at most MAX_BACKENDS");
@@ -195,12 +279,30 @@ impl TopologyBuilder {
         topo.configure_client()?;
         topo.configure_lb()?;
         topo.configure_backends(&self.vips)?;
-        topo.start_backends(&self.vips, self.lbx)?;
+        topo.start_backends(&self.vips, self.lbx.then_some(decap))?;
         if self.lbx {
             topo.start_lbx()?;
         }
         Ok(topo)
     }
+}
+
+/// Has the backend's kernel decapsulate: once up, its fallback tunnel devices take every
+/// IPIP and IPv6-in-IPv6 packet addressed to the backend, whatever the outer source (lbx
+/// varies it per flow). The inner packet then arrives on tunl0 from the client, whose route
+/// is via eth0: reverse path filtering must be off on tunl0 too (IPv6 has none).
+fn kernel_decap(netns: &Netns) -> anyhow::Result<()> {
+    for dev in ["tunl0", "ip6tnl0"] {
+        netns.ip(&["link", "set", dev, "up"]).with_context(|| {
+            format!(
+                "{DECAP_ENV}=kernel or mixed needs the kernel's ipip and ip6_tunnel modules \
+                 (every namespace then has tunl0 and ip6tnl0), and {} has no {dev}: use \
+                 {DECAP_ENV}=xdp on this kernel, or the VMs (`cargo xtask vm-test`)",
+                netns.name()
+            )
+        })?;
+    }
+    netns.sysctl("net.ipv4.conf.tunl0.rp_filter", "0")
 }
 
 /// Removes temporary directories of test processes that no longer exist (killed outright).
@@ -265,6 +367,7 @@ impl Topology {
             backends: 3,
             vips: Vec::new(),
             lbx: true,
+            decap: None,
         }
     }
 
@@ -486,7 +589,12 @@ impl Topology {
         Process::spawn(label, cmd, &self.dir)
     }
 
-    fn start_backends(&mut self, vips: &[SocketAddr], lbx: bool) -> anyhow::Result<()> {
+    /// Starts each backend's server and, with lbx (`decap` is set), its decapsulation.
+    fn start_backends(
+        &mut self,
+        vips: &[SocketAddr],
+        decap: Option<DecapMode>,
+    ) -> anyhow::Result<()> {
         let vip_addrs: BTreeSet<IpAddr> = vips.iter().map(SocketAddr::ip).collect();
         let listen: BTreeSet<SocketAddr> = vips.iter().copied().collect();
         let server = self.bins.test_server.clone();
@@ -508,7 +616,12 @@ impl Topology {
             self.processes.push(server_process);
             ready?;
 
-            if lbx {
+            let Some(mode) = decap else { continue };
+            let how = mode.for_backend(i + 1);
+            self.decap.push(how);
+            if how == Decap::Kernel {
+                kernel_decap(&self.backends[i].netns)?;
+            } else {
                 let b = &self.backends[i];
                 let mut args = vec!["decap".to_owned(), "--iface".to_owned(), IFACE.to_owned()];
                 for addr in &vip_addrs {
@@ -519,6 +632,30 @@ impl Topology {
                 self.processes.push(decap);
                 ready?;
             }
+        }
+        if let Some(mode) = decap {
+            // In the test's output, shown when it fails.
+            eprintln!(
+                "decapsulation ({DECAP_ENV}={}): {}",
+                match mode {
+                    DecapMode::Xdp => "xdp",
+                    DecapMode::Kernel => "kernel",
+                    DecapMode::Mixed => "mixed",
+                },
+                self.backends
+                    .iter()
+                    .zip(&self.decap)
+                    .map(|(b, d)| format!(
+                        "{} {}",
+                        b.name,
+                        match d {
+                            Decap::Xdp => "lbx decap",
+                            Decap::Kernel => "tunl0/ip6tnl0",
+                        }
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         Ok(())
     }
@@ -561,6 +698,11 @@ impl Topology {
         });
         self.processes.push(agent);
         ready
+    }
+
+    /// How backend `i` (1-based) decapsulates; None without lbx.
+    pub fn backend_decap(&self, i: usize) -> Option<Decap> {
+        self.decap.get(i.checked_sub(1)?).copied()
     }
 
     /// `ip netns exec <lb> lbx --socket S ARGS`, not yet run.

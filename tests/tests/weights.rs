@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use lbx_tests::{Topology, VIP_V4, VIP_V6, backend_name, tally};
+use lbx_tests::{Topology, VIP_V4, VIP_V6, backend_name, tally, topology::scaled};
 
 /// Checks that `n` connections answered by `names` split as `weights` (backend i+1 has
 /// `weights[i]`), and that lbx's own per-backend new-flow counters agree with what the client saw.
@@ -85,6 +85,10 @@ fn new_connections_follow_the_weights_v4_and_v6() {
 
     let cases: [(SocketAddr, &[u32], u16); 2] = [(vip4, &[1, 2, 3], 1200), (vip6, &[1, 1, 2], 800)];
     for (vip, weights, n) in cases {
+        // LBX_TEST_SCALE may lower the counts (in VMs), never below half: with 400
+        // connections an even split of 1:1:2 still falls outside backend-3's tolerance
+        // (33.3% against 50% +- 13.5), with fewer it would not.
+        let n = scaled(usize::from(n), usize::from(n) / 2);
         let backends: Vec<(usize, u32)> = weights
             .iter()
             .enumerate()
@@ -92,7 +96,7 @@ fn new_connections_follow_the_weights_v4_and_v6() {
             .collect();
         topo.add_vip(vip, &backends).expect("configure the VIP");
         // Distinct, fixed source ports: each connection is a different flow to hash.
-        let ports: Vec<u16> = (20_000..20_000 + n).collect();
+        let ports: Vec<u16> = (20_000..).take(n).collect();
         let names = topo
             .client()
             .ask_many(vip, &ports)

@@ -5,7 +5,8 @@
 //! 2. its `rust-src` component;
 //! 3. bpf-linker, built against the nightly's own LLVM and cached outside the source tree
 //!    (see [`crate::bpf_linker`]);
-//! 4. the Debian packages the tests and the demo run ([`PACKAGES`]).
+//! 4. the Debian packages the tests and the demo run ([`PACKAGES`]);
+//! 5. for `vm-test` only, the packages that boot test VMs ([`VM_PACKAGES`], [`vm_packages`]).
 
 use std::{collections::BTreeSet, process::Command};
 
@@ -23,6 +24,15 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("procps", "sysctl"),
 ];
 
+/// Debian packages `vm-test` needs on the host, with a command each provides: qemu, a
+/// static busybox (the guest's shell and tools, and `depmod`/`xzcat` for the kernel's
+/// modules) and `strip` (debug binaries are mostly debug information the guest needs not).
+pub const VM_PACKAGES: &[(&str, &str)] = &[
+    ("qemu-system-x86", "qemu-system-x86_64"),
+    ("busybox-static", "busybox"),
+    ("binutils", "strip"),
+];
+
 /// What the caller needs from the machine besides the toolchains.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Need {
@@ -38,7 +48,7 @@ pub fn run(need: Need) -> Result<Workspace> {
     nightly_toolchain()?;
     rust_src()?;
     let linker_dir = bpf_linker::ensure()?;
-    packages(need)?;
+    packages(PACKAGES, need, "the kernel tests and the demo use them")?;
     Workspace::new(&[linker_dir])
 }
 
@@ -100,12 +110,17 @@ fn rust_src() -> Result<()> {
     )
 }
 
-/// Step 4: the Debian packages in [`PACKAGES`], installed with apt-get when root.
-fn packages(need: Need) -> Result<()> {
-    let names: Vec<&str> = PACKAGES.iter().map(|(p, _)| *p).collect();
+/// Step 5, for `vm-test` only: the packages in [`VM_PACKAGES`].
+pub fn vm_packages() -> Result<()> {
+    packages(VM_PACKAGES, Need::Run, "the VM tests use them")
+}
+
+/// Step 4: the Debian packages in `wanted`, installed with apt-get when root.
+fn packages(wanted: &[(&str, &str)], need: Need, why: &str) -> Result<()> {
+    let names: Vec<&str> = wanted.iter().map(|(p, _)| *p).collect();
     let missing = match missing_packages(&names)? {
         Some(missing) => missing,
-        None => return commands_without_dpkg(need),
+        None => return commands_without_dpkg(wanted, need),
     };
     if missing.is_empty() {
         step(&format!("packages {}: installed", names.join(", ")));
@@ -115,7 +130,7 @@ fn packages(need: Need) -> Result<()> {
     if !process::is_root() {
         let msg = format!(
             "packages {list} are missing and xtask is not root: install them with \
-             `sudo apt-get install {list}` (the kernel tests and the demo use them)"
+             `sudo apt-get install {list}` ({why})"
         );
         if need == Need::Build {
             step(&format!("warning: {msg}"));
@@ -175,8 +190,8 @@ fn missing_packages(names: &[&str]) -> Result<Option<Vec<String>>> {
 }
 
 /// Without dpkg (not Debian): check that the commands the packages provide are on PATH.
-fn commands_without_dpkg(need: Need) -> Result<()> {
-    let missing: Vec<String> = PACKAGES
+fn commands_without_dpkg(wanted: &[(&str, &str)], need: Need) -> Result<()> {
+    let missing: Vec<String> = wanted
         .iter()
         .filter(|(_, cmd)| which(cmd).is_none())
         .map(|(pkg, cmd)| format!("{cmd} (Debian package {pkg})"))

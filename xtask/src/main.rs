@@ -3,12 +3,19 @@
 //! Kept light on purpose (anyhow and clap only) so it compiles in seconds before anything
 //! else; everything heavy happens in the child cargo commands it runs.
 
+mod bench;
+mod bench_adaptive;
 mod bootstrap;
 mod bpf_linker;
 mod build;
 mod demo;
 mod process;
 mod test;
+mod vm;
+mod vm_guest;
+mod vm_initramfs;
+mod vm_kernel;
+mod vm_qemu;
 mod workspace;
 
 use std::process::ExitCode;
@@ -42,7 +49,8 @@ enum Task {
         debug: bool,
     },
 
-    /// Bootstrap, then run every test tier: lint, unit, kernel; summary at the end.
+    /// Bootstrap, then run the test tiers lint, unit, kernel (vm with `--only vm`); summary
+    /// at the end.
     ///
     /// Tiers, in order (a failing tier does not stop the next ones; the exit status is
     /// non-zero if any failed):
@@ -58,17 +66,57 @@ enum Task {
     ///           built `lbx` and `lbx-test-server` (dev profile). They load XDP programs
     ///           and create network namespaces, so they need root.
     ///
-    /// Arguments after `--` go to every test binary of the unit and kernel tiers, e.g. a
+    ///   vm      the same integration tests inside VMs on every kernel pinned in
+    ///           xtask/kernels.toml: `cargo xtask vm-test` with its defaults.
+    ///
+    /// Arguments after `--` go to every test binary of the unit, kernel and vm tiers, e.g. a
     /// name filter: `cargo xtask test -- maglev`, or `-- --exact some::test`.
     #[command(verbatim_doc_comment)]
     Test {
-        /// Run only this tier (repeat for several): lint, unit or kernel.
+        /// Run only this tier (repeat for several): lint, unit, kernel or vm.
         #[arg(long, value_enum, value_name = "TIER")]
         only: Vec<test::Tier>,
 
         /// Filter and options passed to the test binaries (after `--`).
         #[arg(last = true, value_name = "FILTER")]
         filter: Vec<String>,
+    },
+
+    /// Bootstrap, build, then run the integration tests inside VMs on other kernels.
+    ///
+    /// Boots each kernel pinned in xtask/kernels.toml (Debian's 6.1 and 6.12 cloud kernels)
+    /// with qemu and runs the integration tests of lbx-tests in it, one at a time, with
+    /// results from all kernels reported together at the end. Needs no root once the
+    /// packages are there (qemu-system-x86, busybox-static, binutils; installed when root).
+    ///
+    ///   kernels     fetched once with `apt-get download` into <cache>/vm (see `bootstrap`),
+    ///               checked against their sha256, reused offline afterwards;
+    ///   initramfs   a cached base per kernel (busybox, ip, setpriv, the module closure of
+    ///               veth, bridge, ipip, ip6_tunnel) plus the test binaries of this run;
+    ///   binaries    lbx, lbx-test-server and the tests, release profile (--debug: dev),
+    ///               stripped; LBX_TEST_SCALE=0.5 in the guests unless set here (the
+    ///               tests make half the connections, flows and generations, never fewer
+    ///               than their checks need);
+    ///   decap       in the VMs, odd backends decapsulate with the kernel's tunl0/ip6tnl0,
+    ///               even ones with `lbx decap` (--decap mixed); repeating --decap (kernel,
+    ///               xdp, mixed) runs the suite once per mode;
+    ///   CPU         KVM when kvm_intel or kvm_amd is loaded (or LBX_VM_KVM=1), else TCG
+    ///               (LBX_VM_KVM=0 forces it);
+    ///   limits      each test --test-timeout, each VM --timeout; a guest that panics,
+    ///               hangs or stops without its final marker fails with its last console
+    ///               lines (the whole console is in target/vm-test/<kernel>/console.log);
+    ///               LBX_VM_FAULT=panic|hang|exit makes a guest do so, to check this.
+    ///
+    /// One test in one VM:
+    ///   cargo xtask vm-test --kernel 6.1 -- --exact replies_come_straight_from_the_backends_v4_and_v6
+    #[command(verbatim_doc_comment)]
+    VmTest(vm::Args),
+
+    /// Inside a test VM: run the plan's tests and report on the console (used by /init).
+    #[command(hide = true)]
+    VmGuest {
+        /// The plan written by `vm-test`.
+        plan: std::path::PathBuf,
     },
 
     /// Bootstrap, build (dev profile), then run the demo `lbx-demo` as root.
@@ -78,6 +126,41 @@ enum Task {
     /// status. Arguments after `--` are passed to the demo.
     Demo {
         /// Arguments for lbx-demo (after `--`).
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+
+    /// Bootstrap, then benchmark the control plane and the data plane (root).
+    ///
+    ///   control  criterion: Maglev table build for M = 65537 with 10, 100 and 1000
+    ///            backends; publishing a whole generation (lbx-user/benches/control.rs)
+    ///
+    ///   data     lbx-bench (release): ns/packet of each fixture through BPF_PROG_TEST_RUN,
+    ///            one run per call on a fresh frame (repeat = 1), rounds interleaved;
+    ///            ratios to the floors measured the same way in the same run (an empty
+    ///            program; a minimal forwarder without lookups)
+    ///
+    /// Prints the table; writes <target>/lbx-bench/results.json.
+    ///
+    /// `cargo xtask bench adaptive [-- ARGS]` runs instead the proof of adaptive weights
+    /// (lbx-bench-adaptive, release, root): four scenarios in the namespace test network under
+    /// static, oracle and adaptive weights; writes <target>/lbx-bench/adaptive.json, .md and
+    /// adaptive-<scenario>.png. ARGS go to lbx-bench-adaptive (e.g. `-- --scenario failure`).
+    #[command(verbatim_doc_comment)]
+    Bench {
+        /// `adaptive`: the adaptive-weights benchmark instead of control and data.
+        #[arg(value_parser = ["adaptive"])]
+        what: Option<String>,
+        /// Rounds per data-plane fixture (default 31).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Timed runs per fixture and round (default 2000).
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Skip the criterion control-plane benchmarks.
+        #[arg(long)]
+        no_control: bool,
+        /// Arguments for lbx-bench-adaptive (after `--`).
         #[arg(last = true, value_name = "ARGS")]
         args: Vec<String>,
     },
@@ -93,7 +176,8 @@ enum Task {
     ///      nightly's own libLLVM when missing or built for another LLVM major version
     ///      (about a minute; needs crates.io). Child cargo commands get it first on PATH;
     ///   4. the Debian packages the tests and the demo use (installed with apt-get when
-    ///      root, otherwise the missing ones are named).
+    ///      root, otherwise the missing ones are named);
+    ///   5. for `vm-test` only (not done here): qemu-system-x86, busybox-static, binutils.
     #[command(verbatim_doc_comment)]
     Bootstrap,
 }
@@ -104,7 +188,24 @@ fn main() -> ExitCode {
         Task::Build { debug } => build::run(debug).map(|()| 0),
         Task::Test { only, filter } => test::run(&only, &filter),
         Task::Demo { args } => demo::run(&args),
+        Task::VmTest(args) => vm::run(&args),
+        Task::VmGuest { plan } => vm_guest::run(&plan),
         Task::Bootstrap => bootstrap::run(bootstrap::Need::Run).map(|_| 0),
+        Task::Bench {
+            what: Some(_),
+            args,
+            ..
+        } => bench_adaptive::run(&args),
+        Task::Bench {
+            rounds,
+            batch,
+            no_control,
+            ..
+        } => bench::run(&bench::Options {
+            rounds,
+            batch,
+            no_control,
+        }),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

@@ -23,16 +23,19 @@ pub enum Tier {
     Unit,
     /// Integration tests of lbx-tests against the kernel (root).
     Kernel,
+    /// The same integration tests inside VMs on the pinned kernels (`vm-test`).
+    Vm,
 }
 
 impl Tier {
-    const ALL: [Tier; 3] = [Tier::Lint, Tier::Unit, Tier::Kernel];
+    const ALL: [Tier; 4] = [Tier::Lint, Tier::Unit, Tier::Kernel, Tier::Vm];
 
     fn name(self) -> &'static str {
         match self {
             Tier::Lint => "lint",
             Tier::Unit => "unit",
             Tier::Kernel => "kernel",
+            Tier::Vm => "vm",
         }
     }
 
@@ -41,6 +44,7 @@ impl Tier {
             Tier::Lint => "cargo fmt --check, cargo clippy -D warnings",
             Tier::Unit => "unit and doc tests of every crate",
             Tier::Kernel => "lbx-tests integration tests: XDP, BPF maps, network namespaces",
+            Tier::Vm => "the integration tests inside VMs on the kernels of xtask/kernels.toml",
         }
     }
 }
@@ -52,9 +56,17 @@ enum Outcome {
 
 /// `cargo xtask test [--only TIER]... [-- FILTER...]`; returns the exit code.
 pub fn run(only: &[Tier], filter: &[String]) -> Result<i32> {
+    // The VM tier is not in the default run yet: under TCG some timing-bound tests still
+    // fail on 6.1. Run it with `--only vm` or `cargo xtask vm-test`.
     let tiers: Vec<Tier> = Tier::ALL
         .into_iter()
-        .filter(|t| only.is_empty() || only.contains(t))
+        .filter(|t| {
+            if only.is_empty() {
+                *t != Tier::Vm
+            } else {
+                only.contains(t)
+            }
+        })
         .collect();
     if tiers.contains(&Tier::Kernel) && !process::is_root() {
         bail!(
@@ -84,6 +96,7 @@ pub fn run(only: &[Tier], filter: &[String]) -> Result<i32> {
             Tier::Lint => lint(&ws)?,
             Tier::Unit => unit(&ws, filter)?,
             Tier::Kernel => kernel(&ws, filter)?,
+            Tier::Vm => vm(&ws, filter)?,
         };
         let elapsed = start.elapsed();
         match &outcome {
@@ -211,4 +224,15 @@ fn kernel(ws: &Workspace, filter: &[String]) -> Result<Outcome> {
     let mut steps = Steps::default();
     steps.run(cmd)?;
     Ok(steps.outcome())
+}
+
+fn vm(ws: &Workspace, filter: &[String]) -> Result<Outcome> {
+    match crate::vm::suite(ws, &crate::vm::Args::with_filter(filter)) {
+        Ok(runs) if runs.iter().all(crate::vm::KernelRun::ok) => Ok(Outcome::Passed),
+        Ok(runs) => Ok(Outcome::Failed(
+            runs.iter().filter(|r| !r.ok()).map(|r| r.line()).collect(),
+        )),
+        Err(e) if e.is::<Interrupted>() => Err(e),
+        Err(e) => Ok(Outcome::Failed(vec![format!("{e:#}")])),
+    }
 }

@@ -113,7 +113,7 @@ pub fn root() -> PathBuf {
 
 /// The value of the first `"key":"string"` in a JSON text (enough for `cargo metadata`,
 /// without a JSON dependency).
-fn json_string_field(json: &str, key: &str) -> Option<String> {
+pub fn json_string_field(json: &str, key: &str) -> Option<String> {
     let pattern = format!("\"{key}\":\"");
     let start = json.find(&pattern)? + pattern.len();
     let mut out = String::new();

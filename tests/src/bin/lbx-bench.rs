@@ -1,0 +1,501 @@
+//! `lbx-bench`: the data-plane benchmark behind `cargo xtask bench`, and the report.
+//!
+//! Every timed run is one BPF_PROG_TEST_RUN call with repeat = 1 on a fresh copy of the
+//! input frame: the kernel's `repeat` would rerun an encapsulating program on its own
+//! output. The time is the kernel's own measurement of that one run (ns, around the
+//! program call; it includes a fixed timer overhead, the same for every program). A round
+//! times `--batch` frames per fixture; fixtures take turns round by round so drift hits
+//! all alike; each fixture reports the median of its round means and the 10th and 90th
+//! percentiles. The floors (an empty program, and a minimal forwarder that parses and
+//! prepends a fixed header without lookups) are measured the same way in the same run.
+//!
+//! It then reads criterion's estimates of the control-plane benches (lbx-user's
+//! `benches/control.rs`), writes everything to a JSON file and prints a table.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{Ebpf, programs::Xdp};
+use clap::Parser;
+use lbx::config::Config;
+use lbx_common::programs;
+use lbx_tests::{
+    packets::{self, L4, V4, V6},
+    testrun::{TestBalancer, run_once},
+};
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(about = "Data-plane benchmark of lbx (BPF_PROG_TEST_RUN); needs root")]
+struct Args {
+    /// Rounds per fixture.
+    #[arg(long, default_value_t = 31)]
+    rounds: usize,
+    /// Timed runs (fresh frames) per fixture and round.
+    #[arg(long, default_value_t = 2000)]
+    batch: usize,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "target/lbx-bench/results.json")]
+    out: PathBuf,
+    /// Criterion's output folder, for the control-plane estimates.
+    #[arg(long, default_value = "target/criterion")]
+    criterion: PathBuf,
+}
+
+const RING: u32 = lbx_common::DEFAULT_RING_SIZE;
+const FLOWS: u32 = 1 << 20;
+const PAYLOAD: usize = 64;
+/// Flows kept established for the table-hit fixtures.
+const HIT_FLOWS: usize = 512;
+
+const VIP4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+const OTHER4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 99);
+const OTHER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x99);
+
+/// The balancer's configuration: one VIP per family and protocol, ten backends each.
+fn config() -> Config {
+    let mut text = format!("seed = 1\ntable_size = {RING}\nmtu = 1500\n");
+    for (addr, port, proto, v6) in [
+        (IpAddr::V4(VIP4), 80, "tcp", false),
+        (IpAddr::V4(VIP4), 53, "udp", false),
+        (IpAddr::V6(VIP6), 80, "tcp", true),
+        (IpAddr::V6(VIP6), 53, "udp", true),
+    ] {
+        text.push_str(&format!(
+            "[[vip]]\naddress = \"{addr}\"\nport = {port}\nprotocol = \"{proto}\"\n"
+        ));
+        for i in 1..=10u8 {
+            let b: IpAddr = if v6 {
+                Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, u16::from(i)).into()
+            } else {
+                Ipv4Addr::new(10, 1, 0, i).into()
+            };
+            text.push_str(&format!(
+                "[[vip.backend]]\naddress = \"{b}\"\nmac = \"02:00:00:00:01:{i:02x}\"\n"
+            ));
+        }
+    }
+    Config::from_toml(&text).expect("benchmark configuration")
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Prog {
+    Balancer,
+    Empty,
+    Forwarder,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Table {
+    /// A new flow every frame: connection-table miss, Maglev lookup, insert.
+    Miss,
+    /// Established flows.
+    Hit,
+    /// Not a VIP (the table is not reached).
+    None,
+}
+
+struct Fixture {
+    name: &'static str,
+    prog: Prog,
+    table: Table,
+    v6: bool,
+    tcp: bool,
+    /// Destination: a VIP, or an address that is not one.
+    vip: bool,
+    /// The floor it is compared with (a fixture name), and the target ratio.
+    floor: Option<(&'static str, f64)>,
+    rounds: Vec<f64>,
+}
+
+fn fixture(
+    name: &'static str,
+    prog: Prog,
+    table: Table,
+    (v6, tcp, vip): (bool, bool, bool),
+    floor: Option<(&'static str, f64)>,
+) -> Fixture {
+    Fixture {
+        name,
+        prog,
+        table,
+        v6,
+        tcp,
+        vip,
+        floor,
+        rounds: Vec::new(),
+    }
+}
+
+const FWD4: &str = "floor: minimal forwarder, IPv4 TCP";
+const FWD6: &str = "floor: minimal forwarder, IPv6 TCP";
+const EMPTY: &str = "floor: empty program (XDP_PASS)";
+
+fn fixtures() -> Vec<Fixture> {
+    use Prog::*;
+    use Table::*;
+    let vip4 = Some((FWD4, 1.5));
+    let vip6 = Some((FWD6, 1.5));
+    vec![
+        fixture(EMPTY, Empty, None, (false, true, false), Option::None),
+        fixture(FWD4, Forwarder, None, (false, true, true), Option::None),
+        fixture(FWD6, Forwarder, None, (true, true, true), Option::None),
+        fixture(
+            "IPv4 TCP VIP, table miss (Maglev, IPIP)",
+            Balancer,
+            Miss,
+            (false, true, true),
+            vip4,
+        ),
+        fixture(
+            "IPv4 TCP VIP, table hit (IPIP)",
+            Balancer,
+            Hit,
+            (false, true, true),
+            vip4,
+        ),
+        fixture(
+            "IPv4 UDP VIP, table miss",
+            Balancer,
+            Miss,
+            (false, false, true),
+            vip4,
+        ),
+        fixture(
+            "IPv4 UDP VIP, table hit",
+            Balancer,
+            Hit,
+            (false, false, true),
+            vip4,
+        ),
+        fixture(
+            "IPv6 TCP VIP, table miss (Maglev, IP6IP6)",
+            Balancer,
+            Miss,
+            (true, true, true),
+            vip6,
+        ),
+        fixture(
+            "IPv6 TCP VIP, table hit",
+            Balancer,
+            Hit,
+            (true, true, true),
+            vip6,
+        ),
+        fixture(
+            "IPv6 UDP VIP, table miss",
+            Balancer,
+            Miss,
+            (true, false, true),
+            vip6,
+        ),
+        fixture(
+            "IPv6 UDP VIP, table hit",
+            Balancer,
+            Hit,
+            (true, false, true),
+            vip6,
+        ),
+        fixture(
+            "IPv4 TCP non-VIP, passed",
+            Balancer,
+            None,
+            (false, true, false),
+            Some((EMPTY, 1.5)),
+        ),
+        fixture(
+            "IPv6 TCP non-VIP, passed",
+            Balancer,
+            None,
+            (true, true, false),
+            Some((EMPTY, 1.5)),
+        ),
+    ]
+}
+
+/// The frame of flow number `n` of a fixture: the client address varies with `n`.
+fn frame(f: &Fixture, n: u32) -> Vec<u8> {
+    let payload = [0x5a; PAYLOAD];
+    let port = if f.tcp { 80 } else { 53 };
+    let l4 = if f.tcp {
+        L4::tcp(10_000 + (n % 50_000) as u16, port)
+    } else {
+        L4::udp(10_000 + (n % 50_000) as u16, port)
+    };
+    if f.v6 {
+        let src = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, (n >> 16) as u16, n as u16);
+        let dst = if f.vip { VIP6 } else { OTHER6 };
+        packets::ipv6(&V6::new(src, dst), l4, &payload)
+    } else {
+        let src = Ipv4Addr::from(0x0a80_0000 | (n & 0x003f_ffff));
+        let dst = if f.vip { VIP4 } else { OTHER4 };
+        packets::ipv4(&V4::new(src, dst), l4, &payload)
+    }
+}
+
+fn xdp<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a Xdp> {
+    Ok(ebpf
+        .program(name)
+        .with_context(|| format!("program {name} is not in the object"))?
+        .try_into()?)
+}
+
+/// Kernel-measured ns of one run of each frame, averaged.
+fn time_batch(prog: &Xdp, frames: &[Vec<u8>], expect: u32) -> Result<f64> {
+    let mut total = 0u128;
+    for f in frames {
+        let run = run_once(prog, f)?.context("the kernel refused a benchmark frame")?;
+        if run.action != expect {
+            bail!(
+                "a benchmark frame got action {}, expected {expect}",
+                run.action
+            );
+        }
+        total += run.duration.as_nanos();
+    }
+    Ok(total as f64 / frames.len() as f64)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+struct Summary {
+    median: f64,
+    p10: f64,
+    p90: f64,
+}
+
+fn summary(rounds: &[f64]) -> Summary {
+    let mut s = rounds.to_vec();
+    s.sort_by(f64::total_cmp);
+    Summary {
+        median: percentile(&s, 0.5),
+        p10: percentile(&s, 0.1),
+        p90: percentile(&s, 0.9),
+    }
+}
+
+/// Criterion's estimate for one benchmark id: (median, lower, upper of its 95% CI), ns.
+fn criterion_estimate(dir: &Path, id: &str) -> Option<(f64, f64, f64)> {
+    let path = dir.join(id).join("new/estimates.json");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    let m = &v["median"];
+    Some((
+        m["point_estimate"].as_f64()?,
+        m["confidence_interval"]["lower_bound"].as_f64()?,
+        m["confidence_interval"]["upper_bound"].as_f64()?,
+    ))
+}
+
+/// The control-plane benchmark ids of lbx-user's `benches/control.rs`.
+const CONTROL: [(&str, &str); 4] = [
+    (
+        "maglev_build_65537/10",
+        "Maglev table build, M = 65537, 10 backends",
+    ),
+    (
+        "maglev_build_65537/100",
+        "Maglev table build, M = 65537, 100 backends",
+    ),
+    (
+        "maglev_build_65537/1000",
+        "Maglev table build, M = 65537, 1000 backends",
+    ),
+    (
+        "publish_generation/4x10",
+        "publish a generation (4 VIPs x 10 backends, M = 65537)",
+    ),
+];
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if !lbx_tests::is_root() {
+        bail!("lbx-bench loads XDP programs: run it as root (cargo xtask bench does)");
+    }
+    if args.rounds < 3 || args.batch == 0 {
+        bail!("use at least 3 rounds and a batch of 1 or more");
+    }
+    lbx::sys::raise_memlock_limit();
+    let mut tb = TestBalancer::load(RING, FLOWS)?;
+    tb.configure(&config())?;
+    let empty = lbx::dataplane::load_unattached(programs::PASS)?;
+    let forwarder = lbx::dataplane::load_unattached(programs::BENCH_FORWARD)?;
+    let mut fixtures = fixtures();
+
+    // The established flows of the hit fixtures (flow numbers 0..HIT_FLOWS), and frames
+    // of new flows for the miss fixtures (numbers from 1_000_000 up, never reused: the
+    // table is emptied between rounds, untimed, so it never fills either).
+    let hit_frames: Vec<Vec<Vec<u8>>> = fixtures
+        .iter()
+        .map(|f| (0..HIT_FLOWS as u32).map(|n| frame(f, n)).collect())
+        .collect();
+    let mut next_flow = 1_000_000u32;
+    eprintln!(
+        "lbx-bench: {} fixtures x {} rounds x {} runs (BPF_PROG_TEST_RUN, repeat = 1, fresh frame each run)",
+        fixtures.len(),
+        args.rounds,
+        args.batch
+    );
+    for round in 0..args.rounds {
+        tb.clear_flows()?;
+        for (f, frames) in fixtures.iter().zip(&hit_frames) {
+            if f.table == Table::Hit {
+                for fr in frames {
+                    tb.run(fr)?;
+                }
+            }
+        }
+        for (i, f) in fixtures.iter_mut().enumerate() {
+            let frames: Vec<Vec<u8>> = match f.table {
+                Table::Miss => {
+                    let start = next_flow;
+                    next_flow += args.batch as u32;
+                    (start..start + args.batch as u32)
+                        .map(|n| frame(f, n))
+                        .collect()
+                }
+                _ => (0..args.batch)
+                    .map(|k| hit_frames[i][k % HIT_FLOWS].clone())
+                    .collect(),
+            };
+            let (prog, expect) = match f.prog {
+                Prog::Balancer if f.vip => (tb.bal.program(), 3),
+                Prog::Balancer => (tb.bal.program(), 2),
+                Prog::Empty => (xdp(&empty, programs::PASS)?, 2),
+                Prog::Forwarder => (xdp(&forwarder, programs::BENCH_FORWARD)?, 3),
+            };
+            let ns = time_batch(prog, &frames, expect).with_context(|| f.name.to_owned())?;
+            f.rounds.push(ns);
+        }
+        if (round + 1) % 10 == 0 {
+            eprintln!("  round {}/{}", round + 1, args.rounds);
+        }
+    }
+
+    // Data-plane results with ratios to their floors.
+    let medians: Vec<(&str, f64)> = fixtures
+        .iter()
+        .map(|f| (f.name, summary(&f.rounds).median))
+        .collect();
+    let floor_of = |name: &str| medians.iter().find(|(n, _)| *n == name).map(|(_, m)| *m);
+    let mut rows = Vec::new();
+    let mut json_rows = Vec::new();
+    let mut missed = Vec::new();
+    for f in &fixtures {
+        let s = summary(&f.rounds);
+        let ratio = f
+            .floor
+            .and_then(|(floor, target)| floor_of(floor).map(|m| (floor, s.median / m, target)));
+        if let Some((_, r, t)) = ratio
+            && r > t
+        {
+            missed.push(f.name);
+        }
+        rows.push((f.name, s.median, s.p10, s.p90, ratio));
+        json_rows.push(json!({
+            "fixture": f.name,
+            "median_ns": s.median,
+            "p10_ns": s.p10,
+            "p90_ns": s.p90,
+            "floor": ratio.map(|(floor, _, _)| floor),
+            "ratio": ratio.map(|(_, r, _)| r),
+            "target_ratio": ratio.map(|(_, _, t)| t),
+        }));
+    }
+
+    let mut control = Vec::new();
+    for (id, what) in CONTROL {
+        let est = criterion_estimate(&args.criterion, id);
+        control.push((what, est));
+    }
+    let json = json!({
+        "kernel": kernel_release(),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "method": format!(
+            "BPF_PROG_TEST_RUN, repeat = 1 per call on a fresh input frame, kernel-measured ns of the run; \
+             {} rounds x {} runs per fixture, fixtures interleaved by round; median of the round means, \
+             p10/p90 of the round means",
+            args.rounds, args.batch
+        ),
+        "dataplane": json_rows,
+        "control_plane": control.iter().map(|(what, est)| json!({
+            "benchmark": what,
+            "median_ns": est.map(|e| e.0),
+            "ci95_low_ns": est.map(|e| e.1),
+            "ci95_high_ns": est.map(|e| e.2),
+        })).collect::<Vec<_>>(),
+    });
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&json)? + "\n")
+        .with_context(|| format!("write {}", args.out.display()))?;
+
+    println!();
+    println!(
+        "Data plane: ns/packet, BPF_PROG_TEST_RUN, repeat = 1 per fresh frame ({} rounds x {} runs; median [p10-p90] of round means)",
+        args.rounds, args.batch
+    );
+    println!(
+        "| {:<45} | {:>8} | {:>13} | {:>18} |",
+        "fixture", "median", "p10-p90", "ratio to floor"
+    );
+    println!("|{:-<47}|{:->10}|{:->15}|{:->20}|", "", "", "", "");
+    for (name, median, p10, p90, ratio) in &rows {
+        let r = match ratio {
+            Some((floor, r, t)) => {
+                let short = if floor.contains("empty") {
+                    "empty"
+                } else {
+                    "fwd"
+                };
+                format!("{r:.2}x {short} {}", if r <= t { "ok" } else { "OVER" })
+            }
+            None => String::new(),
+        };
+        println!(
+            "| {name:<45} | {median:>8.1} | {:>13} | {r:>18} |",
+            format!("{p10:.1}-{p90:.1}")
+        );
+    }
+    println!();
+    println!("Control plane (criterion: median, 95% confidence interval)");
+    println!(
+        "| {:<55} | {:>10} | {:>21} |",
+        "benchmark", "median", "95% CI"
+    );
+    println!("|{:-<57}|{:->12}|{:->23}|", "", "", "");
+    for (what, est) in &control {
+        match est {
+            Some((m, lo, hi)) => println!(
+                "| {what:<55} | {:>7.2} ms | {:>21} |",
+                m / 1e6,
+                format!("{:.2}-{:.2} ms", lo / 1e6, hi / 1e6)
+            ),
+            None => println!("| {what:<55} | {:>10} | {:>21} |", "not run", ""),
+        }
+    }
+    println!();
+    println!(
+        "targets: VIP paths <= 1.5x the minimal forwarder, non-VIP pass <= 1.5x the empty program"
+    );
+    if missed.is_empty() {
+        println!("all targets met");
+    } else {
+        println!("over target: {}", missed.join(", "));
+    }
+    println!("results: {}", args.out.display());
+    Ok(())
+}

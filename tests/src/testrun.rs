@@ -1,0 +1,192 @@
+//! The balancer loaded (not attached) and driven with BPF_PROG_TEST_RUN: publish a
+//! configuration the way the agent does, run one frame, read the counters and the
+//! connection table. Used by the packet fixtures, the differential test and `lbx-bench`.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use aya::{
+    TestRun as _, TestRunOptions,
+    maps::PerCpuValues,
+    programs::{ProgramError, Xdp},
+};
+use lbx::{
+    config::{Config, VipId},
+    dataplane::Balancer,
+    generation::Publisher,
+    plan::{self, Plan},
+    reference::{FlowTable, Reference, Verdict},
+    slots::Slots,
+};
+use lbx_common::{Counters, FlowEntry, FlowKey, Reason};
+
+/// The link MTU the tests plan for when a configuration names none.
+pub const DEFAULT_MTU: u32 = 1500;
+
+/// Room the program may prepend (the encapsulation) plus slack, for the output buffer.
+const OUT_SLACK: usize = 512;
+
+/// What one run of the program did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// The `xdp_action` the program returned.
+    pub action: u32,
+    /// The frame as the program left it.
+    pub output: Vec<u8>,
+    /// The kernel-measured run time (meaningful only over many runs).
+    pub duration: Duration,
+}
+
+impl Run {
+    pub fn verdict(&self) -> Option<Verdict> {
+        Verdict::from_code(self.action)
+    }
+}
+
+/// Runs `frame` once through `prog` (repeat = 1: the program sees this frame, not its own
+/// earlier output). `Ok(None)` when the kernel refuses the frame (EINVAL: BPF_PROG_TEST_RUN
+/// takes no XDP frame shorter than an Ethernet header, nor one beyond a page).
+pub fn run_once(prog: &Xdp, frame: &[u8]) -> Result<Option<Run>> {
+    let mut out = vec![0u8; frame.len() + OUT_SLACK];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        repeat: 1,
+        ..TestRunOptions::default()
+    };
+    match prog.test_run(opts) {
+        Ok(r) => {
+            out.truncate(r.data_size_out as usize);
+            Ok(Some(Run {
+                action: r.return_value,
+                output: out,
+                duration: r.duration,
+            }))
+        }
+        Err(ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EINVAL) => {
+            Ok(None)
+        }
+        Err(e) => Err(e).context("BPF_PROG_TEST_RUN failed"),
+    }
+}
+
+/// Counters of one VIP or backend slot, summed over CPUs.
+pub fn sum(values: &PerCpuValues<Counters>) -> Counters {
+    values.iter().fold(Counters::default(), |a, c| Counters {
+        packets: a.packets + c.packets,
+        bytes: a.bytes + c.bytes,
+        new_flows: a.new_flows + c.new_flows,
+    })
+}
+
+/// The balancer and what the agent would hold: slot numbers and the published plan.
+pub struct TestBalancer {
+    pub bal: Balancer,
+    publisher: Publisher,
+    pub slots: Slots,
+    /// The plan published last; `None` before the first publication.
+    pub plan: Option<Plan>,
+}
+
+impl TestBalancer {
+    /// Loads the balancer with Maglev tables of `ring_size` and a connection table of
+    /// `flows` entries. Configurations published later must use the same `table_size`.
+    pub fn load(ring_size: u32, flows: u32) -> Result<Self> {
+        let bal = Balancer::load(ring_size, flows, None)
+            .context("load the balancer (the packet tests need root)")?;
+        Ok(Self {
+            bal,
+            publisher: Publisher::new().context("create the publication barrier")?,
+            slots: Slots::default(),
+            plan: None,
+        })
+    }
+
+    /// Publishes `config` as the next generation, like the agent: stable slots, counters
+    /// of new numbers zeroed, whole generation at once. Backends need a configured MAC.
+    pub fn configure(&mut self, config: &Config) -> Result<()> {
+        config
+            .validate()
+            .context("the test configuration is invalid")?;
+        anyhow::ensure!(
+            config.table_size == self.bal.ring_size,
+            "table_size {} differs from the loaded ring size {}",
+            config.table_size,
+            self.bal.ring_size
+        );
+        let (slots, fresh) = self.slots.assign(config);
+        let mtu = config.mtu.unwrap_or(DEFAULT_MTU);
+        let plan = plan::build(config, &slots, &BTreeMap::new(), mtu, &Default::default());
+        self.publisher
+            .reset_counters(&mut self.bal, &fresh.vips, &fresh.backends)?;
+        self.publisher.publish(&mut self.bal, &plan)?;
+        self.slots = slots;
+        self.plan = Some(plan);
+        Ok(())
+    }
+
+    /// The reference model of what is published now.
+    pub fn reference(&self) -> Reference<'_> {
+        match &self.plan {
+            Some(p) => Reference::new(p),
+            None => Reference::unconfigured(),
+        }
+    }
+
+    pub fn run(&self, frame: &[u8]) -> Result<Option<Run>> {
+        run_once(self.bal.program(), frame)
+    }
+
+    /// Packet counts by reason, summed over CPUs, indexed by `Reason as usize`.
+    pub fn reasons(&self) -> Result<Vec<u64>> {
+        Reason::ALL
+            .iter()
+            .map(|r| {
+                let v = self.bal.reasons.get(&(*r as u32), 0)?;
+                Ok(v.iter().sum())
+            })
+            .collect()
+    }
+
+    pub fn vip_counters(&self, number: u32) -> Result<Counters> {
+        Ok(sum(&self.bal.vip_stats.get(&number, 0)?))
+    }
+
+    pub fn backend_counters(&self, slot: u32) -> Result<Counters> {
+        Ok(sum(&self.bal.backend_stats.get(&slot, 0)?))
+    }
+
+    /// The VIP's number (its counters' index).
+    pub fn vip_number(&self, vip: VipId) -> Option<u32> {
+        self.slots.vips.get(&vip).copied()
+    }
+
+    /// The backend's slot (its counters' index).
+    pub fn backend_slot(&self, vip: VipId, backend: IpAddr) -> Option<u32> {
+        self.slots.backends.get(&(vip, backend)).map(|s| s.slot)
+    }
+
+    /// The whole connection table.
+    pub fn flows(&self) -> Result<FlowTable> {
+        let mut out = HashMap::new();
+        for kv in self.bal.flows.iter() {
+            let (k, v): (FlowKey, FlowEntry) = kv?;
+            out.insert(k, v);
+        }
+        Ok(out)
+    }
+
+    /// Empties the connection table.
+    pub fn clear_flows(&mut self) -> Result<()> {
+        let keys: Vec<FlowKey> = self.bal.flows.keys().collect::<Result<_, _>>()?;
+        for k in keys {
+            // An LRU entry may vanish on its own; what matters is that none is left.
+            let _ = self.bal.flows.remove(&k);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,552 @@
+//! `cargo xtask vm-test`: the integration tests of lbx-tests inside VMs, on each kernel
+//! pinned in xtask/kernels.toml, with results from all kernels reported together.
+//!
+//! Per run: build the test binaries (as the kernel tier does), strip them into
+//! `<target>/vm-test/bin`, pack them with the guest runner and a plan into `run.cpio`; per
+//! kernel: fetch and unpack it once ([`crate::vm_kernel`]), pack its base initramfs once
+//! ([`crate::vm_initramfs`]), append the run's archive, boot qemu and follow the console
+//! ([`crate::vm_qemu`]); the guest side is [`crate::vm_guest`].
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+use crate::{
+    bootstrap::{self, Need},
+    build::{TEST_PROFILE, TestBinaries},
+    process::{self, Interrupted},
+    vm_guest::{Plan, Status},
+    vm_initramfs::{self, Cpio, GUEST_DIR},
+    vm_kernel::{self, Pin},
+    vm_qemu::{self, Accel, Boot, TestResult, VmReport},
+    workspace::{Profile, Workspace},
+};
+
+/// How the backends of the test network decapsulate (LBX_TEST_DECAP of the tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Decap {
+    /// Every backend runs `lbx decap` (XDP), as on the host.
+    Xdp,
+    /// Every backend decapsulates with the kernel's tunl0 and ip6tnl0 devices.
+    Kernel,
+    /// Odd backends use the kernel's devices, even ones `lbx decap`: one pass covers both.
+    Mixed,
+}
+
+impl Decap {
+    fn name(self) -> &'static str {
+        match self {
+            Decap::Xdp => "xdp",
+            Decap::Kernel => "kernel",
+            Decap::Mixed => "mixed",
+        }
+    }
+}
+
+/// The profile of what the VMs run. Under TCG the guest's CPU is about 20 times slower than
+/// the host's; unoptimised code on top of that made the CPU-bound tests 3 to 6 times slower
+/// again (the differential test 121 s instead of 21 s, the generations test over its limit),
+/// which costs more than building the release profile once.
+const VM_PROFILE: Profile = Profile::Release;
+
+/// LBX_TEST_SCALE inside the VMs, unless set on the host: the tests make half as many
+/// connections, flows and generations where counts cost time (each CLI call takes about
+/// 0.3 s of emulated CPU), never below what their checks need (`lbx_tests::topology::scaled`).
+const DEFAULT_SCALE: &str = "0.5";
+
+/// LBX_TEST_SCALE for the guests: the host's if set, else [`DEFAULT_SCALE`].
+fn scale() -> String {
+    std::env::var("LBX_TEST_SCALE").unwrap_or_else(|_| DEFAULT_SCALE.to_owned())
+}
+
+/// Options of `cargo xtask vm-test` (and of the vm tier of `cargo xtask test`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct Args {
+    /// Kernel to boot: a `name` of xtask/kernels.toml (6.1, 6.12), its package name, or
+    /// `all` (repeat for several).
+    #[arg(long = "kernel", value_name = "NAME", default_value = "all")]
+    pub kernels: Vec<String>,
+
+    /// How backends decapsulate; repeat to run the suite once per mode.
+    #[arg(long, value_enum, value_name = "MODE", default_value = "mixed")]
+    pub decap: Vec<Decap>,
+
+    /// Limit for one test inside the guest, in seconds; it is killed and fails after it.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub test_timeout: u64,
+
+    /// Limit for one whole VM, boot to power-off, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 2400)]
+    pub timeout: u64,
+
+    /// Build the binaries the VMs run with the dev profile, like the kernel tier (default:
+    /// release: unoptimised code under an emulated CPU is too slow).
+    #[arg(long)]
+    pub debug: bool,
+
+    /// Echo every line of the guest's console (it is always saved to
+    /// target/vm-test/<kernel>/console.log).
+    #[arg(long, short)]
+    pub verbose: bool,
+
+    /// libtest filter and options for the test binaries (after `--`).
+    #[arg(last = true, value_name = "FILTER")]
+    pub filter: Vec<String>,
+}
+
+impl Args {
+    /// The defaults, with `filter` (the vm tier of `cargo xtask test`).
+    pub fn with_filter(filter: &[String]) -> Self {
+        Self {
+            kernels: vec!["all".into()],
+            decap: vec![Decap::Mixed],
+            test_timeout: 300,
+            timeout: 2400,
+            debug: false,
+            verbose: false,
+            filter: filter.to_vec(),
+        }
+    }
+}
+
+/// `cargo xtask vm-test`: returns the exit code.
+pub fn run(args: &Args) -> Result<i32> {
+    let ws = bootstrap::run(Need::Build)?;
+    let runs = suite(&ws, args)?;
+    Ok(if runs.iter().all(KernelRun::ok) { 0 } else { 1 })
+}
+
+/// The VM packages, the build, every selected kernel, then the report. Returns the runs;
+/// an error only for what stops everything (bad arguments, no build, Ctrl-C).
+pub fn suite(ws: &Workspace, args: &Args) -> Result<Vec<KernelRun>> {
+    let pins = vm_kernel::select(&vm_kernel::read_pins()?, &args.kernels)?;
+    bootstrap::vm_packages()?;
+    let (accel, why) = Accel::detect();
+
+    let target = ws.target_dir()?;
+    let out = target.join("vm-test");
+    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    // Two runs in one target folder would overwrite each other's archives and logs.
+    let lock_path = out.join("lock");
+    let lock = fs::File::create(&lock_path)
+        .with_context(|| format!("creating {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        println!(
+            "   waiting for another vm-test that holds {}",
+            lock_path.display()
+        );
+        lock.lock()
+            .with_context(|| format!("locking {}", lock_path.display()))?;
+    }
+    let profile = if args.debug { TEST_PROFILE } else { VM_PROFILE };
+    println!("== vm-test: build ({} profile)", profile.dir());
+    let bins = build_binaries(ws, profile)?;
+    let tests = test_executables(ws, profile)?;
+    ensure!(
+        !tests.is_empty(),
+        "lbx-tests has no integration tests to run"
+    );
+    let run_cpio = out.join("run.cpio");
+    pack_run(&out, &bins, &tests, args, &run_cpio)?;
+
+    println!(
+        "== vm-test: {} on {}; CPU: {why}; decap {}; {} profile; LBX_TEST_SCALE={}",
+        tests
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+        pins.iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        args.decap
+            .iter()
+            .map(|d| d.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        profile.dir(),
+        scale(),
+    );
+    let mut runs = Vec::new();
+    for pin in &pins {
+        let run = one_kernel(pin, accel, &run_cpio, &target, args);
+        match run {
+            Err(e) if e.is::<Interrupted>() => return Err(e),
+            Err(e) => runs.push(KernelRun {
+                pin: pin.clone(),
+                report: None,
+                error: Some(format!("{e:#}")),
+                wall: Duration::ZERO,
+                console: None,
+            }),
+            Ok(run) => runs.push(run),
+        }
+    }
+    summary(&runs, accel);
+    Ok(runs)
+}
+
+/// The outcome of one kernel.
+pub struct KernelRun {
+    pub pin: Pin,
+    pub report: Option<VmReport>,
+    /// What stopped it before or instead of a VM run (download, packing, qemu).
+    pub error: Option<String>,
+    /// Preparing, packing and running.
+    pub wall: Duration,
+    pub console: Option<PathBuf>,
+}
+
+impl KernelRun {
+    pub fn ok(&self) -> bool {
+        self.error.is_none() && self.report.as_ref().is_some_and(VmReport::ok)
+    }
+
+    /// One line for a summary: `6.1: 9 passed, 0 failed, 7m 31s`.
+    pub fn line(&self) -> String {
+        let time = minutes(self.wall);
+        match (&self.error, &self.report) {
+            (Some(e), _) => format!(
+                "{}: FAILED before the tests ran ({time}): {e}",
+                self.pin.name
+            ),
+            (None, Some(r)) => {
+                let verdict = if self.ok() { "ok" } else { "FAILED" };
+                let ignored = r.count(Status::Ignored);
+                let mut line = format!(
+                    "{}: {verdict}, {} passed, {} failed{}, {time}",
+                    self.pin.name,
+                    r.passed(),
+                    r.failed(),
+                    if ignored > 0 {
+                        format!(", {ignored} ignored")
+                    } else {
+                        String::new()
+                    }
+                );
+                for p in &r.problems {
+                    line.push_str(&format!("; {p}"));
+                }
+                line
+            }
+            (None, None) => format!("{}: no result", self.pin.name),
+        }
+    }
+}
+
+fn minutes(d: Duration) -> String {
+    let s = d.as_secs();
+    format!("{}m {:02}s", s / 60, s % 60)
+}
+
+fn one_kernel(
+    pin: &Pin,
+    accel: Accel,
+    run_cpio: &Path,
+    target: &Path,
+    args: &Args,
+) -> Result<KernelRun> {
+    println!();
+    println!("== vm-test: kernel {}", pin.describe());
+    let started = Instant::now();
+    let kernel = vm_kernel::prepare(pin)?;
+    let base = vm_initramfs::base(&kernel)?;
+    let dir = vm_qemu::run_dir(target, &pin.name);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let initrd = dir.join("initrd.img");
+    vm_initramfs::join(&base, run_cpio, &initrd)?;
+    let console = dir.join("console.log");
+    let boot = Boot {
+        label: &pin.name,
+        vmlinuz: &kernel.vmlinuz,
+        initrd: &initrd,
+        accel,
+        cpus: 2,
+        limit: Duration::from_secs(args.timeout),
+        silence: Duration::from_secs(args.test_timeout + 60),
+        console_log: &console,
+        verbose: args.verbose,
+    };
+    let name = pin.name.clone();
+    let report = vm_qemu::boot(&boot, &mut |r: &TestResult| {
+        println!(
+            "   {name:<5} {:<8} {:7.1} s  {}",
+            r.status.word(),
+            r.secs,
+            r.id
+        );
+    })?;
+    if let Some(release) = &report.release
+        && release != &kernel.release
+    {
+        bail!(
+            "booted kernel {release}, expected {}: the pin and the cache disagree",
+            kernel.release
+        );
+    }
+    let run = KernelRun {
+        pin: pin.clone(),
+        report: Some(report),
+        error: None,
+        wall: started.elapsed(),
+        console: Some(console),
+    };
+    println!("-- {}", run.line());
+    Ok(run)
+}
+
+/// Lines of a failed test's output shown in the summary.
+const FAILED_OUTPUT_LINES: usize = 80;
+
+fn summary(runs: &[KernelRun], accel: Accel) {
+    // Details first, so the verdicts end the output.
+    for run in runs {
+        let Some(report) = &run.report else { continue };
+        for r in report
+            .results
+            .iter()
+            .filter(|r| matches!(r.status, Status::Failed | Status::Timeout))
+        {
+            println!();
+            let start = r.output.len().saturating_sub(FAILED_OUTPUT_LINES);
+            println!(
+                "--- kernel {}: {} {} after {:.1} s; its output (last {} of {} lines):",
+                run.pin.name,
+                r.id,
+                r.status.word(),
+                r.secs,
+                r.output.len() - start,
+                r.output.len()
+            );
+            for line in &r.output[start..] {
+                println!("    {line}");
+            }
+        }
+        if !report.problems.is_empty() {
+            println!();
+            println!(
+                "--- kernel {}: {}",
+                run.pin.name,
+                report.problems.join("; ")
+            );
+            match &report.unfinished {
+                // Its output, shown above, runs to the console's last line.
+                Some(id) => println!("    the test running when the console ended: {id}"),
+                None => {
+                    println!("    last {} console lines:", report.tail.len());
+                    for line in &report.tail {
+                        println!("    | {line}");
+                    }
+                }
+            }
+        }
+    }
+    println!();
+    println!("{}", "=".repeat(78));
+    println!(
+        "== vm-test results ({})",
+        match accel {
+            Accel::Kvm => "KVM",
+            Accel::Tcg => "TCG",
+        }
+    );
+    println!("{}", "=".repeat(78));
+    for run in runs {
+        println!("  {}", run.line());
+        if let Some(c) = &run.console {
+            println!("      console: {}", c.display());
+        }
+        if let Some(report) = &run.report {
+            for r in report
+                .results
+                .iter()
+                .filter(|r| matches!(r.status, Status::Failed | Status::Timeout))
+            {
+                println!("      {} {}", r.status.word(), r.id);
+            }
+        }
+    }
+    let failed = runs.iter().filter(|r| !r.ok()).count();
+    if failed == 0 {
+        println!(
+            "{} passed",
+            match runs.len() {
+                1 => "the kernel".to_owned(),
+                n => format!("all {n} kernels"),
+            }
+        );
+    } else {
+        println!("{failed} of {} kernels FAILED", runs.len());
+    }
+}
+
+/// The integration test executables of lbx-tests, built like the kernel tier builds them:
+/// (target name, path).
+fn test_executables(ws: &Workspace, profile: Profile) -> Result<Vec<(String, PathBuf)>> {
+    let mut cmd = ws.cargo(["test", "-p", "lbx-tests", "--test", "*", "--no-run"]);
+    cmd.args(profile.flags())
+        .arg("--message-format=json")
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    println!("$ {}", process::display(&cmd));
+    let out = cmd
+        .output()
+        .with_context(|| format!("could not run `{}`", process::display(&cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed ({})",
+            process::display(&cmd),
+            process::describe(out.status)
+        );
+    }
+    let mut found = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // Integration tests only: the package's binaries are built for them too.
+        if !line.contains("\"reason\":\"compiler-artifact\"")
+            || !line.contains("\"kind\":[\"test\"]")
+        {
+            continue;
+        }
+        let Some(exe) = crate::workspace::json_string_field(line, "executable") else {
+            continue;
+        };
+        let exe = PathBuf::from(exe);
+        let name = target_name(&exe);
+        if !found.iter().any(|(n, _)| n == &name) {
+            found.push((name, exe));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// `lbx` and `lbx-test-server` built with `profile` (what [`TestBinaries::build`] does for
+/// the kernel tier's profile).
+fn build_binaries(ws: &Workspace, profile: Profile) -> Result<TestBinaries> {
+    if profile == TEST_PROFILE {
+        return TestBinaries::build(ws);
+    }
+    let mut cmd = ws.cargo(["build", "-p", "lbx-user", "--bin", "lbx"]);
+    cmd.args(["-p", "lbx-tests", "--bin", "lbx-test-server"])
+        .args(profile.flags());
+    process::run(&mut cmd)?;
+    Ok(TestBinaries {
+        lbx: ws.binary(profile, "lbx")?,
+        test_server: ws.binary(profile, "lbx-test-server")?,
+    })
+}
+
+/// `target/debug/deps/dsr-bce1cb497fad0cd6` -> `dsr`.
+fn target_name(exe: &Path) -> String {
+    let file = exe
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match file.rsplit_once('-') {
+        Some((name, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            name.to_owned()
+        }
+        _ => file,
+    }
+}
+
+/// Strips debug information (the guest needs none; it is most of a debug binary) into
+/// `dir/<name>`.
+fn stage(from: &Path, dir: &Path, name: &str) -> Result<PathBuf> {
+    let to = dir.join(name);
+    process::stdout(
+        Command::new("strip")
+            .arg("--strip-debug")
+            .arg("-o")
+            .arg(&to)
+            .arg(from),
+    )
+    .with_context(|| format!("stripping {}", from.display()))?;
+    Ok(to)
+}
+
+/// The run's archive: /init, the guest runner (this very xtask), lbx, the test server,
+/// the test binaries with their libraries, and the plan.
+fn pack_run(
+    out: &Path,
+    bins: &TestBinaries,
+    tests: &[(String, PathBuf)],
+    args: &Args,
+    cpio_path: &Path,
+) -> Result<()> {
+    let staged = out.join("bin");
+    let _ = fs::remove_dir_all(&staged);
+    fs::create_dir_all(&staged).with_context(|| format!("creating {}", staged.display()))?;
+    let xtask = std::env::current_exe().context("finding the xtask binary")?;
+    let runner = format!("{GUEST_DIR}/bin/xtask");
+    let lbx = format!("{GUEST_DIR}/bin/lbx");
+    let server = format!("{GUEST_DIR}/bin/lbx-test-server");
+    let mut programs = vec![
+        (stage(&xtask, &staged, "xtask")?, runner.clone()),
+        (stage(&bins.lbx, &staged, "lbx")?, lbx.clone()),
+        (
+            stage(&bins.test_server, &staged, "lbx-test-server")?,
+            server.clone(),
+        ),
+    ];
+    let mut guest_tests = Vec::new();
+    for (name, exe) in tests {
+        let guest = format!("{GUEST_DIR}/tests/{name}");
+        programs.push((stage(exe, &staged, &format!("test-{name}"))?, guest.clone()));
+        guest_tests.push(guest);
+    }
+
+    let mut env = vec![
+        ("LBX_BIN".to_owned(), lbx),
+        ("LBX_TEST_SERVER".to_owned(), server),
+    ];
+    env.push(("LBX_TEST_SCALE".to_owned(), scale()));
+    let plan = Plan {
+        env,
+        decap: args.decap.iter().map(|d| d.name().to_owned()).collect(),
+        binaries: guest_tests,
+        filter: args.filter.clone(),
+        test_timeout: Duration::from_secs(args.test_timeout),
+        // For checking this harness: the guest panics, hangs or stops silently.
+        fault: std::env::var("LBX_VM_FAULT").ok(),
+    };
+    let plan_path = format!("{GUEST_DIR}/plan");
+
+    let mut cpio = Cpio::create(cpio_path)?;
+    cpio.file(
+        "/init",
+        0o755,
+        vm_initramfs::init_script(&runner, &plan_path).as_bytes(),
+    )?;
+    cpio.file(&plan_path, 0o644, plan.to_text()?.as_bytes())?;
+    vm_initramfs::add_programs(&mut cpio, &programs)?;
+    cpio.finish()?;
+    let size = fs::metadata(cpio_path)?.len();
+    println!(
+        "-- packed {} ({:.1} MB): {} test binaries, lbx, lbx-test-server, the guest runner",
+        cpio_path.display(),
+        size as f64 / 1e6,
+        tests.len()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_executables_are_named_by_their_target() {
+        assert_eq!(
+            target_name(Path::new("/t/debug/deps/backend_changes-1daf5f5e271c05d4")),
+            "backend_changes"
+        );
+        assert_eq!(target_name(Path::new("/t/debug/deps/odd-name")), "odd-name");
+    }
+}
