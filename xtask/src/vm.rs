@@ -274,7 +274,7 @@ fn one_kernel(
         verbose: args.verbose,
     };
     let name = pin.name.clone();
-    let report = vm_qemu::boot(&boot, &mut |r: &TestResult| {
+    let mut report = vm_qemu::boot(&boot, &mut |r: &TestResult| {
         println!(
             "   {name:<5} {:<8} {:7.1} s  {}",
             r.status.word(),
@@ -285,10 +285,11 @@ fn one_kernel(
     if let Some(release) = &report.release
         && release != &kernel.release
     {
-        bail!(
-            "booted kernel {release}, expected {}: the pin and the cache disagree",
-            kernel.release
-        );
+        report.problems.push(format!(
+            "the guest runs kernel {release}, not the pinned {}: remove {} to unpack it again",
+            kernel.release,
+            kernel.dir.display()
+        ));
     }
     let run = KernelRun {
         pin: pin.clone(),

@@ -287,6 +287,15 @@ fn follow(
             }
         }
     }
+    // The console ended; qemu exits right after, unless it hangs with its output closed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().context("waiting for qemu")?.is_none() && killed.is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            killed = Some("qemu closed the console but did not exit: killed it".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let status = child.wait().context("waiting for qemu")?;
     report.wall = started.elapsed();
     let qemu_err = stderr_thread.join().unwrap_or_default();
