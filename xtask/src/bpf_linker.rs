@@ -8,8 +8,7 @@
 //!   `LLVM_PREFIX` of the build; the binary keeps it as its rpath).
 
 use std::{
-    env,
-    fs::{self, File},
+    env, fs,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -107,17 +106,7 @@ pub fn ensure() -> Result<PathBuf> {
 
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
     // Two xtask runs at once must not both build (or one use a half-installed linker).
-    let lock_path = cache.join("bpf-linker.lock");
-    let lock =
-        File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
-        println!(
-            "   waiting for another xtask that holds {}",
-            lock_path.display()
-        );
-        lock.lock()
-            .with_context(|| format!("locking {}", lock_path.display()))?;
-    }
+    let _lock = crate::process::lock_file(&cache.join("bpf-linker.lock"))?;
 
     let problem = match check(&root, &binary, &llvm) {
         Ok(()) => {

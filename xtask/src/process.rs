@@ -136,6 +136,20 @@ pub fn exit_code(status: ExitStatus) -> i32 {
         .unwrap_or(1)
 }
 
+/// Takes an exclusive lock on `path` (created if missing), waiting and saying so while
+/// another xtask holds it: two runs at once must not build or unpack into one place.
+/// The lock lasts as long as the returned file.
+pub fn lock_file(path: &std::path::Path) -> Result<std::fs::File> {
+    let lock =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    if lock.try_lock().is_err() {
+        println!("   waiting for another xtask that holds {}", path.display());
+        lock.lock()
+            .with_context(|| format!("locking {}", path.display()))?;
+    }
+    Ok(lock)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -190,17 +190,7 @@ pub fn prepare(pin: &Pin) -> Result<Kernel> {
     let dir = pin.cache_dir()?;
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // Two xtask runs at once must not unpack into the same folder together.
-    let lock_path = dir.join("lock");
-    let lock =
-        File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
-        println!(
-            "   waiting for another xtask that holds {}",
-            lock_path.display()
-        );
-        lock.lock()
-            .with_context(|| format!("locking {}", lock_path.display()))?;
-    }
+    let _lock = crate::process::lock_file(&dir.join("lock"))?;
 
     let deb = dir.join(pin.deb_name());
     if deb.is_file() {
