@@ -40,7 +40,7 @@ pub struct Plan {
     pub decap: Vec<String>,
     /// Test executables (guest paths).
     pub binaries: Vec<String>,
-    /// libtest arguments selecting tests (a name filter, `--exact`, `--skip X`, ...).
+    /// The arguments selecting tests, as given after `vm-test --` (see [`Selection`]).
     pub filter: Vec<String>,
     /// Limit for one test.
     pub test_timeout: Duration,
@@ -107,6 +107,63 @@ impl Plan {
     }
 }
 
+/// Which tests run: what `vm-test -- ARGS` takes, libtest's selection applied to the ids
+/// the results show, `<binary>::<test>`: patterns (substrings; whole ids or test names with
+/// `--exact`), `--skip PATTERN`, `--ignored`, `--include-ignored`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    patterns: Vec<String>,
+    skip: Vec<String>,
+    exact: bool,
+    ignored: bool,
+    include_ignored: bool,
+}
+
+impl Selection {
+    pub fn parse(args: &[String]) -> Result<Self> {
+        let mut sel = Selection::default();
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--exact" => sel.exact = true,
+                "--ignored" => sel.ignored = true,
+                "--include-ignored" => sel.include_ignored = true,
+                "--skip" => sel
+                    .skip
+                    .push(args.next().context("--skip needs a pattern")?.clone()),
+                a if a.starts_with('-') => bail!(
+                    "`{a}`: the VM tests take test name patterns, --exact, --skip PATTERN, \
+                     --ignored and --include-ignored (each test runs alone, with its output)"
+                ),
+                a => sel.patterns.push(a.to_owned()),
+            }
+        }
+        Ok(sel)
+    }
+
+    /// Whether test `test` of binary `binary` runs.
+    pub fn selects(&self, binary: &str, test: &str) -> bool {
+        let id = format!("{binary}::{test}");
+        let hit = |p: &String| {
+            if self.exact {
+                p == test || *p == id
+            } else {
+                id.contains(p.as_str())
+            }
+        };
+        (self.patterns.is_empty() || self.patterns.iter().any(hit)) && !self.skip.iter().any(hit)
+    }
+
+    /// libtest flags for listing and running the selected tests.
+    pub fn libtest_flags(&self) -> &'static [&'static str] {
+        match (self.ignored, self.include_ignored) {
+            (true, _) => &["--ignored"],
+            (false, true) => &["--include-ignored"],
+            (false, false) => &[],
+        }
+    }
+}
+
 /// How one test ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -159,6 +216,7 @@ fn run_plan(plan_path: &Path) -> Result<bool> {
     let text = std::fs::read_to_string(plan_path)
         .with_context(|| format!("reading the plan {}", plan_path.display()))?;
     let plan = Plan::parse(&text)?;
+    let selection = Selection::parse(&plan.filter)?;
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     marker(&format!("ready {}", release.trim()));
     check_modules()?;
@@ -169,7 +227,7 @@ fn run_plan(plan_path: &Path) -> Result<bool> {
             let name = Path::new(binary)
                 .file_name()
                 .map_or_else(|| binary.clone(), |n| n.to_string_lossy().into_owned());
-            let tests = match list_tests(binary, &plan) {
+            let tests = match list_tests(binary, &plan, &selection) {
                 Ok(tests) => tests,
                 Err(e) => {
                     let id = format!("[{decap}] {name}::(list)");
@@ -180,14 +238,14 @@ fn run_plan(plan_path: &Path) -> Result<bool> {
                     continue;
                 }
             };
-            for test in tests {
+            for test in tests.iter().filter(|t| selection.selects(&name, t)) {
                 let id = format!("[{decap}] {name}::{test}");
                 marker(&format!("start {id}"));
                 if let Some(fault) = &plan.fault {
                     inject(fault);
                 }
                 let started = Instant::now();
-                let status = run_test(binary, &test, decap, &plan);
+                let status = run_test(binary, test, decap, &plan, &selection);
                 marker(&format!(
                     "result {} {:.1} {id}",
                     status.word(),
@@ -253,10 +311,11 @@ fn test_command(binary: &str, plan: &Plan) -> Command {
     cmd
 }
 
-/// The names of the tests the filter selects (`--list --format=terse`).
-fn list_tests(binary: &str, plan: &Plan) -> Result<Vec<String>> {
+/// The names of the tests of `binary` (`--list --format=terse`).
+fn list_tests(binary: &str, plan: &Plan, selection: &Selection) -> Result<Vec<String>> {
     let mut cmd = test_command(binary, plan);
-    cmd.args(["--list", "--format=terse"]).args(&plan.filter);
+    cmd.args(["--list", "--format=terse"])
+        .args(selection.libtest_flags());
     let out = cmd
         .output()
         .with_context(|| format!("could not start {binary}"))?;
@@ -274,7 +333,7 @@ fn list_tests(binary: &str, plan: &Plan) -> Result<Vec<String>> {
 }
 
 /// Runs one test alone, its output streamed to the console as it comes.
-fn run_test(binary: &str, test: &str, decap: &str, plan: &Plan) -> Status {
+fn run_test(binary: &str, test: &str, decap: &str, plan: &Plan, selection: &Selection) -> Status {
     let (reader, writer) = match std::io::pipe() {
         Ok(pipe) => pipe,
         Err(e) => {
@@ -288,11 +347,7 @@ fn run_test(binary: &str, test: &str, decap: &str, plan: &Plan) -> Status {
     let mut cmd = test_command(binary, plan);
     cmd.env("LBX_TEST_DECAP", decap)
         .args(["--exact", test, "--test-threads=1", "--nocapture"])
-        .args(
-            plan.filter
-                .iter()
-                .filter(|a| *a == "--ignored" || *a == "--include-ignored"),
-        )
+        .args(selection.libtest_flags())
         .stdout(writer)
         .stderr(writer2)
         // Its own process group, so a timeout can stop everything it started.
@@ -436,6 +491,25 @@ mod tests {
             ..plan
         };
         assert!(bad.to_text().is_err());
+    }
+
+    #[test]
+    fn selection_matches_binary_and_test_names() {
+        let sel = |args: &[&str]| {
+            Selection::parse(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>()).unwrap()
+        };
+        let all = sel(&[]);
+        assert!(all.selects("dsr", "replies"));
+        let health = sel(&["health", "--skip", "v6"]);
+        assert!(health.selects("health", "leaves_v4"));
+        assert!(!health.selects("health", "leaves_v6"));
+        assert!(!health.selects("dsr", "replies"));
+        let exact = sel(&["--exact", "replies", "weights::spread"]);
+        assert!(exact.selects("dsr", "replies"));
+        assert!(exact.selects("weights", "spread"));
+        assert!(!exact.selects("dsr", "replies_v6"));
+        let err = Selection::parse(&["--nocapture".to_string()]).unwrap_err();
+        assert!(err.to_string().contains("--exact"), "{err}");
     }
 
     #[test]
