@@ -3,6 +3,7 @@
 //! explicit padding, so the kernel and user side agree on every byte.
 #![no_std]
 
+pub mod flows;
 pub mod hash;
 
 /// Address family tags carried in keys and backend entries. Zero means "empty slot".
@@ -18,7 +19,7 @@ pub const PROTO_IPV6: u8 = 41;
 pub const MAX_VIPS: u32 = 64;
 /// Backend slots (a backend of one VIP is one slot) across all VIPs.
 pub const MAX_BACKENDS: u32 = 4096;
-/// Default connection-table size (LRU entries); `lbx run --flows` changes it.
+/// Default connection-table size (flows); `lbx run --flows` changes it.
 pub const DEFAULT_FLOWS: u32 = 1 << 20;
 /// Addresses `lbx decap` accepts as local VIPs.
 pub const MAX_DECAP_VIPS: u32 = 256;
@@ -47,7 +48,8 @@ pub mod maps {
     /// slots back to back: `Array<u32>[2 * MAX_VIPS * ring_size]`, memory-mappable so the
     /// agent writes a whole ring with one copy.
     pub const RINGS: &str = "RINGS";
-    /// Connection table: `LruHashMap<FlowKey, FlowEntry>`; outlives generations.
+    /// Connection table: `Array<FlowSlot>[sets * FLOW_WAYS]`, set-associative (see
+    /// `flows`), memory-mappable; outlives generations.
     pub const FLOWS: &str = "FLOWS";
     /// Per-CPU counters: `PerCpuArray<Counters>` by VIP id and by backend slot.
     pub const VIP_STATS: &str = "VIP_STATS";
@@ -286,6 +288,7 @@ mod pod {
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowEntry {}
+    unsafe impl aya::Pod for crate::flows::FlowSlot {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for AddrKey {}
 }

@@ -3,13 +3,18 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lbx_common::{
     BACKEND_F_DOWN, Backend, FAMILY_V4, FlowEntry, MAX_BACKENDS, Reason, SETTINGS_F_PORT0_V4,
-    SETTINGS_F_PORT0_V6, Settings, VIP_F_HAS_BACKENDS, VipInfo, VipKey, hash::flow_hash,
+    SETTINGS_F_PORT0_V6, Settings, VIP_F_HAS_BACKENDS, VipInfo, VipKey,
+    flows::{self, FlowSlot},
+    hash::flow_hash,
     vip_filter_bit,
 };
 
 use crate::{
     encap,
-    maps::{ACTIVE, BACKEND_STATS, BACKENDS, FLOWS, RINGS, SETTINGS, VIP_STATS, VIPS, add_traffic},
+    maps::{
+        ACTIVE, BACKEND_STATS, BACKENDS, FLOWS, RINGS, SETTINGS, VIP_STATS, VIPS, add_traffic,
+        flow_set_mask,
+    },
     parse::{self, Packet},
 };
 
@@ -34,10 +39,6 @@ pub fn balance(ctx: &XdpContext) -> Reason {
     }
 }
 
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "a reference hands the helper the key in place; by value would copy it on the packet path"
-)]
 #[inline(always)]
 fn try_balance(ctx: &XdpContext) -> Result<(), Reason> {
     let pkt = parse::parse(ctx)?;
@@ -60,14 +61,22 @@ fn try_balance(ctx: &XdpContext) -> Result<(), Reason> {
     let vip = lookup_vip(&pkt, slot, settings).ok_or(Reason::PassNotVip)?;
     let backend_base = slot * MAX_BACKENDS;
 
+    // One hash per packet: it picks the connection-table set, the ring slot and the outer
+    // source.
+    let hash = flow_hash(&pkt.key, settings.seed);
+    let words = flows::key_words(&pkt.key);
+    let set = flows::set_base(hash, flow_set_mask());
+    let mut ways = match (FLOWS.get_ptr_mut(set), FLOWS.get_ptr_mut(set + 1)) {
+        (Some(a), Some(b)) => unsafe { [&mut *a, &mut *b] },
+        _ => return Err(Reason::DropBadRing),
+    };
     let mut new_flow = false;
-    let (backend_slot, backend) = match established(&pkt, backend_base) {
+    let (backend_slot, backend) = match established(&mut ways, &words, hash, backend_base) {
         Some(found) => found,
         None => {
             if vip.flags & VIP_F_HAS_BACKENDS == 0 {
                 return Err(Reason::DropNoBackend);
             }
-            let hash = flow_hash(&pkt.key, settings.seed);
             let ring_index = vip.ring_base + hash % ring_size;
             let backend_slot = *RINGS.get(ring_index).ok_or(Reason::DropBadRing)?;
             let backend = BACKENDS
@@ -78,15 +87,13 @@ fn try_balance(ctx: &XdpContext) -> Result<(), Reason> {
                 backend: backend_slot,
                 uid: backend.uid,
             };
-            // A full table evicts the least recently used flow; nothing to handle here.
-            let _ = FLOWS.insert(&pkt.key, &entry, 0);
+            insert(ways, &words, hash, entry);
             new_flow = true;
             (backend_slot, backend)
         }
     };
 
     let frame_bytes = (ctx.data_end() - ctx.data()) as u64;
-    let hash = flow_hash(&pkt.key, settings.seed ^ 0x5bd1_e995);
     if pkt.key.family == FAMILY_V4 {
         encap::ipip(ctx, &pkt, backend, settings, hash)?;
     } else {
@@ -128,17 +135,46 @@ fn lookup_vip<'a>(pkt: &Packet, slot: u32, settings: &Settings) -> Option<&'a Vi
 
 /// The backend the connection table holds for this flow, if it still takes it: a slot
 /// whose uid changed was given to another backend since, and a backend that failed its
-/// health checks gives its flows up; both count as a miss.
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "a reference hands the helper the key in place; by value would copy it on the packet path"
-)]
+/// health checks gives its flows up; both count as a miss. A hit marks its slot used.
 #[inline(always)]
-fn established<'a>(pkt: &Packet, backend_base: u32) -> Option<(u32, &'a Backend)> {
-    let entry = unsafe { FLOWS.get(&pkt.key) }?;
+fn established<'a>(
+    ways: &mut [&mut FlowSlot; 2],
+    words: &[u64; 5],
+    hash: u32,
+    backend_base: u32,
+) -> Option<(u32, &'a Backend)> {
+    let way = if flows::holds(ways[0], words, hash) {
+        &mut *ways[0]
+    } else if flows::holds(ways[1], words, hash) {
+        &mut *ways[1]
+    } else {
+        return None;
+    };
+    let entry = way.entry;
     let backend = BACKENDS.get(backend_base + entry.backend)?;
     if backend.family == 0 || backend.uid != entry.uid || backend.flags & BACKEND_F_DOWN != 0 {
         return None;
     }
+    if way.recent == 0 {
+        // Written once per pass of the replacement, not per packet.
+        way.recent = 1;
+    }
     Some((entry.backend, backend))
+}
+
+/// Writes a new flow into its set. The check word goes last: a reader that meets the
+/// slot half written sees a check that does not match, a miss.
+#[inline(always)]
+fn insert(ways: [&mut FlowSlot; 2], words: &[u64; 5], hash: u32, entry: FlowEntry) {
+    let (way, clear_other) = flows::insert_way([&*ways[0], &*ways[1]], words, hash);
+    let [w0, w1] = ways;
+    let (slot, other) = if way == 0 { (w0, w1) } else { (w1, w0) };
+    if clear_other {
+        other.recent = 0;
+    }
+    slot.check = 0;
+    slot.key = *words;
+    slot.entry = entry;
+    slot.recent = 0;
+    slot.check = flows::check(hash, &entry);
 }

@@ -2,11 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
 };
 use lbx_common::{
-    AddrKey, Backend, Counters, DecapReason, FlowEntry, FlowKey, MAX_BACKENDS, MAX_DECAP_VIPS,
-    MAX_VIPS, Reason, Settings, VipInfo, VipKey,
+    AddrKey, Backend, Counters, DecapReason, MAX_BACKENDS, MAX_DECAP_VIPS, MAX_VIPS, Reason,
+    Settings, VipInfo, VipKey, flows::FlowSlot,
 };
 
 /// `BPF_F_MMAPABLE`: the agent maps the rings into its memory and copies whole tables.
@@ -28,9 +28,20 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(2 * MAX_BACKENDS, 
 #[map(name = "RINGS")]
 pub static RINGS: Array<u32> = Array::with_max_entries(1, F_MMAPABLE);
 
-/// Sized by the agent at load time.
+/// Sized by the agent at load time (`sets * FLOW_WAYS`); memory-mappable so the agent can
+/// read or clear it in one pass.
 #[map(name = "FLOWS")]
-pub static FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(1024, 0);
+pub static FLOWS: Array<FlowSlot> = Array::with_max_entries(1, F_MMAPABLE);
+
+/// Sets of `FLOWS` minus one, set by the agent at load time: a constant to the verifier.
+#[unsafe(no_mangle)]
+static FLOW_SET_MASK: u32 = 0;
+
+#[inline(always)]
+pub fn flow_set_mask() -> u32 {
+    // Volatile: the value is patched into the object after compilation.
+    unsafe { core::ptr::read_volatile(&FLOW_SET_MASK) }
+}
 
 #[map(name = "VIP_STATS")]
 pub static VIP_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_VIPS, 0);

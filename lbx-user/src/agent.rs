@@ -690,7 +690,7 @@ impl Agent {
                 .find(|((vip, _), s)| *vip == pv.id && s.slot == slot)
                 .map(|((_, addr), s)| (*addr, s.uid))
         };
-        if let Ok(entry) = self.bal.flows.get(&key, 0)
+        if let Some(entry) = self.bal.flow(&key, self.plan.settings.seed)
             && let Some((addr, uid)) = by_slot(entry.backend)
             && uid == entry.uid
         {

@@ -12,10 +12,13 @@ use aya::{
     programs::{Xdp, XdpMode},
 };
 use lbx_common::{
-    Backend, Counters, FlowEntry, FlowKey, MAX_VIPS, Settings, VipInfo, VipKey, maps, programs,
+    Backend, Counters, FlowEntry, FlowKey, MAX_VIPS, Settings, VipInfo, VipKey,
+    flows::{self, FLOW_WAYS},
+    hash::flow_hash,
+    maps, programs,
 };
 
-use crate::sys::{self, MappedArray};
+use crate::sys::{self, MappedArray, MappedFlows};
 
 /// The XDP programs, built by build.rs from lbx-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lbx-xdp"));
@@ -98,11 +101,19 @@ fn loader() -> EbpfLoader<'static> {
     EbpfLoader::new()
 }
 
-/// Loads the object with the given map sizes, and the kernel verifies `program`.
-fn load(program: &str, sizes: &[(&'static str, u32)]) -> Result<Ebpf, DataPlaneError> {
+/// Loads the object with the given map sizes and read-only globals, and the kernel
+/// verifies `program`.
+fn load(
+    program: &str,
+    sizes: &[(&'static str, u32)],
+    globals: &[(&'static str, u32)],
+) -> Result<Ebpf, DataPlaneError> {
     let mut l = loader();
     for (name, size) in sizes {
         l.map_max_entries(name, *size);
+    }
+    for (name, value) in globals {
+        l.override_global(name, value, true);
     }
     let mut ebpf = l.load(OBJECT)?;
     xdp_mut(&mut ebpf, program)?
@@ -154,7 +165,7 @@ fn attach(prog: &mut Xdp, iface: &str, mode: Mode) -> Result<Mode, DataPlaneErro
 /// Loads `program` (one of `lbx_common::programs`) without attaching it, e.g. to run
 /// packets through it with `TestRun` (the benchmark's floors).
 pub fn load_unattached(program: &str) -> Result<Ebpf, DataPlaneError> {
-    load(program, &[])
+    load(program, &[], &[])
 }
 
 /// Loads `program` and attaches it to `iface`. Returns the object (dropping it detaches)
@@ -164,7 +175,7 @@ pub fn load_and_attach(
     iface: &str,
     mode: Mode,
 ) -> Result<(Ebpf, Mode), DataPlaneError> {
-    let mut ebpf = load(program, &[])?;
+    let mut ebpf = load(program, &[], &[])?;
     let used = attach(xdp_mut(&mut ebpf, program)?, iface, mode)?;
     Ok((ebpf, used))
 }
@@ -195,7 +206,9 @@ pub struct Balancer {
     pub vips: HashMap<MapData, VipKey, VipInfo>,
     pub backends: Array<MapData, Backend>,
     pub rings: MappedArray,
-    pub flows: HashMap<MapData, FlowKey, FlowEntry>,
+    pub flows: MappedFlows,
+    /// Sets of the connection table minus one.
+    pub flow_set_mask: u32,
     pub vip_stats: PerCpuArray<MapData, Counters>,
     pub backend_stats: PerCpuArray<MapData, Counters>,
     pub reasons: PerCpuArray<MapData, u64>,
@@ -204,6 +217,7 @@ pub struct Balancer {
     pub ring_size: u32,
     pin_dir: Option<PathBuf>,
     _rings_map: Map,
+    _flows_map: Map,
     // Last: dropping the object detaches the program.
     ebpf: Ebpf,
 }
@@ -217,9 +231,12 @@ impl Balancer {
         pin_dir: Option<PathBuf>,
     ) -> Result<Self, DataPlaneError> {
         let ring_entries = 2 * MAX_VIPS * ring_size;
+        let sets = flows::sets_for(flows);
+        let flow_slots = sets * FLOW_WAYS;
         let mut ebpf = load(
             programs::BALANCER,
-            &[(maps::RINGS, ring_entries), (maps::FLOWS, flows)],
+            &[(maps::RINGS, ring_entries), (maps::FLOWS, flow_slots)],
+            &[("FLOW_SET_MASK", sets - 1)],
         )?;
         if let Some(dir) = &pin_dir {
             // A previous run that died leaves its pins; they name maps no longer in use.
@@ -235,12 +252,18 @@ impl Balancer {
             Map::Array(data) => MappedArray::new(data.fd().as_fd(), ring_entries as usize)?,
             _ => unreachable!("RINGS is an array"),
         };
+        let flows_map = take(&mut ebpf, maps::FLOWS, pin)?;
+        let flows = match &flows_map {
+            Map::Array(data) => MappedFlows::new(data.fd().as_fd(), flow_slots as usize)?,
+            _ => unreachable!("FLOWS is an array"),
+        };
         Ok(Self {
             active: typed!(&mut ebpf, maps::ACTIVE, pin),
             settings: typed!(&mut ebpf, maps::SETTINGS, pin),
             vips: typed!(&mut ebpf, maps::VIPS, pin),
             backends: typed!(&mut ebpf, maps::BACKENDS, pin),
-            flows: typed!(&mut ebpf, maps::FLOWS, pin),
+            flows,
+            flow_set_mask: sets - 1,
             vip_stats: typed!(&mut ebpf, maps::VIP_STATS, pin),
             backend_stats: typed!(&mut ebpf, maps::BACKEND_STATS, pin),
             reasons: typed!(&mut ebpf, maps::REASONS, pin),
@@ -249,8 +272,21 @@ impl Balancer {
             ring_size,
             pin_dir,
             _rings_map: rings_map,
+            _flows_map: flows_map,
             ebpf,
         })
+    }
+
+    /// The connection table's entry for `key`, as a packet of that flow finds it (`seed`:
+    /// the flow hash seed of the published generation).
+    pub fn flow(&self, key: &FlowKey, seed: u32) -> Option<FlowEntry> {
+        let hash = flow_hash(key, seed);
+        let words = flows::key_words(key);
+        let base = flows::set_base(hash, self.flow_set_mask) as usize;
+        (base..base + FLOW_WAYS as usize)
+            .filter_map(|i| self.flows.get(i))
+            .find(|s| flows::holds(s, &words, hash))
+            .map(|s| s.entry)
     }
 
     /// Attaches the balancer to `iface`; returns the mode used.

@@ -18,14 +18,11 @@ use lbx_common::{
     Addr, BACKEND_F_DOWN, Backend, FAMILY_V4, FAMILY_V6, FlowEntry, FlowKey, IP6IP6_OVERHEAD,
     IPIP_OVERHEAD, MAX_BACKENDS, OUTER_TTL, PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP, Reason,
     SETTINGS_F_PORT0_V4, SETTINGS_F_PORT0_V6, Settings, VIP_F_HAS_BACKENDS, VipKey,
+    flows::{self, FLOW_WAYS, FlowSlot},
     hash::flow_hash,
 };
 
 use crate::plan::{Plan, PlannedVip};
-
-/// Seed change of the second flow hash, the one that picks the outer source address and
-/// the IPv6 flow label (so they do not correlate with the ring slot).
-pub const ENCAP_SEED_XOR: u32 = 0x5bd1_e995;
 
 const ETH_LEN: usize = 14;
 const IPV4_MIN: usize = 20;
@@ -132,9 +129,75 @@ impl Decision {
     }
 }
 
-/// The model's connection table: the program's `FLOWS`, without eviction (size the real
-/// one so that nothing is evicted when comparing).
-pub type FlowTable = HashMap<FlowKey, FlowEntry>;
+/// The model's connection table: the program's `FLOWS`, the same sets, slots and
+/// replacement (lbx_common::flows), so after the same frames both hold the same slots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowTable {
+    slots: Vec<FlowSlot>,
+    mask: u32,
+}
+
+impl FlowTable {
+    /// An empty table sized like the program's for `lbx run --flows FLOWS`.
+    pub fn new(flows: u32) -> Self {
+        let sets = flows::sets_for(flows);
+        Self {
+            slots: vec![FlowSlot::default(); (sets * FLOW_WAYS) as usize],
+            mask: sets - 1,
+        }
+    }
+
+    /// A table holding `slots` (read from the program's map).
+    pub fn from_slots(slots: Vec<FlowSlot>) -> Self {
+        let sets = (slots.len() as u32 / FLOW_WAYS).max(1);
+        assert!(sets.is_power_of_two(), "a table has a power of two of sets");
+        Self {
+            slots,
+            mask: sets - 1,
+        }
+    }
+
+    pub fn slots(&self) -> &[FlowSlot] {
+        &self.slots
+    }
+
+    /// Slots in use.
+    pub fn len(&self) -> usize {
+        self.slots.iter().filter(|s| s.check != 0).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The entry a packet of `key` finds under `seed`, if any.
+    pub fn get(&self, key: &FlowKey, seed: u32) -> Option<FlowEntry> {
+        let hash = flow_hash(key, seed);
+        self.find(&flows::key_words(key), hash)
+            .map(|i| self.slots[i].entry)
+    }
+
+    fn find(&self, words: &[u64; 5], hash: u32) -> Option<usize> {
+        let base = flows::set_base(hash, self.mask) as usize;
+        (base..base + FLOW_WAYS as usize).find(|&i| flows::holds(&self.slots[i], words, hash))
+    }
+
+    fn insert(&mut self, words: &[u64; 5], hash: u32, entry: FlowEntry) {
+        let base = flows::set_base(hash, self.mask) as usize;
+        let (way, clear_other) =
+            flows::insert_way([&self.slots[base], &self.slots[base + 1]], words, hash);
+        if clear_other {
+            self.slots[base + 1 - way].recent = 0;
+        }
+        self.slots[base + way] = FlowSlot {
+            key: *words,
+            entry,
+            check: flows::check(hash, &entry),
+            recent: 0,
+            pad: [0; 2],
+        };
+    }
+}
 
 /// The published configuration as the program reads it: one generation's tables.
 pub struct Reference<'a> {
@@ -212,18 +275,24 @@ impl<'a> Reference<'a> {
         let vip = t.lookup_vip(&pkt.key).ok_or(Reason::PassNotVip)?;
         d.vip = Some(vip.number);
 
-        let table_hit = flows.get(&pkt.key).and_then(|e| {
+        let hash = flow_hash(&pkt.key, t.settings.seed);
+        let words = flows::key_words(&pkt.key);
+        let table_hit = flows.find(&words, hash).and_then(|i| {
+            let e = flows.slots[i].entry;
             let b = t.backends.get(e.backend as usize)?;
             let takes_it = b.family != 0 && b.uid == e.uid && b.flags & BACKEND_F_DOWN == 0;
-            takes_it.then_some((e.backend, *b))
+            takes_it.then_some((i, e.backend, *b))
         });
         let (slot, backend, source) = match table_hit {
-            Some((slot, b)) => (slot, b, Source::Table),
+            Some((i, slot, b)) => {
+                flows.slots[i].recent = 1;
+                (slot, b, Source::Table)
+            }
             None => {
                 if vip.flags & VIP_F_HAS_BACKENDS == 0 {
                     return Err(Reason::DropNoBackend);
                 }
-                let index = flow_hash(&pkt.key, t.settings.seed) % t.settings.ring_size;
+                let index = hash % t.settings.ring_size;
                 let slot = *vip.ring.get(index as usize).ok_or(Reason::DropBadRing)?;
                 let b = t
                     .backends
@@ -232,7 +301,8 @@ impl<'a> Reference<'a> {
                     .copied()
                     .ok_or(Reason::DropBadRing)?;
                 flows.insert(
-                    pkt.key,
+                    &words,
+                    hash,
                     FlowEntry {
                         backend: slot,
                         uid: b.uid,
@@ -248,7 +318,6 @@ impl<'a> Reference<'a> {
             source,
         });
 
-        let hash = flow_hash(&pkt.key, t.settings.seed ^ ENCAP_SEED_XOR);
         d.output = if pkt.key.family == FAMILY_V4 {
             encap_v4(frame, &pkt, &backend, &t.settings, hash)?
         } else {
@@ -605,7 +674,7 @@ mod tests {
         let c = config();
         let p = plan_of(&c);
         let r = Reference::new(&p);
-        let mut flows = FlowTable::new();
+        let mut flows = FlowTable::new(1024);
         let frame = v4(PROTO_TCP, [198, 51, 100, 7], [192, 0, 2, 10], 40000, 80, 10);
         let d = r.decide(&mut flows, &frame);
         assert_eq!((d.verdict, d.reason), (Verdict::Tx, Reason::Forwarded));
@@ -658,7 +727,7 @@ mod tests {
         ip[24..40].copy_from_slice(&"2001:db8::10".parse::<Ipv6Addr>().unwrap().octets());
         f.extend_from_slice(&ip);
         f.extend_from_slice(&[0x30, 0x39, 0x1f, 0x90, 0, 8, 0, 0]);
-        let d = r.decide(&mut FlowTable::new(), &f);
+        let d = r.decide(&mut FlowTable::new(1024), &f);
         assert_eq!(d.reason, Reason::Forwarded);
         let o = &d.output;
         assert_eq!(&o[12..14], &[0x86, 0xdd]);
@@ -680,7 +749,7 @@ mod tests {
         let c = config();
         let p = plan_of(&c);
         let r = Reference::new(&p);
-        let mut flows = FlowTable::new();
+        let mut flows = FlowTable::new(1024);
         let tcp = v4(PROTO_TCP, [198, 51, 100, 7], [192, 0, 2, 10], 40000, 80, 0);
         let reason = |f: &[u8], flows: &mut FlowTable| r.decide(flows, f).reason;
 
@@ -752,7 +821,7 @@ mod tests {
     fn a_removed_backend_loses_its_flows_and_a_drained_one_keeps_them() {
         let mut c = config();
         let p = plan_of(&c);
-        let mut flows = FlowTable::new();
+        let mut flows = FlowTable::new(1024);
         let mut to_b1 = None;
         for sport in 1000..1100 {
             let f = v4(PROTO_TCP, [198, 51, 100, 7], [192, 0, 2, 10], sport, 80, 0);

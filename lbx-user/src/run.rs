@@ -31,8 +31,11 @@ pub struct RunArgs {
     /// Where to mount/find the BPF filesystem; maps are pinned under DIR/lbx/IFACE.
     #[arg(long, default_value = "/sys/fs/bpf")]
     pub bpffs: PathBuf,
-    /// Connection-table size (flows remembered, least recently used evicted first).
-    #[arg(long, default_value_t = DEFAULT_FLOWS)]
+    /// Connection-table size in flows (rounded up to a power of two). The table is
+    /// 2-way set-associative: a new flow whose set is full replaces one not seen since
+    /// the set last filled; 64 bytes per flow, at most 2^26 flows.
+    #[arg(long, default_value_t = DEFAULT_FLOWS,
+          value_parser = clap::value_parser!(u32).range(1..=1 << 26))]
     pub flows: u32,
 }
 

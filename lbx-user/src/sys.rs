@@ -9,6 +9,8 @@ use std::{
     ptr::NonNull,
 };
 
+use lbx_common::flows::FlowSlot;
+
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
@@ -208,4 +210,69 @@ pub fn raise_memlock_limit() {
     };
     // SAFETY: setrlimit with a valid struct; failure only matters on old kernels.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
+}
+
+/// The connection table (`FLOWS`, memory-mappable), mapped into our memory: the agent
+/// answers `lbx flow` from it and tests read or clear it whole without a system call per
+/// slot.
+pub struct MappedFlows {
+    ptr: NonNull<FlowSlot>,
+    len: usize,
+    bytes: usize,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value.
+unsafe impl Send for MappedFlows {}
+
+impl MappedFlows {
+    /// Maps the `len` slots of the `FlowSlot` array behind `fd`.
+    pub fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
+        let page = 4096usize;
+        // 64-byte slots: the kernel's 8-byte element stride adds nothing.
+        let bytes = (len * std::mem::size_of::<FlowSlot>()).div_ceil(page) * page;
+        // SAFETY: a fresh shared mapping of the map's value area; checked for failure.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p.cast()).expect("mmap returned null");
+        Ok(Self { ptr, len, bytes })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Slot `i` as it is now (the data plane may be writing it: a torn copy fails its
+    /// check word, as it would for a packet).
+    pub fn get(&self, i: usize) -> Option<FlowSlot> {
+        // SAFETY: in bounds of the mapping; volatile because the kernel writes it.
+        (i < self.len).then(|| unsafe { self.ptr.as_ptr().add(i).read_volatile() })
+    }
+
+    /// Empties every slot.
+    pub fn clear(&mut self) {
+        // SAFETY: the mapping holds `len` slots for as long as self lives.
+        unsafe { std::ptr::write_bytes(self.ptr.as_ptr(), 0, self.len) };
+    }
+}
+
+impl Drop for MappedFlows {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what new() mapped.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
+    }
 }

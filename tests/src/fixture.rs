@@ -338,7 +338,7 @@ pub fn run_cases(tb: &mut TestBalancer, cases: &[Case], min_packets: usize) {
             continue;
         }
         tb.clear_flows().expect("empty the connection table");
-        let mut model_flows = FlowTable::new();
+        let mut model_flows = tb.empty_flows();
         for step in &case.steps {
             match step {
                 Step::Configure(c) => tb.configure(c).unwrap_or_else(|e| {

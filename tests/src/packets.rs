@@ -21,8 +21,6 @@ pub const ROUTER_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x00, 0x00, 0x01];
 
 /// Outer TTL / hop limit the balancer sets (the value lbx documents).
 pub const OUTER_TTL: u8 = 64;
-/// The second flow hash's seed change (outer source address, IPv6 flow label).
-pub const ENCAP_SEED_XOR: u32 = 0x5bd1_e995;
 
 /// The transport header, or another protocol's number with the payload as its body.
 #[derive(Clone, Copy, Debug)]
@@ -375,7 +373,7 @@ pub struct Encap {
 /// balancer's own MAC.
 pub fn encapsulated(input: &[u8], src: IpAddr, dst: IpAddr, l4: L4, e: &Encap) -> Vec<u8> {
     let (in_eth, inner) = Ethernet2Header::from_slice(input).expect("input has Ethernet");
-    let hash = flow_hash(&flow_key(src, dst, l4), e.seed ^ ENCAP_SEED_XOR);
+    let hash = flow_hash(&flow_key(src, dst, l4), e.seed);
     let outer_src = outer_source(e.prefix, e.prefix_len, hash);
     let mut out = Vec::new();
     Ethernet2Header {

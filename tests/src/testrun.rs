@@ -2,11 +2,7 @@
 //! configuration the way the agent does, run one frame, read the counters and the
 //! connection table. Used by the packet fixtures, the differential test and `lbx-bench`.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -22,7 +18,7 @@ use lbx::{
     reference::{FlowTable, Reference, Verdict},
     slots::Slots,
 };
-use lbx_common::{Counters, FlowEntry, FlowKey, Reason};
+use lbx_common::{Counters, Reason};
 
 /// The link MTU the tests plan for when a configuration names none.
 pub const DEFAULT_MTU: u32 = 1500;
@@ -172,21 +168,20 @@ impl TestBalancer {
 
     /// The whole connection table.
     pub fn flows(&self) -> Result<FlowTable> {
-        let mut out = HashMap::new();
-        for kv in self.bal.flows.iter() {
-            let (k, v): (FlowKey, FlowEntry) = kv?;
-            out.insert(k, v);
-        }
-        Ok(out)
+        let slots = (0..self.bal.flows.len())
+            .map(|i| self.bal.flows.get(i).context("slot in range"))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(FlowTable::from_slots(slots))
+    }
+
+    /// An empty model table the size of the program's.
+    pub fn empty_flows(&self) -> FlowTable {
+        FlowTable::from_slots(vec![Default::default(); self.bal.flows.len()])
     }
 
     /// Empties the connection table.
     pub fn clear_flows(&mut self) -> Result<()> {
-        let keys: Vec<FlowKey> = self.bal.flows.keys().collect::<Result<_, _>>()?;
-        for k in keys {
-            // An LRU entry may vanish on its own; what matters is that none is left.
-            let _ = self.bal.flows.remove(&k);
-        }
+        self.bal.flows.clear();
         Ok(())
     }
 }

@@ -40,13 +40,15 @@ struct Args {
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/lbx-bench/results.json")]
     out: PathBuf,
+    /// Connection-table size (entries), as `flows` in the agent's configuration.
+    #[arg(long, default_value_t = lbx_common::DEFAULT_FLOWS)]
+    flows: u32,
     /// Criterion's output folder, for the control-plane estimates.
     #[arg(long, default_value = "target/criterion")]
     criterion: PathBuf,
 }
 
 const RING: u32 = lbx_common::DEFAULT_RING_SIZE;
-const FLOWS: u32 = 1 << 20;
 const PAYLOAD: usize = 64;
 /// Flows kept established for the table-hit fixtures.
 const HIT_FLOWS: usize = 512;
@@ -328,7 +330,7 @@ fn main() -> Result<()> {
         bail!("use at least 3 rounds and a batch of 1 or more");
     }
     lbx::sys::raise_memlock_limit();
-    let mut tb = TestBalancer::load(RING, FLOWS)?;
+    let mut tb = TestBalancer::load(RING, args.flows)?;
     tb.configure(&config())?;
     let empty = lbx::dataplane::load_unattached(programs::PASS)?;
     let forwarder = lbx::dataplane::load_unattached(programs::BENCH_FORWARD)?;
