@@ -10,12 +10,13 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 
 use crate::process::run_bounded;
+use crate::topology::patience;
 
 /// Prefix of every namespace the tests create: `lbxt-<pid>-<n>-<role>`. The pid lets a later
 /// run recognise namespaces left behind by a test process that was killed outright.
 pub const PREFIX: &str = "lbxt-";
 
-/// How long one `ip` command may take before it counts as hung.
+/// How long one `ip` command may take before it counts as hung (times [`patience`]).
 const IP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A network namespace created by this process, deleted (with every interface in it) on drop.
@@ -117,7 +118,8 @@ impl Drop for Netns {
 pub fn ip(args: &[&str]) -> anyhow::Result<String> {
     let mut cmd = Command::new("ip");
     cmd.args(args);
-    let out = run_bounded(cmd, IP_TIMEOUT).with_context(|| format!("ip {}", args.join(" ")))?;
+    let out =
+        run_bounded(cmd, patience(IP_TIMEOUT)).with_context(|| format!("ip {}", args.join(" ")))?;
     if !out.status.success() {
         bail!(
             "`ip {}` failed ({}): {}",

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-/// How long a stopped process gets between SIGTERM and SIGKILL.
+use crate::topology::patience;
+
+/// How long a stopped process gets between SIGTERM and SIGKILL (times
+/// [`patience`]: an agent detaching its programs on an emulated CPU takes seconds).
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How often waits poll a child or a log file.
 const POLL: Duration = Duration::from_millis(20);
@@ -178,7 +181,7 @@ impl Process {
     pub fn stop(&mut self) -> Option<ExitStatus> {
         if self.is_running() {
             signal_group(self.child.id(), libc::SIGTERM);
-            let deadline = Instant::now() + STOP_GRACE;
+            let deadline = Instant::now() + patience(STOP_GRACE);
             while self.is_running() && Instant::now() < deadline {
                 std::thread::sleep(POLL);
             }

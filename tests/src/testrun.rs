@@ -92,8 +92,12 @@ impl TestBalancer {
     /// Loads the balancer with Maglev tables of `ring_size` and a connection table of
     /// `flows` entries. Configurations published later must use the same `table_size`.
     pub fn load(ring_size: u32, flows: u32) -> Result<Self> {
-        let bal = Balancer::load(ring_size, flows, None)
-            .context("load the balancer (the packet tests need root)")?;
+        // BPF needs root; anything else (the verifier, map limits) is in the error's chain.
+        let bal = Balancer::load(ring_size, flows, None).with_context(|| {
+            format!(
+                "load the balancer (ring {ring_size}, {flows} flows; the packet tests run as root)"
+            )
+        })?;
         Ok(Self {
             bal,
             publisher: Publisher::new().context("create the publication barrier")?,

@@ -32,6 +32,8 @@ const INNER_MTU: u16 = 1600;
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Limit for one `lbx` CLI command.
 const CLI_TIMEOUT: Duration = Duration::from_secs(20);
+/// Limit for `lbx status` while waiting for the agent, and for the report at the end.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Lines of each process's stdout and stderr shown when a test fails.
 const TAIL_LINES: usize = 30;
 
@@ -145,6 +147,26 @@ pub fn scaled(n: usize, min: usize) -> usize {
         },
     };
     ((n as f64 * factor).round() as usize).max(min).min(n)
+}
+
+/// The environment variable stretching the time the tests wait for something that must
+/// happen: a factor of at least 1, default 1. `cargo xtask vm-test` sets 10 in its emulated
+/// VMs, whose CPU is 13 to 20 times slower than the host's (more when the host is busy).
+pub const TIME_SCALE_ENV: &str = "LBX_TEST_TIME_SCALE";
+
+/// `limit` times [`TIME_SCALE_ENV`]: for a deadline after which a wait gives up (a process
+/// getting ready, a CLI call answering, a state being reached). Never for a bound a test
+/// asserts (how fast a failure is detected): a slower machine does not change what lbx
+/// promises, and such a bound must be measured so that slow observation cannot break it.
+pub fn patience(limit: Duration) -> Duration {
+    let factor = match std::env::var(TIME_SCALE_ENV) {
+        Err(_) => 1.0,
+        Ok(v) => match v.parse::<f64>() {
+            Ok(f) if (1.0..=100.0).contains(&f) => f,
+            _ => panic!("{TIME_SCALE_ENV}={v}: expected a factor from 1 to 100"),
+        },
+    };
+    limit.mul_f64(factor)
 }
 
 /// How one backend decapsulates.
@@ -612,7 +634,7 @@ impl Topology {
             }
             let mut server_process =
                 self.start(&format!("{name}-server"), &b.netns, &server, &args)?;
-            let ready = server_process.wait_for_line("listening", READY_TIMEOUT);
+            let ready = server_process.wait_for_line("listening", patience(READY_TIMEOUT));
             self.processes.push(server_process);
             ready?;
 
@@ -628,7 +650,7 @@ impl Topology {
                     args.extend(["--vip".to_owned(), addr.to_string()]);
                 }
                 let mut decap = self.start(&format!("{name}-decap"), &b.netns, &lbx_bin, &args)?;
-                let ready = decap.wait_for_line("attached", READY_TIMEOUT);
+                let ready = decap.wait_for_line("attached", patience(READY_TIMEOUT));
                 self.processes.push(decap);
                 ready?;
             }
@@ -669,7 +691,7 @@ impl Topology {
             self.lb.switch_port.clone(),
         ];
         let mut pass = self.start("switch-pass", &self.switch, &lbx, &args)?;
-        let ready = pass.wait_for_line("attached", READY_TIMEOUT);
+        let ready = pass.wait_for_line("attached", patience(READY_TIMEOUT));
         self.processes.push(pass);
         ready?;
 
@@ -692,10 +714,15 @@ impl Topology {
         ];
         let mut agent = self.start("lb-agent", &self.lb.netns, &lbx, &args)?;
         self.agent_started = true;
-        let ready = agent.wait_until("its socket answering `lbx status`", READY_TIMEOUT, || {
-            run_bounded(self.lbx_command(&["status"]), Duration::from_secs(2))
-                .is_ok_and(|out| out.status.success())
-        });
+        // Loading the balancer runs the verifier over it: seconds of an emulated CPU.
+        let ready = agent.wait_until(
+            "its socket answering `lbx status`",
+            patience(READY_TIMEOUT),
+            || {
+                run_bounded(self.lbx_command(&["status"]), patience(STATUS_TIMEOUT))
+                    .is_ok_and(|out| out.status.success())
+            },
+        );
         self.processes.push(agent);
         ready
     }
@@ -715,7 +742,7 @@ impl Topology {
     /// Runs an `lbx` CLI command against the agent inside the lb namespace; returns its
     /// output whatever the exit status.
     pub fn lbx_output(&self, args: &[&str]) -> anyhow::Result<Output> {
-        run_bounded(self.lbx_command(args), CLI_TIMEOUT)
+        run_bounded(self.lbx_command(args), patience(CLI_TIMEOUT))
             .with_context(|| format!("lbx {}", args.join(" ")))
     }
 
@@ -778,7 +805,7 @@ impl Topology {
         ready_line: &str,
     ) -> anyhow::Result<()> {
         let mut process = self.start(label, &self.lb.netns, program, args)?;
-        let ready = process.wait_for_line(ready_line, READY_TIMEOUT);
+        let ready = process.wait_for_line(ready_line, patience(READY_TIMEOUT));
         self.processes.push(process);
         ready
     }
@@ -833,7 +860,7 @@ impl Topology {
         let server = self.bins.test_server.clone();
         let netns = &self.backend(i).netns;
         let mut process = self.start(&format!("{name}-server"), netns, &server, &args)?;
-        let ready = process.wait_for_line("listening", READY_TIMEOUT);
+        let ready = process.wait_for_line("listening", patience(READY_TIMEOUT));
         self.processes.push(process);
         ready
     }
@@ -916,7 +943,7 @@ impl Drop for Topology {
         // The agent's view at the end, for the failure report.
         if report && self.agent_started {
             for args in [["status"], ["stats"]] {
-                let shown = match run_bounded(self.lbx_command(&args), Duration::from_secs(5)) {
+                let shown = match run_bounded(self.lbx_command(&args), patience(STATUS_TIMEOUT)) {
                     Ok(out) => format!(
                         "{}{}",
                         String::from_utf8_lossy(&out.stdout),

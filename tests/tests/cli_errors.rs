@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use lbx_tests::{Topology, VIP_V4, backend_v4};
+use lbx_tests::{Topology, VIP_V4, backend_v4, topology::patience};
 
 /// Runs `lbx ARGS` against the agent, which must fail with a message on stderr that starts
 /// with `error: `, contains every one of `all` and at least one of `any` (case-insensitive);
@@ -150,7 +150,7 @@ fn bad_requests_name_the_problem_and_change_nothing() {
                 "--config",
                 other_config.to_str().expect("utf-8 path"),
             ],
-            Duration::from_secs(20),
+            patience(Duration::from_secs(20)),
         )
         .expect("lbx run --iface nosuch0 should exit by itself");
     assert!(!out.status.success(), "`lbx run --iface nosuch0` succeeded");
@@ -185,7 +185,7 @@ fn bad_requests_name_the_problem_and_change_nothing() {
                 &topo.lb.netns,
                 Path::new("setpriv"),
                 &full,
-                Duration::from_secs(20),
+                patience(Duration::from_secs(20)),
             )
             .expect("setpriv");
         assert!(

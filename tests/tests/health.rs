@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lbx_tests::{DIRECT_PORT, Topology, VIP_V4, VIP_V6, backend_name, tally};
+use lbx_tests::{DIRECT_PORT, Topology, VIP_V4, VIP_V6, backend_name, tally, topology::patience};
 
 /// Checks are fast so the test is: a failure is seen within FALL * INTERVAL.
 const INTERVAL_MS: u64 = 200;
@@ -25,20 +25,42 @@ fn backend_status(topo: &Topology, vip: SocketAddr, addr: IpAddr) -> serde_json:
         .unwrap_or_else(|| panic!("no backend {addr} of {vip_name} in `lbx status`: {status}"))
 }
 
-/// Polls `lbx status` until backend `addr` is in `state`; returns how long it took.
+/// What [`wait_state`] saw.
+struct Reached {
+    /// The backend's entry of the `lbx status` answer that showed the state.
+    backend: serde_json::Value,
+    /// Since the wait began, the start of the last poll that did not yet show the state: the
+    /// agent answered that poll after it started, so the change happened later than this.
+    /// Zero if the first poll showed it.
+    not_before: Duration,
+    /// Since the wait began, the end of the poll that showed the state: the change happened
+    /// before this.
+    by: Duration,
+}
+
+/// Polls `lbx status` until backend `addr` is in `state`; gives up after `limit` times
+/// [`patience`] (each poll is a CLI call: on an emulated CPU a slow one).
 fn wait_state(
     topo: &Topology,
     vip: SocketAddr,
     addr: IpAddr,
     state: &str,
     limit: Duration,
-) -> Duration {
+) -> Reached {
+    let limit = patience(limit);
     let start = Instant::now();
+    let mut not_before = Duration::ZERO;
     loop {
+        let poll = start.elapsed();
         let b = backend_status(topo, vip, addr);
         if b["health"]["state"] == state {
-            return start.elapsed();
+            return Reached {
+                backend: b,
+                not_before,
+                by: start.elapsed(),
+            };
         }
+        not_before = poll;
         assert!(
             start.elapsed() < limit,
             "backend {addr} of {vip} not {state} within {limit:?}: {b}"
@@ -95,12 +117,17 @@ fn run(vip: SocketAddr, first_port: u16) {
     );
 
     topo.stop_server(2).expect("stop backend-2's server");
-    let took = wait_state(&topo, vip, dead, "down", Duration::from_secs(5));
-    // FALL failed probes at INTERVAL_MS, plus the probe timeout and polling slack.
+    let down = wait_state(&topo, vip, dead, "down", Duration::from_secs(5));
+    // FALL failed probes at INTERVAL_MS, plus the probe timeout and slack. The agent took
+    // longer only if a poll that started after the bound still showed the backend up: a
+    // slow `lbx status` (an emulated CPU) delays seeing the change, not the change.
     let bound = Duration::from_millis(INTERVAL_MS * u64::from(FALL + 2) + 500);
     assert!(
-        took <= bound,
-        "backend-2 taken out after {took:?}, more than {bound:?}"
+        down.not_before <= bound,
+        "backend-2 still up {:?} after its server stopped, more than {bound:?} (seen down \
+         after {:?})",
+        down.not_before,
+        down.by
     );
     let b = backend_status(&topo, vip, dead);
     assert_eq!(b["state"], "down", "{b}");
@@ -134,24 +161,29 @@ fn run(vip: SocketAddr, first_port: u16) {
     // Recovery: back up after `rise` probes, first with a reduced weight.
     topo.start_server(2, &[vip])
         .expect("restart backend-2's server");
-    wait_state(&topo, vip, dead, "up", Duration::from_secs(5));
-    let b = backend_status(&topo, vip, dead);
+    // The answer that shows it up, not a later one: the slow start may be well along by the
+    // next poll on a slow machine.
+    let b = wait_state(&topo, vip, dead, "up", Duration::from_secs(5)).backend;
     let eff = b["effective_weight"].as_f64().expect("effective weight");
     let full = b["weight"].as_f64().expect("weight");
     assert!(
         eff < full,
         "right after recovery the weight ramps up, got {eff} of {full}: {b}"
     );
+    // The ramp lasts SLOW_START_S from the backend's return, which came before `start`. It
+    // overran only if a poll that started after SLOW_START_S + 3 s still shows it ramping.
     let start = Instant::now();
+    let ramp_bound = Duration::from_secs(SLOW_START_S + 3);
     loop {
+        let poll = start.elapsed();
         let b = backend_status(&topo, vip, dead);
         if b["effective_weight"].as_f64() == b["weight"].as_f64() {
             break;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(SLOW_START_S + 3),
-            "slow start did not finish within {}s: {b}",
-            SLOW_START_S + 3
+            poll < ramp_bound,
+            "slow start still ramping {poll:?} after the backend came back, more than \
+             {ramp_bound:?}: {b}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }

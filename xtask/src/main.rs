@@ -12,6 +12,7 @@ mod demo;
 mod process;
 mod test;
 mod vm;
+mod vm_fault;
 mod vm_guest;
 mod vm_initramfs;
 mod vm_kernel;
@@ -49,8 +50,7 @@ enum Task {
         debug: bool,
     },
 
-    /// Bootstrap, then run the test tiers lint, unit, kernel (vm with `--only vm`); summary
-    /// at the end.
+    /// Bootstrap, then run the test tiers lint, unit, kernel and vm; summary at the end.
     ///
     /// Tiers, in order (a failing tier does not stop the next ones; the exit status is
     /// non-zero if any failed):
@@ -67,7 +67,9 @@ enum Task {
     ///           and create network namespaces, so they need root.
     ///
     ///   vm      the same integration tests inside VMs on every kernel pinned in
-    ///           xtask/kernels.toml: `cargo xtask vm-test` with its defaults.
+    ///           xtask/kernels.toml: `cargo xtask vm-test --self-check` (first a VM whose
+    ///           balancer the verifier rejects must be reported failed, then each kernel's
+    ///           run; about 20 minutes under TCG, see README "Test tiers")
     ///
     /// Arguments after `--` go to every test binary of the unit, kernel and vm tiers, e.g. a
     /// name filter: `cargo xtask test -- maglev`, or `-- --exact some::test`.
@@ -105,10 +107,16 @@ enum Task {
     ///   limits      each test --test-timeout, each VM --timeout; a guest that panics,
     ///               hangs or stops without its final marker fails with its last console
     ///               lines (the whole console is in target/vm-test/<kernel>/console.log);
-    ///               LBX_VM_FAULT=panic|hang|exit makes a guest do so, to check this.
+    ///               the tests wait LBX_TEST_TIME_SCALE (10 under TCG, 2 under KVM) times
+    ///               longer for what must happen, never for what they assert;
+    ///   faults      --fault verifier|panic|hang|exit (or LBX_VM_FAULT) breaks the guests on
+    ///               purpose to show how that is reported: `verifier` gives lbx and the
+    ///               tests a balancer the verifier rejects; --self-check first boots one
+    ///               such VM and fails unless it is reported failed.
     ///
-    /// One test in one VM:
-    ///   cargo xtask vm-test --kernel 6.1 -- --exact replies_come_straight_from_the_backends_v4_and_v6
+    /// One test in one VM (tests are named <binary>::<test>; `--exact` takes whole names):
+    ///   cargo xtask vm-test --kernel 6.1 -- health::failed_backend_leaves_and_returns_v4
+    ///   cargo xtask vm-test --kernel 6.1 --fault verifier -- dsr
     #[command(verbatim_doc_comment)]
     VmTest(vm::Args),
 

@@ -20,6 +20,7 @@ use crate::{
     bootstrap::{self, Need},
     build::{TEST_PROFILE, TestBinaries},
     process::{self, Interrupted},
+    vm_fault::{self, Fault},
     vm_guest::{Plan, Selection, Status},
     vm_initramfs::{self, Cpio, GUEST_DIR},
     vm_kernel::{self, Pin},
@@ -64,9 +65,27 @@ fn scale() -> String {
     std::env::var("LBX_TEST_SCALE").unwrap_or_else(|_| DEFAULT_SCALE.to_owned())
 }
 
-/// Default limit for one test in a guest, in seconds: the slowest test takes about 60 s.
+/// LBX_TEST_TIME_SCALE for the guests, unless set on the host: how much longer the tests
+/// wait for what must happen (a process getting ready, a CLI call, a state change) than on
+/// the host. An emulated CPU is 13 to 20 times slower, more when the host is busy; what the
+/// tests assert about timing never scales (`lbx_tests::topology::patience`).
+fn time_scale(accel: Accel) -> String {
+    std::env::var("LBX_TEST_TIME_SCALE").unwrap_or_else(|_| {
+        match accel {
+            Accel::Tcg => "10",
+            Accel::Kvm => "2",
+        }
+        .to_owned()
+    })
+}
+
+/// The test the self-check runs with a broken balancer: it loads the program and fails in
+/// about a second when it cannot.
+const SELF_CHECK_TEST: &str = "fixtures::nothing_published_passes_everything";
+
+/// Default limit for one test in a guest, in seconds: the slowest test takes about 80 s.
 const TEST_TIMEOUT_S: u64 = 300;
-/// Default limit for one VM, in seconds: a whole run takes about 5 minutes under TCG.
+/// Default limit for one VM, in seconds: a whole run takes about 6 minutes under TCG.
 const VM_TIMEOUT_S: u64 = 2400;
 
 /// Options of `cargo xtask vm-test` (and of the vm tier of `cargo xtask test`).
@@ -99,6 +118,18 @@ pub struct Args {
     #[arg(long, short)]
     pub verbose: bool,
 
+    /// Break the guests on purpose, to see how a failure is reported: `verifier` (the
+    /// balancer embedded in lbx and the tests is one the verifier rejects), `panic`, `hang`
+    /// or `exit` (the guest's kernel panics, its runner hangs or exits without its final
+    /// marker, once the first test has started).
+    #[arg(long, value_enum, value_name = "FAULT", env = "LBX_VM_FAULT")]
+    pub fault: Option<Fault>,
+
+    /// First boot one VM whose balancer the verifier rejects, and fail unless that VM is
+    /// reported as failed (the vm tier of `cargo xtask test` does this).
+    #[arg(long)]
+    pub self_check: bool,
+
     /// Tests to run (after `--`): patterns matched in `<binary>::<test>` (`health`,
     /// `dsr::replies`), `--exact` (whole names), `--skip PATTERN`, `--ignored`,
     /// `--include-ignored`.
@@ -116,6 +147,8 @@ impl Args {
             timeout: VM_TIMEOUT_S,
             debug: false,
             verbose: false,
+            fault: None,
+            self_check: true,
             filter: filter.to_vec(),
         }
     }
@@ -172,11 +205,12 @@ pub fn suite(ws: &Workspace, args: &Args) -> Result<Vec<KernelRun>> {
         return Ok(Vec::new());
     }
     let run_cpio = out.join("run.cpio");
-    pack_run(&out, &bins, &tests, args, &run_cpio)?;
+    let plan = plan(&tests, args, &args.filter, accel, args.fault);
+    pack_run(&out.join("bin"), &bins, &tests, &plan, &run_cpio)?;
 
     println!(
         "== vm-test: {selected} tests of {} on {}; CPU: {why}; decap {}; {} profile; \
-         LBX_TEST_SCALE={}",
+         LBX_TEST_SCALE={}, LBX_TEST_TIME_SCALE={}{}",
         tests
             .iter()
             .map(|(n, _)| n.as_str())
@@ -193,18 +227,39 @@ pub fn suite(ws: &Workspace, args: &Args) -> Result<Vec<KernelRun>> {
             .join(", "),
         profile.dir(),
         scale(),
+        time_scale(accel),
+        match args.fault {
+            Some(f) => format!("; broken on purpose: --fault {}", f.name()),
+            None => String::new(),
+        }
     );
     let mut runs = Vec::new();
-    for pin in &pins {
-        let run = one_kernel(pin, accel, &run_cpio, &target, args);
-        match run {
+    if args.self_check {
+        let pin = pins.first().context("no kernel selected")?;
+        match self_check(pin, accel, &out, &target, &bins, &tests, args) {
             Err(e) if e.is::<Interrupted>() => return Err(e),
             Err(e) => runs.push(KernelRun {
-                pin: pin.clone(),
+                label: format!("{} self-check", pin.name),
                 report: None,
                 error: Some(format!("{e:#}")),
                 wall: Duration::ZERO,
                 console: None,
+                expect_failure: true,
+            }),
+            Ok(run) => runs.push(run),
+        }
+    }
+    for pin in &pins {
+        let run = one_kernel(pin, &pin.name, accel, &run_cpio, &target, args, false);
+        match run {
+            Err(e) if e.is::<Interrupted>() => return Err(e),
+            Err(e) => runs.push(KernelRun {
+                label: pin.name.clone(),
+                report: None,
+                error: Some(format!("{e:#}")),
+                wall: Duration::ZERO,
+                console: None,
+                expect_failure: false,
             }),
             Ok(run) => runs.push(run),
         }
@@ -213,36 +268,85 @@ pub fn suite(ws: &Workspace, args: &Args) -> Result<Vec<KernelRun>> {
     Ok(runs)
 }
 
-/// The outcome of one kernel.
+/// The outcome of one VM: a kernel's run, or the self-check.
 pub struct KernelRun {
-    pub pin: Pin,
+    /// `6.1`, or `6.1 self-check`.
+    pub label: String,
     pub report: Option<VmReport>,
     /// What stopped it before or instead of a VM run (download, packing, qemu).
     pub error: Option<String>,
-    /// Preparing, packing and running.
+    /// Preparing the kernel and its initramfs, and running qemu.
     pub wall: Duration,
     pub console: Option<PathBuf>,
+    /// The self-check: the guest's balancer is broken on purpose, so it must fail.
+    pub expect_failure: bool,
 }
 
 impl KernelRun {
     pub fn ok(&self) -> bool {
+        if self.expect_failure {
+            return self.self_check().is_ok();
+        }
         self.error.is_none() && self.report.as_ref().is_some_and(VmReport::ok)
     }
 
-    /// One line for a summary: `6.1: 9 passed, 0 failed, 7m 31s`.
+    /// For the self-check: whether the guest with a broken balancer was reported the way
+    /// it must be: it finished, and each of its tests failed, refused by the verifier.
+    fn self_check(&self) -> Result<String, String> {
+        if let Some(e) = &self.error {
+            return Err(format!("it did not run: {e}"));
+        }
+        let Some(r) = &self.report else {
+            return Err("no report".into());
+        };
+        if r.ok() {
+            return Err(
+                "a guest whose balancer the verifier rejects was reported as passing: \
+                        vm-test cannot be trusted to see a failure"
+                    .into(),
+            );
+        }
+        if r.done.is_none() || r.results.is_empty() {
+            return Err(format!(
+                "the guest did not run its test to the end: {}",
+                r.problems.join("; ")
+            ));
+        }
+        if let Some(t) = r.results.iter().find(|t| !refused_by_the_verifier(t)) {
+            return Err(format!(
+                "{} {}, but its output names no verifier rejection",
+                t.id,
+                t.status.word()
+            ));
+        }
+        Ok(format!(
+            "a broken balancer fails {} of {} tests, refused by the verifier",
+            r.failed(),
+            r.results.len()
+        ))
+    }
+
+    /// One line for a summary: `6.1: ok, 23 passed, 0 failed, 5m 52s (VM 5m 49s)`: the
+    /// whole time, then qemu's, boot to power-off.
     pub fn line(&self) -> String {
-        let time = minutes(self.wall);
+        let time = match &self.report {
+            Some(r) => format!("{} (VM {})", minutes(self.wall), minutes(r.wall)),
+            None => minutes(self.wall),
+        };
+        if self.expect_failure {
+            return match self.self_check() {
+                Ok(what) => format!("{}: ok, {what}, {time}", self.label),
+                Err(why) => format!("{}: FAILED: {why}, {time}", self.label),
+            };
+        }
         match (&self.error, &self.report) {
-            (Some(e), _) => format!(
-                "{}: FAILED before the tests ran ({time}): {e}",
-                self.pin.name
-            ),
+            (Some(e), _) => format!("{}: FAILED before the tests ran ({time}): {e}", self.label),
             (None, Some(r)) => {
                 let verdict = if self.ok() { "ok" } else { "FAILED" };
                 let ignored = r.count(Status::Ignored);
                 let mut line = format!(
                     "{}: {verdict}, {} passed, {} failed{}, {time}",
-                    self.pin.name,
+                    self.label,
                     r.passed(),
                     r.failed(),
                     if ignored > 0 {
@@ -256,9 +360,19 @@ impl KernelRun {
                 }
                 line
             }
-            (None, None) => format!("{}: no result", self.pin.name),
+            (None, None) => format!("{}: no result", self.label),
         }
     }
+}
+
+/// What the verifier says about the instruction [`vm_fault`] puts in the balancer (quoted
+/// in the load error lbx and the tests print).
+const VERIFIER_REJECTION: &str = "invalid bpf_context access off=4096";
+
+/// Whether a test failed because the kernel refused to load the broken balancer: the
+/// verifier's words for the broken instruction are in its output.
+fn refused_by_the_verifier(t: &TestResult) -> bool {
+    t.status == Status::Failed && t.output.iter().any(|l| l.contains(VERIFIER_REJECTION))
 }
 
 fn minutes(d: Duration) -> String {
@@ -266,25 +380,59 @@ fn minutes(d: Duration) -> String {
     format!("{}m {:02}s", s / 60, s % 60)
 }
 
+/// Boots `pin` with a copy of the run whose balancer the verifier rejects, running one test
+/// that loads it: the run must come back failed, with the verifier's rejection.
+fn self_check(
+    pin: &Pin,
+    accel: Accel,
+    out: &Path,
+    target: &Path,
+    bins: &TestBinaries,
+    tests: &[(String, PathBuf)],
+    args: &Args,
+) -> Result<KernelRun> {
+    println!();
+    println!(
+        "== vm-test: self-check: a guest whose balancer the verifier rejects must be reported \
+         as failed"
+    );
+    let (binary, _) = SELF_CHECK_TEST
+        .split_once("::")
+        .expect("SELF_CHECK_TEST is <binary>::<test>");
+    let tests: Vec<_> = tests.iter().filter(|(n, _)| n == binary).cloned().collect();
+    ensure!(
+        !tests.is_empty(),
+        "the self-check runs {SELF_CHECK_TEST}, and there is no test binary {binary}"
+    );
+    let filter = ["--exact".to_owned(), SELF_CHECK_TEST.to_owned()];
+    let plan = plan(&tests, args, &filter, accel, Some(Fault::Verifier));
+    let cpio = out.join("self-check.cpio");
+    pack_run(&out.join("self-check-bin"), bins, &tests, &plan, &cpio)?;
+    let label = format!("{} self-check", pin.name);
+    one_kernel(pin, &label, accel, &cpio, target, args, true)
+}
+
 fn one_kernel(
     pin: &Pin,
+    label: &str,
     accel: Accel,
     run_cpio: &Path,
     target: &Path,
     args: &Args,
+    expect_failure: bool,
 ) -> Result<KernelRun> {
     println!();
-    println!("== vm-test: kernel {}", pin.describe());
+    println!("== vm-test: {label}: kernel {}", pin.describe());
     let started = Instant::now();
     let kernel = vm_kernel::prepare(pin)?;
     let base = vm_initramfs::base(&kernel)?;
-    let dir = vm_qemu::run_dir(target, &pin.name);
+    let dir = vm_qemu::run_dir(target, &label.replace(' ', "-"));
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let initrd = dir.join("initrd.img");
     vm_initramfs::join(&base, run_cpio, &initrd)?;
     let console = dir.join("console.log");
     let boot = Boot {
-        label: &pin.name,
+        label,
         vmlinuz: &kernel.vmlinuz,
         initrd: &initrd,
         accel,
@@ -296,8 +444,13 @@ fn one_kernel(
     };
     let name = pin.name.clone();
     let mut report = vm_qemu::boot(&boot, &mut |r: &TestResult| {
+        let expected = if expect_failure && r.status == Status::Failed {
+            " (expected)"
+        } else {
+            ""
+        };
         println!(
-            "   {name:<5} {:<8} {:7.1} s  {}",
+            "   {name:<5} {:<8} {:7.1} s  {}{expected}",
             r.status.word(),
             r.secs,
             r.id
@@ -313,11 +466,12 @@ fn one_kernel(
         ));
     }
     let run = KernelRun {
-        pin: pin.clone(),
+        label: label.to_owned(),
         report: Some(report),
         error: None,
         wall: started.elapsed(),
         console: Some(console),
+        expect_failure,
     };
     println!("-- {}", run.line());
     Ok(run)
@@ -327,8 +481,9 @@ fn one_kernel(
 const FAILED_OUTPUT_LINES: usize = 80;
 
 fn summary(runs: &[KernelRun], accel: Accel) {
-    // Details first, so the verdicts end the output.
-    for run in runs {
+    // Details first, so the verdicts end the output. A self-check's failures are expected;
+    // its details are shown only when it did not come out as it must.
+    for run in runs.iter().filter(|r| !r.expect_failure || !r.ok()) {
         let Some(report) = &run.report else { continue };
         for r in report
             .results
@@ -338,8 +493,8 @@ fn summary(runs: &[KernelRun], accel: Accel) {
             println!();
             let start = r.output.len().saturating_sub(FAILED_OUTPUT_LINES);
             println!(
-                "--- kernel {}: {} {} after {:.1} s; its output (last {} of {} lines):",
-                run.pin.name,
+                "--- {}: {} {} after {:.1} s; its output (last {} of {} lines):",
+                run.label,
                 r.id,
                 r.status.word(),
                 r.secs,
@@ -352,11 +507,7 @@ fn summary(runs: &[KernelRun], accel: Accel) {
         }
         if !report.problems.is_empty() {
             println!();
-            println!(
-                "--- kernel {}: {}",
-                run.pin.name,
-                report.problems.join("; ")
-            );
+            println!("--- {}: {}", run.label, report.problems.join("; "));
             match &report.unfinished {
                 // Its output, shown above, runs to the console's last line.
                 Some(id) => println!("    the test running when the console ended: {id}"),
@@ -384,7 +535,9 @@ fn summary(runs: &[KernelRun], accel: Accel) {
         if let Some(c) = &run.console {
             println!("      console: {}", c.display());
         }
-        if let Some(report) = &run.report {
+        if let Some(report) = &run.report
+            && !run.expect_failure
+        {
             for r in report
                 .results
                 .iter()
@@ -394,18 +547,33 @@ fn summary(runs: &[KernelRun], accel: Accel) {
             }
         }
     }
-    let failed = runs.iter().filter(|r| !r.ok()).count();
+    let kernels = runs.iter().filter(|r| !r.expect_failure).count();
+    let failed = runs.iter().filter(|r| !r.expect_failure && !r.ok()).count();
+    let check = runs.iter().find(|r| r.expect_failure);
     if failed == 0 {
         println!(
-            "{} passed",
-            match runs.len() {
+            "{} passed{}",
+            match kernels {
                 1 => "the kernel".to_owned(),
                 n => format!("all {n} kernels"),
+            },
+            match check {
+                Some(c) if !c.ok() => "; the self-check FAILED",
+                Some(_) => "; the self-check saw the broken guest fail",
+                None => "",
             }
         );
     } else {
-        println!("{failed} of {} kernels FAILED", runs.len());
+        println!(
+            "{failed} of {kernels} kernels FAILED{}",
+            match check {
+                Some(c) if !c.ok() => "; the self-check FAILED too",
+                _ => "",
+            }
+        );
     }
+    let total: Duration = runs.iter().map(|r| r.wall).sum();
+    println!("VMs: {} in all", minutes(total));
 }
 
 /// The integration test executables of lbx-tests, built like the kernel tier builds them:
@@ -510,60 +678,93 @@ fn stage(from: &Path, dir: &Path, name: &str) -> Result<PathBuf> {
     Ok(to)
 }
 
-/// The run's archive: /init, the guest runner (this very xtask), lbx, the test server,
-/// the test binaries with their libraries, and the plan.
-fn pack_run(
-    out: &Path,
-    bins: &TestBinaries,
+/// Where the guest finds the runner, lbx, the test server and each test binary.
+const GUEST_RUNNER: &str = "bin/xtask";
+const GUEST_LBX: &str = "bin/lbx";
+const GUEST_SERVER: &str = "bin/lbx-test-server";
+
+fn guest_path(rel: &str) -> String {
+    format!("{GUEST_DIR}/{rel}")
+}
+
+/// What the guest runs: `tests` (their names) selected by `filter`, in the modes of `args`.
+fn plan(
     tests: &[(String, PathBuf)],
     args: &Args,
+    filter: &[String],
+    accel: Accel,
+    fault: Option<Fault>,
+) -> Plan {
+    Plan {
+        env: vec![
+            ("LBX_BIN".to_owned(), guest_path(GUEST_LBX)),
+            ("LBX_TEST_SERVER".to_owned(), guest_path(GUEST_SERVER)),
+            ("LBX_TEST_SCALE".to_owned(), scale()),
+            ("LBX_TEST_TIME_SCALE".to_owned(), time_scale(accel)),
+        ],
+        decap: args.decap.iter().map(|d| d.name().to_owned()).collect(),
+        binaries: tests
+            .iter()
+            .map(|(name, _)| guest_path(&format!("tests/{name}")))
+            .collect(),
+        filter: filter.to_vec(),
+        test_timeout: Duration::from_secs(args.test_timeout),
+        fault: fault.map(|f| f.name().to_owned()),
+    }
+}
+
+/// The run's archive: /init, the guest runner (this very xtask), lbx, the test server,
+/// the test binaries with their libraries, and the plan; the binaries are staged (stripped)
+/// in `staged`. A plan with the `verifier` fault gets binaries whose balancer is broken.
+fn pack_run(
+    staged: &Path,
+    bins: &TestBinaries,
+    tests: &[(String, PathBuf)],
+    plan: &Plan,
     cpio_path: &Path,
 ) -> Result<()> {
-    let staged = out.join("bin");
-    let _ = fs::remove_dir_all(&staged);
-    fs::create_dir_all(&staged).with_context(|| format!("creating {}", staged.display()))?;
+    let _ = fs::remove_dir_all(staged);
+    fs::create_dir_all(staged).with_context(|| format!("creating {}", staged.display()))?;
     // This very binary, through /proc (another process's /proc/self would be its own): it
     // may have been rebuilt, its file replaced, since it started.
     let xtask = PathBuf::from(format!("/proc/{}/exe", std::process::id()));
-    let runner = format!("{GUEST_DIR}/bin/xtask");
-    let lbx = format!("{GUEST_DIR}/bin/lbx");
-    let server = format!("{GUEST_DIR}/bin/lbx-test-server");
-    let mut programs = vec![
-        (stage(&xtask, &staged, "xtask")?, runner.clone()),
-        (stage(&bins.lbx, &staged, "lbx")?, lbx.clone()),
+    let mut programs = vec![(stage(&xtask, staged, "xtask")?, guest_path(GUEST_RUNNER))];
+    let mut under_test = vec![
+        (stage(&bins.lbx, staged, "lbx")?, guest_path(GUEST_LBX)),
         (
-            stage(&bins.test_server, &staged, "lbx-test-server")?,
-            server.clone(),
+            stage(&bins.test_server, staged, "lbx-test-server")?,
+            guest_path(GUEST_SERVER),
         ),
     ];
-    let mut guest_tests = Vec::new();
     for (name, exe) in tests {
-        let guest = format!("{GUEST_DIR}/tests/{name}");
-        programs.push((stage(exe, &staged, &format!("test-{name}"))?, guest.clone()));
-        guest_tests.push(guest);
+        under_test.push((
+            stage(exe, staged, &format!("test-{name}"))?,
+            guest_path(&format!("tests/{name}")),
+        ));
     }
+    if plan.fault.as_deref() == Some(Fault::Verifier.name()) {
+        let mut broken = 0;
+        for (path, _) in &under_test {
+            broken += break_programs_in(path)?;
+        }
+        ensure!(
+            broken > 0,
+            "--fault verifier: no binary embeds the program {}",
+            vm_fault::BROKEN_PROGRAM
+        );
+        println!(
+            "-- broke {} on purpose in {broken} binaries: the verifier must reject it",
+            vm_fault::BROKEN_PROGRAM
+        );
+    }
+    programs.extend(under_test);
 
-    let mut env = vec![
-        ("LBX_BIN".to_owned(), lbx),
-        ("LBX_TEST_SERVER".to_owned(), server),
-    ];
-    env.push(("LBX_TEST_SCALE".to_owned(), scale()));
-    let plan = Plan {
-        env,
-        decap: args.decap.iter().map(|d| d.name().to_owned()).collect(),
-        binaries: guest_tests,
-        filter: args.filter.clone(),
-        test_timeout: Duration::from_secs(args.test_timeout),
-        // For checking this harness: the guest panics, hangs or stops silently.
-        fault: std::env::var("LBX_VM_FAULT").ok(),
-    };
-    let plan_path = format!("{GUEST_DIR}/plan");
-
+    let plan_path = guest_path("plan");
     let mut cpio = Cpio::create(cpio_path)?;
     cpio.file(
         "/init",
         0o755,
-        vm_initramfs::init_script(&runner, &plan_path).as_bytes(),
+        vm_initramfs::init_script(&guest_path(GUEST_RUNNER), &plan_path).as_bytes(),
     )?;
     cpio.file(&plan_path, 0o644, plan.to_text()?.as_bytes())?;
     vm_initramfs::add_programs(&mut cpio, &programs)?;
@@ -578,6 +779,17 @@ fn pack_run(
     Ok(())
 }
 
+/// [`vm_fault::break_programs`] on the file at `path`; returns how many objects it broke.
+fn break_programs_in(path: &Path) -> Result<usize> {
+    let mut bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let n = vm_fault::break_programs(&mut bytes)
+        .with_context(|| format!("breaking the programs in {}", path.display()))?;
+    if n > 0 {
+        fs::write(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -589,5 +801,70 @@ mod tests {
             "backend_changes"
         );
         assert_eq!(target_name(Path::new("/t/debug/deps/odd-name")), "odd-name");
+    }
+
+    fn self_check_run(results: &[(Status, &str)], done: bool) -> KernelRun {
+        let results: Vec<TestResult> = results
+            .iter()
+            .map(|(status, line)| TestResult {
+                id: format!("[mixed] {SELF_CHECK_TEST}"),
+                status: *status,
+                secs: 1.0,
+                output: vec!["running 1 test".into(), (*line).into()],
+            })
+            .collect();
+        let passed = results.iter().filter(|r| r.status == Status::Ok).count() as u32;
+        let failed = results.len() as u32 - passed;
+        KernelRun {
+            label: "6.1 self-check".into(),
+            report: Some(VmReport {
+                done: done.then_some((passed, failed, 0)),
+                problems: if done {
+                    Vec::new()
+                } else {
+                    vec!["the guest never printed its final marker".into()]
+                },
+                results,
+                ..VmReport::default()
+            }),
+            error: None,
+            wall: Duration::from_secs(30),
+            console: None,
+            expect_failure: true,
+        }
+    }
+
+    #[test]
+    fn the_self_check_passes_only_when_the_broken_guest_failed_at_the_verifier() {
+        let refused = "load the balancer: the BPF_PROG_LOAD syscall failed. Verifier output: \
+                       0: (61) r0 = *(u32 *)(r1 +4096) invalid bpf_context access off=4096 size=4";
+        let run = self_check_run(&[(Status::Failed, refused)], true);
+        assert!(run.ok(), "{}", run.line());
+        assert!(
+            run.line().contains("refused by the verifier"),
+            "{}",
+            run.line()
+        );
+
+        // A broken guest reported as passing is the failure this check exists for.
+        let passed = self_check_run(&[(Status::Ok, "test result: ok. 1 passed")], true);
+        assert!(!passed.ok());
+        assert!(
+            passed.line().contains("reported as passing"),
+            "{}",
+            passed.line()
+        );
+
+        // Failing for another reason, or not finishing, proves nothing. The guest's own note
+        // that the program is broken is no rejection either.
+        let other = self_check_run(&[(Status::Failed, "topology: no such file")], true);
+        assert!(!other.ok(), "{}", other.line());
+        let note = "[vm-guest] this run's balancer program is broken: the verifier must reject it";
+        let noted = self_check_run(&[(Status::Failed, note)], true);
+        assert!(!noted.ok(), "{}", noted.line());
+        let unfinished = self_check_run(&[(Status::Failed, refused)], false);
+        assert!(!unfinished.ok(), "{}", unfinished.line());
+        let nothing = self_check_run(&[], true);
+        assert!(!nothing.ok(), "{}", nothing.line());
     }
 }

@@ -45,7 +45,8 @@ pub struct Plan {
     /// Limit for one test.
     pub test_timeout: Duration,
     /// A failure to inject once the first test has started, to check that the host reports
-    /// it (LBX_VM_FAULT on the host): `panic`, `hang` or `exit`.
+    /// it (`vm-test --fault`, [`crate::vm_fault::Fault`]): `panic`, `hang` or `exit`; for
+    /// `verifier` the host broke the binaries, and the guest only says so.
     pub fault: Option<String>,
 }
 
@@ -265,9 +266,9 @@ fn run_plan(plan_path: &Path) -> Result<bool> {
     Ok(failed == 0 && passed > 0)
 }
 
-/// LBX_VM_FAULT: what a broken guest does, for checking the host's side.
+/// `vm-test --fault`: what a broken guest does, for checking the host's side.
 fn inject(fault: &str) {
-    println!("[vm-guest] injecting a fault: LBX_VM_FAULT={fault}");
+    println!("[vm-guest] injecting a fault: vm-test --fault {fault}");
     let _ = std::io::stdout().flush();
     match fault {
         // sysrq `c` crashes the kernel on purpose (a NULL dereference, then the panic).
@@ -280,6 +281,12 @@ fn inject(fault: &str) {
         },
         // Ends the runner without its final marker; /init powers off.
         "exit" => std::process::exit(0),
+        // Done on the host: the balancer in lbx and the tests is one the verifier rejects.
+        "verifier" => {
+            println!(
+                "[vm-guest] this run's balancer program is broken: the verifier must reject it"
+            );
+        }
         _ => println!("[vm-guest] unknown fault {fault:?}: ignored"),
     }
 }
