@@ -17,8 +17,8 @@ use crate::{
     config::{Config, ConfigError, MacAddr, Protocol, VipId},
     dataplane::{Balancer, DataPlaneError, Mode},
     generation::{PublishError, Publisher},
-    health::{Health, ProbeResult, State},
-    model::BackendModel,
+    health::{self, Health, ProbeResult, State},
+    model::{self, BackendModel, Probe},
     net::{self, ResolveError},
     plan::{self, Effective, Overrides, Plan},
     report::{self, Report},
@@ -50,6 +50,8 @@ pub struct Options {
     pub socket: PathBuf,
     pub pin_dir: Option<PathBuf>,
     pub flows: u32,
+    /// How often the agent measures, runs the models and revisits weights.
+    pub control_interval: Duration,
 }
 
 pub struct Agent {
@@ -75,6 +77,11 @@ pub struct Agent {
     adaptive: BTreeMap<(VipId, IpAddr), (u32, String)>,
     /// Latest load report of each backend that serves one.
     reports: BTreeMap<(VipId, IpAddr), Report>,
+    /// Share of each adaptive VIP's table moved since the last control tick, out of its
+    /// churn budget for the interval.
+    churn_spent: BTreeMap<VipId, f64>,
+    /// Backends whose overload was acted on between ticks this interval (once each).
+    relieved: std::collections::BTreeSet<(VipId, IpAddr)>,
     started: Instant,
 }
 
@@ -106,6 +113,8 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// A load report comes from the backend's own agent on the same link: it answers fast or
 /// not at all, and the control loop must not wait on it.
 const REPORT_TIMEOUT: Duration = Duration::from_millis(50);
+/// Shortest stretch of counters a rate between ticks is taken over.
+const MIN_RATE_WINDOW: Duration = Duration::from_millis(300);
 
 impl Agent {
     /// Loads the configuration, publishes it as generation 1 and attaches to the interface.
@@ -156,6 +165,8 @@ impl Agent {
             models: BTreeMap::new(),
             adaptive: BTreeMap::new(),
             reports: BTreeMap::new(),
+            churn_spent: BTreeMap::new(),
+            relieved: Default::default(),
             started: Instant::now(),
         };
         // The first generation is in place before the program sees a packet.
@@ -258,67 +269,183 @@ impl Agent {
     }
 
     /// Feeds the interval's signals to the models and chooses the adaptive weights.
-    fn adapt(&mut self) {
+    fn adapt(&mut self, now: Instant) {
+        self.churn_spent.clear();
+        self.relieved.clear();
         let mut keep = BTreeMap::new();
-        let mut reports = std::mem::take(&mut self.reports);
-        for v in &self.config.vips {
+        let vips: Vec<_> = self
+            .config
+            .vips
+            .iter()
+            .filter(|v| v.adaptive.is_some())
+            .cloned()
+            .collect();
+        for v in &vips {
             let Some(a) = &v.adaptive else { continue };
             let id = v.id();
-            let policy = Policy {
-                min_weight: a.min_weight,
-                max_weight: a.max_weight,
-                hysteresis: f64::from(a.hysteresis_percent) / 100.0,
-                churn_budget: f64::from(a.churn_budget_percent) / 100.0,
-            };
-            let max_op = v
-                .backends
-                .iter()
-                .map(|b| b.weight)
-                .max()
-                .unwrap_or(1)
-                .max(1);
-            let mut inputs = Vec::with_capacity(v.backends.len());
             for b in &v.backends {
                 let key = (id, b.address);
                 let rate = self.signals.get(&key).map_or(0.0, |s| s.new_flows_per_s);
-                let health = self.health.get(&key);
-                let latency = health
-                    .filter(|h| h.state == State::Up)
-                    .and_then(|h| h.latency_ewma);
+                // Probes are taken every interval, also while down, so none is stale when
+                // the backend comes back; only one that is up says anything about its load.
+                let (latency, probes, warming) = match self.health.get_mut(&key) {
+                    Some(h) => {
+                        let probes = h.take_probes();
+                        let warming = v
+                            .health
+                            .as_ref()
+                            .is_some_and(|c| h.weight_factor(c, now) < 1.0);
+                        match h.state {
+                            State::Up => (h.latency_ewma, probes, warming),
+                            State::Down => (None, Vec::new(), false),
+                        }
+                    }
+                    None => (None, Vec::new(), false),
+                };
                 let report = a
                     .report_port
                     .and_then(|p| report::fetch(SocketAddr::new(b.address, p), REPORT_TIMEOUT));
                 match report {
-                    Some(r) => reports.insert(key, r),
-                    None => reports.remove(&key),
+                    Some(r) => self.reports.insert(key, r),
+                    None => self.reports.remove(&key),
                 };
-                let model = self.models.entry(key).or_default();
-                model.observe(rate, latency);
-                // Without queueing in the latency yet, a reported utilisation bounds capacity.
-                let capacity = model.capacity.estimate().or_else(|| {
-                    report
+                self.models.entry(key).or_default().observe(
+                    rate,
+                    latency,
+                    &model_probes(&probes, now),
+                    warming,
+                );
+            }
+            model::raise_quiet(
+                self.models
+                    .iter_mut()
+                    .filter(|((vip, _), _)| *vip == id)
+                    .map(|(_, m)| m),
+            );
+            keep.extend(self.reweigh(v));
+        }
+        self.models.retain(|k, _| keep.contains_key(k));
+        self.reports.retain(|k, _| keep.contains_key(k));
+        self.adaptive = keep;
+    }
+
+    /// The next adaptive weights of `v`'s backends from their models, within what is left of
+    /// the interval's churn budget, and why.
+    fn reweigh(&mut self, v: &crate::config::VipConfig) -> Vec<((VipId, IpAddr), (u32, String))> {
+        let Some(a) = &v.adaptive else {
+            return Vec::new();
+        };
+        let id = v.id();
+        let spent = self.churn_spent.get(&id).copied().unwrap_or(0.0);
+        let policy = Policy {
+            min_weight: a.min_weight,
+            max_weight: a.max_weight,
+            hysteresis: f64::from(a.hysteresis_percent) / 100.0,
+            churn_budget: (f64::from(a.churn_budget_percent) / 100.0 - spent).max(0.0),
+        };
+        let max_op = v
+            .backends
+            .iter()
+            .map(|b| b.weight)
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let mut inputs = Vec::with_capacity(v.backends.len());
+        for b in &v.backends {
+            let key = (id, b.address);
+            let rate = self.signals.get(&key).map_or(0.0, |s| s.new_flows_per_s);
+            // Without queueing in the latency yet, a reported utilisation bounds capacity.
+            let capacity = self
+                .models
+                .get(&key)
+                .and_then(|m| m.capacity.estimate())
+                .or_else(|| {
+                    self.reports
+                        .get(&key)
                         .filter(|r| r.utilisation > 0.05 && rate > 0.0)
                         .map(|r| rate / r.utilisation)
                 });
-                let current = self.adaptive.get(&key).map_or_else(
-                    || (u64::from(a.max_weight) * u64::from(b.weight) / u64::from(max_op)) as u32,
-                    |(w, _)| *w,
-                );
-                inputs.push(Input {
-                    operator: b.weight,
-                    capacity,
-                    current,
-                });
-            }
-            let (weights, reasons) = weights::choose(&inputs, &policy);
-            for ((b, w), why) in v.backends.iter().zip(weights).zip(reasons) {
-                keep.insert((id, b.address), (w, why));
-            }
+            let current = self.adaptive.get(&key).map_or_else(
+                || (u64::from(a.max_weight) * u64::from(b.weight) / u64::from(max_op)) as u32,
+                |(w, _)| *w,
+            );
+            inputs.push(Input {
+                operator: b.weight,
+                capacity,
+                current,
+            });
         }
-        self.models.retain(|k, _| keep.contains_key(k));
-        reports.retain(|k, _| keep.contains_key(k));
-        self.reports = reports;
-        self.adaptive = keep;
+        let (weights, reasons) = weights::choose(&inputs, &policy);
+        let current: Vec<u32> = inputs.iter().map(|i| i.current).collect();
+        *self.churn_spent.entry(id).or_default() += weights::churn(&current, &weights);
+        v.backends
+            .iter()
+            .zip(weights)
+            .zip(reasons)
+            .map(|((b, w), why)| {
+                let key = (id, b.address);
+                let evidence = self
+                    .models
+                    .get(&key)
+                    .map(|m| m.capacity.evidence())
+                    .unwrap_or_default();
+                (key, (w, format!("{why}; {evidence}")))
+            })
+            .collect()
+    }
+
+    /// Between control ticks, on each probe of an adaptive backend: if its latest probes
+    /// show its queue building or deep (see [`model::Capacity::observe_overload`]), its
+    /// capacity estimate comes down and its VIP's weights move at once, within what is left
+    /// of the interval's churn budget, once per backend and interval. An overload grows by
+    /// the moment; waiting up to a whole interval for the tick would let its queue grow past
+    /// the probe timeout, and the health checks take the backend out.
+    fn relieve(&mut self, vip: VipId, backend: IpAddr, now: Instant) {
+        let key = (vip, backend);
+        let adaptive = self.config.vip(vip).is_some_and(|v| v.adaptive.is_some());
+        if !adaptive || self.relieved.contains(&key) {
+            return;
+        }
+        let Some(h) = self.health.get(&key).filter(|h| h.state == State::Up) else {
+            return;
+        };
+        let probes = model_probes(&h.recent_probes(), now);
+        // Just after a tick, the last interval's rate.
+        let Some(rate) = self
+            .flows_per_s_since_tick(key, now)
+            .or_else(|| self.signals.get(&key).map(|s| s.new_flows_per_s))
+        else {
+            return;
+        };
+        let Some(model) = self.models.get_mut(&key) else {
+            return;
+        };
+        if !model.capacity.observe_overload(rate, &probes) {
+            return;
+        }
+        self.relieved.insert(key);
+        let Some(v) = self.config.vip(vip).cloned() else {
+            return;
+        };
+        let moved = self.reweigh(&v);
+        self.adaptive.extend(moved);
+        if self.effective(&self.config, now) != self.published {
+            self.republish("an overloaded backend");
+        }
+    }
+
+    /// New flows per second to a backend since the last control tick, from the data plane's
+    /// counters (the tick's own figures stay as they are).
+    fn flows_per_s_since_tick(&self, key: (VipId, IpAddr), now: Instant) -> Option<f64> {
+        let slot = self.slots.backends.get(&key)?.slot;
+        let (prev, at) = self.last_counters.get(&slot)?;
+        let dt = now.saturating_duration_since(*at).as_secs_f64();
+        if dt < MIN_RATE_WINDOW.as_secs_f64() {
+            return None;
+        }
+        let values = self.bal.backend_stats.get(&slot, 0).ok()?;
+        let flows: u64 = values.iter().map(|c| c.new_flows).sum();
+        Some(flows.saturating_sub(prev.new_flows) as f64 / dt)
     }
 
     fn publish(
@@ -414,6 +541,24 @@ impl Agent {
             .entry((vip, backend))
             .or_insert_with(|| Health::new(now));
         if let Some(t) = h.observe(result, &check, now) {
+            let key = (vip, backend);
+            if t.to == State::Up
+                && let Some(m) = self.models.get_mut(&key)
+            {
+                m.capacity.relearn_base();
+            }
+            // Out for probes that got no answer in time, while getting traffic: overloaded.
+            if t.to == State::Down && result.timed_out {
+                let rate = self
+                    .flows_per_s_since_tick(key, now)
+                    .or_else(|| self.signals.get(&key).map(|s| s.new_flows_per_s));
+                if let (Some(rate), Some(m)) = (rate, self.models.get_mut(&key)) {
+                    m.capacity.observe_timeout(
+                        rate,
+                        Duration::from_millis(check.timeout_ms).as_secs_f64(),
+                    );
+                }
+            }
             eprintln!(
                 "backend {backend} of VIP {vip} is {}: {}",
                 if t.to == State::Up { "up" } else { "down" },
@@ -428,6 +573,8 @@ impl Agent {
                 );
             }
             self.republish("health change");
+        } else {
+            self.relieve(vip, backend, now);
         }
     }
 
@@ -437,7 +584,7 @@ impl Agent {
     pub fn on_tick(&mut self) {
         let now = Instant::now();
         self.sample_signals(now);
-        self.adapt();
+        self.adapt(now);
         if self.effective(&self.config, now) != self.published {
             self.republish("a weight change");
         }
@@ -578,6 +725,7 @@ impl Agent {
                                     "forecast_per_s": m.and_then(|m| m.demand.forecast(1.0)),
                                     "predicted_utilisation": m.and_then(|m| m.predicted_utilisation()),
                                     "base_latency_ms": m.and_then(|m| m.capacity.base_latency()).map(|l| l * 1e3),
+                                    "capacity_evidence": m.map(|m| m.capacity.evidence().to_string()),
                                 })
                             }),
                             "health": health,
@@ -596,6 +744,7 @@ impl Agent {
             "mode": self.bal.mode,
             "generation": self.publisher.generation(),
             "uptime_seconds": self.started.elapsed().as_secs(),
+            "control_interval_ms": self.opts.control_interval.as_millis(),
             "config": self.opts.config_path,
             "socket": self.opts.socket,
             "pins": self.opts.pin_dir,
@@ -721,6 +870,18 @@ impl Agent {
             "table_size": self.plan.settings.ring_size,
         }))
     }
+}
+
+/// Probes as the load model takes them: seconds relative to `now`.
+fn model_probes(probes: &[health::Probe], now: Instant) -> Vec<Probe> {
+    probes
+        .iter()
+        .map(|p| Probe {
+            at: -now.saturating_duration_since(p.sent).as_secs_f64(),
+            latency: p.latency,
+            timed_out: p.timed_out,
+        })
+        .collect()
 }
 
 /// Next-hop MACs for every backend of `config` without a configured one, reusing `known`.

@@ -26,24 +26,34 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct ProbeResult {
     pub ok: bool,
+    /// When it was sent: the agent may handle the result a little later.
+    pub sent: Instant,
     /// Time to the answer (or to the failure).
     pub latency: Duration,
     /// Why it failed, for logs and `lbx status`.
     pub detail: String,
+    /// It failed by getting no answer in time (a queue longer than the timeout, or a
+    /// backend gone silent), as opposed to a refusal or a wrong answer.
+    pub timed_out: bool,
 }
 
 /// Probes `target` once as `check` says, within its timeout.
 pub async fn probe(target: SocketAddr, check: &HealthCheck) -> ProbeResult {
     let start = Instant::now();
     let limit = Duration::from_millis(check.timeout_ms);
-    let outcome = match timeout(limit, probe_inner(target, check)).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("no answer within {} ms", check.timeout_ms)),
+    let (outcome, timed_out) = match timeout(limit, probe_inner(target, check)).await {
+        Ok(r) => (r, false),
+        Err(_) => (
+            Err(format!("no answer within {} ms", check.timeout_ms)),
+            true,
+        ),
     };
     ProbeResult {
         ok: outcome.is_ok(),
+        sent: start,
         latency: start.elapsed(),
         detail: outcome.err().unwrap_or_default(),
+        timed_out,
     }
 }
 
@@ -173,6 +183,21 @@ const PROBES_SUCCEED: &str = "probes succeed";
 
 /// Probe latencies kept for the high percentile.
 const LATENCY_WINDOW: usize = 32;
+/// Probes kept for the load model between two control intervals (a few intervals' worth
+/// at the shortest probe interval, so an agent that falls behind loses the oldest).
+const PROBES_KEPT: usize = 64;
+/// The latest probes, whatever interval they fell in, for the reaction to an overload.
+const RECENT_PROBES: usize = 8;
+
+/// A probe as the load model sees it: one that was answered, or timed out (waiting in a
+/// queue longer than the timeout, most likely); a refusal says nothing about load.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Probe {
+    pub sent: Instant,
+    /// Seconds to the answer, or to the timeout.
+    pub latency: f64,
+    pub timed_out: bool,
+}
 
 /// A change of state, with the reason.
 #[derive(Clone, Debug)]
@@ -197,6 +222,10 @@ pub struct Health {
     /// Exponentially smoothed probe latency (seconds), and the recent samples.
     pub latency_ewma: Option<f64>,
     latencies: VecDeque<f64>,
+    /// Probes since the load model last took them.
+    probes: VecDeque<Probe>,
+    /// The latest probes, taken or not.
+    recent: VecDeque<Probe>,
 }
 
 impl Health {
@@ -214,6 +243,8 @@ impl Health {
             recovered_at: None,
             latency_ewma: None,
             latencies: VecDeque::with_capacity(LATENCY_WINDOW),
+            probes: VecDeque::with_capacity(PROBES_KEPT),
+            recent: VecDeque::with_capacity(RECENT_PROBES),
         }
     }
 
@@ -229,6 +260,21 @@ impl Health {
         check: &HealthCheck,
         now: Instant,
     ) -> Option<Transition> {
+        if r.ok || r.timed_out {
+            if self.probes.len() == PROBES_KEPT {
+                self.probes.pop_front();
+            }
+            let p = Probe {
+                sent: r.sent,
+                latency: r.latency.as_secs_f64(),
+                timed_out: r.timed_out,
+            };
+            self.probes.push_back(p);
+            if self.recent.len() == RECENT_PROBES {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(p);
+        }
         if r.ok {
             let s = r.latency.as_secs_f64();
             self.latency_ewma = Some(match self.latency_ewma {
@@ -250,6 +296,10 @@ impl Health {
                 self.penalty = self.decayed_penalty(now) + PENALTY_PER_FALL;
                 self.penalty_at = now;
                 self.suppressed = self.penalty > SUPPRESS;
+                // Its latency is measured afresh when it answers again: the old figures
+                // remember whatever took it down (a queue, most often).
+                self.latency_ewma = None;
+                self.latencies.clear();
                 Some(self.change(
                     State::Down,
                     format!("{} failed probes: {}", self.fail_run, r.detail),
@@ -307,6 +357,16 @@ impl Health {
         }
     }
 
+    /// The probes answered (or timed out) since the last call, oldest first.
+    pub fn take_probes(&mut self) -> Vec<Probe> {
+        self.probes.drain(..).collect()
+    }
+
+    /// The latest probes (answered or timed out), oldest first, whether taken or not.
+    pub fn recent_probes(&self) -> Vec<Probe> {
+        self.recent.iter().copied().collect()
+    }
+
     /// The 90th percentile of recent probe latencies, in seconds.
     pub fn latency_p90(&self) -> Option<f64> {
         if self.latencies.is_empty() {
@@ -325,15 +385,19 @@ mod tests {
     fn ok() -> ProbeResult {
         ProbeResult {
             ok: true,
+            sent: Instant::now(),
             latency: Duration::from_millis(2),
             detail: String::new(),
+            timed_out: false,
         }
     }
     fn fail() -> ProbeResult {
         ProbeResult {
             ok: false,
+            sent: Instant::now(),
             latency: Duration::from_millis(500),
             detail: "refused".into(),
+            timed_out: false,
         }
     }
 
@@ -422,19 +486,83 @@ mod tests {
             h.observe(
                 &ProbeResult {
                     ok: true,
+                    sent: t,
                     latency: Duration::from_millis(ms),
                     detail: String::new(),
+                    timed_out: false,
                 },
                 &check,
                 t,
             );
         }
         let p90 = h.latency_p90().unwrap();
+        let mut down = h.clone();
+        let check1 = HealthCheck {
+            fall: 1,
+            ..HealthCheck::default()
+        };
+        down.observe(&fail(), &check1, t);
+        assert_eq!(down.state, State::Down);
+        assert_eq!(down.latency_ewma, None, "measured afresh after a fall");
+        down.observe(&ok(), &check1, t);
+        assert_eq!(down.latency_ewma, Some(0.002));
         assert!(
             (p90 - 0.009).abs() < 1e-3 || (p90 - 0.010).abs() < 1e-3,
             "{p90}"
         );
         assert!(h.latency_ewma.unwrap() > 0.005);
+    }
+
+    #[test]
+    fn probes_are_kept_for_the_model_until_taken() {
+        let check = HealthCheck::default();
+        let t = Instant::now();
+        let mut h = Health::new(t);
+        let sent = |s| t + Duration::from_secs(s);
+        let answered = ProbeResult {
+            sent: sent(1),
+            ..ok()
+        };
+        let refused = ProbeResult {
+            sent: sent(2),
+            ..fail()
+        };
+        let slow = ProbeResult {
+            ok: false,
+            sent: sent(3),
+            latency: Duration::from_millis(500),
+            detail: "no answer within 500 ms".into(),
+            timed_out: true,
+        };
+        // Handled late, all at once: each keeps the moment it was sent.
+        for r in [&answered, &refused, &slow] {
+            h.observe(r, &check, sent(10));
+        }
+        let probes = h.take_probes();
+        assert_eq!(
+            probes,
+            vec![
+                Probe {
+                    sent: sent(1),
+                    latency: 0.002,
+                    timed_out: false
+                },
+                Probe {
+                    sent: sent(3),
+                    latency: 0.5,
+                    timed_out: true
+                }
+            ],
+            "answered and timed-out probes, by when they were sent; a refusal says nothing \
+             about load"
+        );
+        assert!(h.take_probes().is_empty(), "taken once");
+        assert_eq!(h.recent_probes(), probes, "the latest stay at hand");
+        for _ in 0..PROBES_KEPT + 5 {
+            h.observe(&ok(), &check, t);
+        }
+        assert_eq!(h.take_probes().len(), PROBES_KEPT, "bounded");
+        assert_eq!(h.recent_probes().len(), RECENT_PROBES, "bounded");
     }
 
     #[tokio::test]
@@ -466,5 +594,15 @@ mod tests {
         drop(closed);
         let r = probe(dead, &HealthCheck::default()).await;
         assert!(!r.ok && r.detail.contains("connect"), "{}", r.detail);
+        assert!(!r.timed_out, "a refusal is not a timeout");
+        // A listener that accepts and never answers: the HTTP probe times out.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let quiet = HealthCheck {
+            kind: CheckKind::Http,
+            timeout_ms: 50,
+            ..Default::default()
+        };
+        let r = probe(silent.local_addr().unwrap(), &quiet).await;
+        assert!(!r.ok && r.timed_out, "{r:?}");
     }
 }

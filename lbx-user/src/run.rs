@@ -1,6 +1,6 @@
 //! The long-running commands: the agent (`lbx run`), `lbx decap` and `lbx pass`.
 
-use std::{net::IpAddr, path::PathBuf, thread};
+use std::{net::IpAddr, path::PathBuf, thread, time::Duration};
 
 use anyhow::{Context as _, Result};
 use aya::maps::HashMap;
@@ -37,6 +37,12 @@ pub struct RunArgs {
     #[arg(long, default_value_t = DEFAULT_FLOWS,
           value_parser = clap::value_parser!(u32).range(1..=1 << 26))]
     pub flows: u32,
+    /// How often the agent reads the counters, runs the load models and revisits weights
+    /// (adaptive VIPs, slow starts), in milliseconds. Shorter reacts sooner to load and
+    /// moves more table slots per second (the churn budget is per interval).
+    #[arg(long, default_value_t = DEFAULT_CONTROL_INTERVAL_MS,
+          value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub control_interval_ms: u64,
 }
 
 #[derive(Args)]
@@ -59,8 +65,8 @@ pub struct PassArgs {
     pub xdp_mode: Mode,
 }
 
-/// How often the agent revisits effective weights (slow start).
-const CONTROL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Default control interval: once a second, as health checks and load reports go.
+const DEFAULT_CONTROL_INTERVAL_MS: u64 = 1000;
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
@@ -103,6 +109,7 @@ pub fn run(args: RunArgs, socket: Option<PathBuf>) -> Result<()> {
         socket: socket.clone(),
         pin_dir: Some(pin_dir.clone()),
         flows: args.flows,
+        control_interval: Duration::from_millis(args.control_interval_ms),
     })
     .with_context(|| format!("lbx run --iface {}", args.iface))?;
     println!(
@@ -156,8 +163,9 @@ pub fn run(args: RunArgs, socket: Option<PathBuf>) -> Result<()> {
         };
         let ticks = {
             let tx = tx.clone();
+            let interval = Duration::from_millis(args.control_interval_ms);
             async move {
-                let mut every = tokio::time::interval(CONTROL_INTERVAL);
+                let mut every = tokio::time::interval(interval);
                 loop {
                     every.tick().await;
                     if tx.send(Event::Tick).await.is_err() {

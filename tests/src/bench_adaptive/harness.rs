@@ -522,9 +522,31 @@ impl Run<'_> {
                     .take()
                     .with_context(|| format!("backend-{backend}'s server is not running"))?;
                 p.stop();
+                // A dead backend's capacity is 0: the oracle takes it out of the table at
+                // once (its open flows have nowhere to go anyway).
+                if self.policy == Policy::Oracle {
+                    self.oracle_drain(backend, true)?;
+                }
             }
-            Change::Start { backend } => self.start_server(backend)?,
+            Change::Start { backend } => {
+                self.start_server(backend)?;
+                if self.policy == Policy::Oracle {
+                    self.oracle_drain(backend, false)?;
+                }
+            }
         }
+        Ok(())
+    }
+
+    /// `lbx backend drain` (or `--undo`) for backend `i`.
+    fn oracle_drain(&self, i: usize, drain: bool) -> anyhow::Result<()> {
+        let addr = self.topo.backend(i).ipv4.to_string();
+        let vip = vip().to_string();
+        let mut args = vec!["backend", "drain", &vip, &addr];
+        if !drain {
+            args.push("--undo");
+        }
+        self.topo.lbx(&args)?;
         Ok(())
     }
 

@@ -47,7 +47,9 @@ impl Settings {
                 "of answered requests due after the first {WARMUP_S} s; failures (timeouts, \
                  refusals, 503s) count in the error rate"
             ),
-            oracle: "weights = true capacities, updated the moment a capacity changes".into(),
+            oracle: "weights = true capacities, updated the moment a capacity changes; a dead \
+                     backend drained from its death to its restart"
+                .into(),
             adaptive: if adaptive_available {
                 "`lbx vip adaptive VIP` with its defaults, operator weights 1 (caps)".into()
             } else {

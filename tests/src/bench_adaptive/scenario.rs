@@ -19,8 +19,9 @@ pub const WARMUP_S: f64 = 10.0;
 pub enum Policy {
     /// Every backend weight 1, fixed.
     StaticEqual,
-    /// Weights equal to the true capacities, and changed the moment a capacity changes: the
-    /// best a static operator with perfect knowledge could do.
+    /// Weights equal to the true capacities, and changed the moment a capacity changes (a
+    /// dead backend is drained the moment it dies, and taken back when it starts): the best
+    /// a static operator with perfect knowledge could do.
     Oracle,
     /// Weights 1 as caps, and `lbx vip adaptive` moving them.
     Adaptive,
