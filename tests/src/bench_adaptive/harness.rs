@@ -457,25 +457,30 @@ impl Run<'_> {
             .collect();
         self.topo.add_vip(vip(), &backends)?;
         let vip = vip().to_string();
-        self.topo.lbx(&[
-            "vip",
-            "health",
-            &vip,
-            "--kind",
-            "http",
-            "--port",
-            &PORT.to_string(),
-            "--path",
-            "/health",
+        let port = PORT.to_string();
+        let (interval, timeout) = (
+            HEALTH_INTERVAL_MS.to_string(),
+            HEALTH_TIMEOUT_MS.to_string(),
+        );
+        let (fall, rise) = (HEALTH_FALL.to_string(), HEALTH_RISE.to_string());
+        let kind: &[&str] = if self.policy == Policy::StaticEqual {
+            &["--kind", "tcp", "--port", &port]
+        } else {
+            &["--kind", "http", "--port", &port, "--path", "/health"]
+        };
+        let mut health = vec!["vip", "health", &vip];
+        health.extend_from_slice(kind);
+        health.extend_from_slice(&[
             "--interval-ms",
-            &HEALTH_INTERVAL_MS.to_string(),
+            &interval,
             "--timeout-ms",
-            &HEALTH_TIMEOUT_MS.to_string(),
+            &timeout,
             "--fall",
-            &HEALTH_FALL.to_string(),
+            &fall,
             "--rise",
-            &HEALTH_RISE.to_string(),
-        ])?;
+            &rise,
+        ]);
+        self.topo.lbx(&health)?;
         if self.policy == Policy::Adaptive {
             self.topo.lbx(&["vip", "adaptive", &vip])?;
         }

@@ -32,6 +32,7 @@ fn register_font() {
 fn color(policy: Policy) -> RGBColor {
     match policy {
         Policy::StaticEqual => RGBColor(220, 40, 40),
+        Policy::StaticEqualHttp => RGBColor(230, 150, 20),
         Policy::Oracle => RGBColor(40, 90, 220),
         Policy::Adaptive => RGBColor(0, 150, 60),
     }

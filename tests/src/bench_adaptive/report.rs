@@ -93,6 +93,11 @@ impl Report {
                     0.5,
                     "adaptive p99 <= 0.5 x static-equal p99 (ms)",
                 ),
+                (
+                    Policy::StaticEqualHttp,
+                    0.5,
+                    "adaptive p99 <= 0.5 x static-equal-http p99 (ms)",
+                ),
                 (Policy::Oracle, 1.2, "adaptive p99 <= 1.2 x oracle p99 (ms)"),
             ] {
                 let limit = p99(s, base).map(|v| v * factor);

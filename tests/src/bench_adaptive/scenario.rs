@@ -13,12 +13,18 @@ pub const REQUEST_TIMEOUT_MS: u64 = 2000;
 /// policy starts cold (empty queues; adaptive knows nothing yet).
 pub const WARMUP_S: f64 = 10.0;
 
-/// How the VIP's weights are set.
+/// How the VIP's weights are set, and how its backends are health-checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Policy {
-    /// Every backend weight 1, fixed.
+    /// Every backend weight 1, fixed, with a TCP-connect health check: liveness only, as
+    /// static L4 balancers are usually run. An overloaded backend still accepts connections
+    /// (its kernel does), so it stays in.
     StaticEqual,
+    /// Every backend weight 1, fixed, with the same HTTP health check as the others: its
+    /// probes wait in the backend's queue and time out when it is overloaded, so the check
+    /// takes an overloaded backend out for a while, a crude load signal of its own.
+    StaticEqualHttp,
     /// Weights equal to the true capacities, and changed the moment a capacity changes (a
     /// dead backend is drained the moment it dies, and taken back when it starts): the best
     /// a static operator with perfect knowledge could do.
@@ -28,11 +34,17 @@ pub enum Policy {
 }
 
 impl Policy {
-    pub const ALL: [Policy; 3] = [Policy::StaticEqual, Policy::Oracle, Policy::Adaptive];
+    pub const ALL: [Policy; 4] = [
+        Policy::StaticEqual,
+        Policy::StaticEqualHttp,
+        Policy::Oracle,
+        Policy::Adaptive,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Policy::StaticEqual => "static-equal",
+            Policy::StaticEqualHttp => "static-equal-http",
             Policy::Oracle => "oracle",
             Policy::Adaptive => "adaptive",
         }
@@ -246,7 +258,9 @@ impl Scenario {
     pub fn weights(&self, policy: Policy) -> Vec<u32> {
         match policy {
             Policy::Oracle => self.capacities.clone(),
-            Policy::StaticEqual | Policy::Adaptive => vec![1; self.capacities.len()],
+            Policy::StaticEqual | Policy::StaticEqualHttp | Policy::Adaptive => {
+                vec![1; self.capacities.len()]
+            }
         }
     }
 }
@@ -273,6 +287,10 @@ mod tests {
         let quick = all[2].clone().scaled(0.5);
         assert_eq!(quick.death(), Some((7.5, 13.5)));
         assert_eq!(Policy::parse("oracle"), Some(Policy::Oracle));
+        assert_eq!(
+            Policy::parse("static-equal-http"),
+            Some(Policy::StaticEqualHttp)
+        );
         assert_eq!(
             all[3].title(),
             "4 surge: capacities 300/300/150 req/s; offered 260 req/s (35%), 520 (69%) from \

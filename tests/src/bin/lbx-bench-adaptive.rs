@@ -23,7 +23,7 @@ struct Args {
     /// Only these scenarios (heterogeneous, degradation, failure, surge); repeatable.
     #[arg(long)]
     scenario: Vec<String>,
-    /// Only these policies (static-equal, oracle, adaptive); repeatable.
+    /// Only these policies (static-equal, static-equal-http, oracle, adaptive); repeatable.
     #[arg(long)]
     policy: Vec<String>,
     /// Multiply every scenario's times by this (0.5: half-length runs, for a quick look).
@@ -100,7 +100,7 @@ fn run(args: &Args) -> anyhow::Result<Report> {
     let mut policies = Vec::new();
     for p in &args.policy {
         policies.push(Policy::parse(p).with_context(|| {
-            format!("unknown policy {p:?}: use static-equal, oracle or adaptive")
+            format!("unknown policy {p:?}: use static-equal, static-equal-http, oracle or adaptive")
         })?);
     }
     if policies.is_empty() {
