@@ -186,6 +186,8 @@ pub struct TopologyBuilder {
     lbx: bool,
     /// None: from [`DECAP_ENV`] when built.
     decap: Option<DecapMode>,
+    /// Extra arguments of `lbx run`.
+    agent_args: Vec<String>,
 }
 
 /// The running test network. Dropping it stops every process it started (process groups,
@@ -210,6 +212,8 @@ pub struct Topology {
     report_on_drop: bool,
     /// How each backend decapsulates (empty without lbx).
     decap: Vec<Decap>,
+    /// Extra arguments of `lbx run`, kept for restarts.
+    agent_args: Vec<String>,
 }
 
 impl TopologyBuilder {
@@ -236,6 +240,12 @@ impl TopologyBuilder {
     /// How the backends decapsulate, instead of what [`DECAP_ENV`] says.
     pub fn decap(mut self, mode: DecapMode) -> Self {
         self.decap = Some(mode);
+        self
+    }
+
+    /// Extra arguments of `lbx run`, after the topology's own (`--control-interval-ms 500`).
+    pub fn agent_args(mut self, args: &[&str]) -> Self {
+        self.agent_args.extend(args.iter().map(|a| (*a).to_owned()));
         self
     }
 
@@ -286,6 +296,7 @@ impl TopologyBuilder {
             agent_started: false,
             report_on_drop: true,
             decap: Vec::new(),
+            agent_args: self.agent_args,
         };
         for i in 1..=self.backends {
             let mac_last = 0x10 + u8::try_from(i).expect("at most MAX_BACKENDS");
@@ -390,6 +401,7 @@ impl Topology {
             vips: Vec::new(),
             lbx: true,
             decap: None,
+            agent_args: Vec::new(),
         }
     }
 
@@ -701,7 +713,7 @@ impl Topology {
     /// Starts `lbx run` in the lb namespace and waits until it answers.
     fn start_agent(&mut self) -> anyhow::Result<()> {
         let lbx = self.bins.lbx.clone();
-        let args = vec![
+        let mut args = vec![
             "run".to_owned(),
             "--iface".to_owned(),
             IFACE.to_owned(),
@@ -712,6 +724,7 @@ impl Topology {
             "--xdp-mode".to_owned(),
             "native".to_owned(),
         ];
+        args.extend(self.agent_args.iter().cloned());
         let mut agent = self.start("lb-agent", &self.lb.netns, &lbx, &args)?;
         self.agent_started = true;
         // Loading the balancer runs the verifier over it: seconds of an emulated CPU.

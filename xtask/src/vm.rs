@@ -641,6 +641,7 @@ fn build_binaries(ws: &Workspace, profile: Profile) -> Result<TestBinaries> {
     }
     let mut cmd = ws.cargo(["build", "-p", "lbx-user", "--bin", "lbx"]);
     cmd.args(["-p", "lbx-tests", "--bin", "lbx-test-server"])
+        .args(["--bin", CAPACITY_SERVER])
         .args(profile.flags());
     process::run(&mut cmd)?;
     Ok(TestBinaries {
@@ -682,6 +683,9 @@ fn stage(from: &Path, dir: &Path, name: &str) -> Result<PathBuf> {
 const GUEST_RUNNER: &str = "bin/xtask";
 const GUEST_LBX: &str = "bin/lbx";
 const GUEST_SERVER: &str = "bin/lbx-test-server";
+/// The adaptive test's backends (LBX_CAPACITY_SERVER), built next to the test server.
+const CAPACITY_SERVER: &str = "lbx-capacity-server";
+const GUEST_CAPACITY_SERVER: &str = "bin/lbx-capacity-server";
 
 fn guest_path(rel: &str) -> String {
     format!("{GUEST_DIR}/{rel}")
@@ -699,6 +703,10 @@ fn plan(
         env: vec![
             ("LBX_BIN".to_owned(), guest_path(GUEST_LBX)),
             ("LBX_TEST_SERVER".to_owned(), guest_path(GUEST_SERVER)),
+            (
+                "LBX_CAPACITY_SERVER".to_owned(),
+                guest_path(GUEST_CAPACITY_SERVER),
+            ),
             ("LBX_TEST_SCALE".to_owned(), scale()),
             ("LBX_TEST_TIME_SCALE".to_owned(), time_scale(accel)),
         ],
@@ -713,9 +721,10 @@ fn plan(
     }
 }
 
-/// The run's archive: /init, the guest runner (this very xtask), lbx, the test server,
-/// the test binaries with their libraries, and the plan; the binaries are staged (stripped)
-/// in `staged`. A plan with the `verifier` fault gets binaries whose balancer is broken.
+/// The run's archive: /init, the guest runner (this very xtask), lbx, the test and capacity
+/// servers, the test binaries with their libraries, and the plan; the binaries are staged
+/// (stripped) in `staged`. A plan with the `verifier` fault gets binaries whose balancer is
+/// broken.
 fn pack_run(
     staged: &Path,
     bins: &TestBinaries,
@@ -734,6 +743,14 @@ fn pack_run(
         (
             stage(&bins.test_server, staged, "lbx-test-server")?,
             guest_path(GUEST_SERVER),
+        ),
+        (
+            stage(
+                &bins.test_server.with_file_name(CAPACITY_SERVER),
+                staged,
+                CAPACITY_SERVER,
+            )?,
+            guest_path(GUEST_CAPACITY_SERVER),
         ),
     ];
     for (name, exe) in tests {
@@ -771,7 +788,8 @@ fn pack_run(
     cpio.finish()?;
     let size = fs::metadata(cpio_path)?.len();
     println!(
-        "-- packed {} ({:.1} MB): {} test binaries, lbx, lbx-test-server, the guest runner",
+        "-- packed {} ({:.1} MB): {} test binaries, lbx, lbx-test-server, lbx-capacity-server, \
+         the guest runner",
         cpio_path.display(),
         size as f64 / 1e6,
         tests.len()
