@@ -5,7 +5,7 @@
 //! sharing a seed pick the same slot for the same flow. Straight-line code: the verifier
 //! sees no loop.
 
-use crate::FlowKey;
+use crate::{FlowKey, VipKey};
 
 const C1: u32 = 0xcc9e_2d51;
 const C2: u32 = 0x1b87_3593;
@@ -43,6 +43,21 @@ pub fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
     h = mix(h, (key.sport_be as u32) | ((key.dport_be as u32) << 16));
     h = mix(h, (key.proto as u32) | ((key.family as u32) << 8));
     finish(h ^ 40)
+}
+
+/// Hash of a VIP table key under the generation's salt (`vips::home`).
+#[inline(always)]
+pub fn vip_hash(key: &VipKey, salt: u32) -> u32 {
+    let mut h = salt;
+    h = mix(h, key.addr[0]);
+    h = mix(h, key.addr[1]);
+    h = mix(h, key.addr[2]);
+    h = mix(h, key.addr[3]);
+    h = mix(
+        h,
+        (key.port_be as u32) | ((key.proto as u32) << 16) | ((key.family as u32) << 24),
+    );
+    finish(h ^ 20)
 }
 
 /// Seeded hash of arbitrary bytes (the Maglev permutation of a backend's identity).

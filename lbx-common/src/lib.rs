@@ -5,6 +5,7 @@
 
 pub mod flows;
 pub mod hash;
+pub mod vips;
 
 /// Address family tags carried in keys and backend entries. Zero means "empty slot".
 pub const FAMILY_V4: u8 = 4;
@@ -39,8 +40,8 @@ pub mod maps {
     pub const ACTIVE: &str = "ACTIVE";
     /// Per-generation settings: `Array<Settings>[2]`, indexed by generation slot.
     pub const SETTINGS: &str = "SETTINGS";
-    /// VIPs of both generation slots (the slot is part of the key):
-    /// `HashMap<VipKey, VipInfo>[2 * MAX_VIPS]`.
+    /// The VIP table of each generation slot, read inline by the program (see `vips`):
+    /// `Array<VipTable>[2]`, indexed by generation slot.
     pub const VIPS: &str = "VIPS";
     /// Backends, slot 0's table then slot 1's: `Array<Backend>[2 * MAX_BACKENDS]`.
     pub const BACKENDS: &str = "BACKENDS";
@@ -75,8 +76,8 @@ pub mod programs {
 /// first word and leaves the rest zero. Words keep the hash and compares cheap in BPF.
 pub type Addr = [u32; 4];
 
-/// Key of the VIP table: generation slot, destination address, port and protocol. Port 0
-/// means "all ports" and is looked up after an exact miss.
+/// Key of the VIP table: destination address, port and protocol. Port 0 means "all
+/// ports" and is looked up after an exact miss. A zero family marks an empty slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VipKey {
@@ -84,24 +85,44 @@ pub struct VipKey {
     pub port_be: u16,
     pub proto: u8,
     pub family: u8,
-    /// Generation slot (0 or 1) this entry belongs to.
-    pub slot: u32,
 }
-const _: () = assert!(core::mem::size_of::<VipKey>() == 24);
+const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 
-/// What a VIP table entry says about the VIP.
+/// One slot of a generation's VIP table: the key and what the program needs of the VIP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct VipInfo {
+pub struct VipEntry {
+    pub key: VipKey,
     /// Stable id: index into `VIP_STATS`.
     pub id: u32,
     /// `VIP_F_*` bits.
     pub flags: u32,
     /// Index in `RINGS` of this VIP's first ring entry in this generation slot.
     pub ring_base: u32,
-    pub pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<VipInfo>() == 16);
+const _: () = assert!(core::mem::size_of::<VipEntry>() == 32);
+
+/// Slots of a generation's VIP table: a power of two, four times `MAX_VIPS`, so probe
+/// chains stay short.
+pub const VIP_TABLE_SLOTS: usize = 256;
+/// Slots a lookup probes from its home slot at most; the agent places every VIP within.
+pub const VIP_PROBES: u32 = 8;
+
+/// One generation's VIP table, open-addressed with linear probing (see `vips`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VipTable {
+    pub entries: [VipEntry; VIP_TABLE_SLOTS],
+}
+const _: () = assert!(core::mem::size_of::<VipTable>() == 32 * VIP_TABLE_SLOTS);
+
+impl Default for VipTable {
+    fn default() -> Self {
+        VipTable {
+            entries: [VipEntry::default(); VIP_TABLE_SLOTS],
+        }
+    }
+}
 
 /// The VIP's ring holds at least one backend; without it new flows are dropped.
 pub const VIP_F_HAS_BACKENDS: u32 = 1;
@@ -152,8 +173,12 @@ pub struct Settings {
     pub src_v6_hostmask: Addr,
     /// Generation number (informational; `lbx status` and consistency checks).
     pub generation: u64,
+    /// Salt of this generation's VIP table hash (`vips::home`), chosen by the agent so
+    /// that every VIP fits within `VIP_PROBES` of its home slot.
+    pub vip_salt: u32,
+    pub pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 72);
+const _: () = assert!(core::mem::size_of::<Settings>() == 80);
 
 /// The bit of `Settings::vip_filter` for a destination address: one of 64, from all its
 /// bytes (cheap in BPF: three XORs and two shifts).
@@ -283,7 +308,8 @@ mod pod {
     // SAFETY: all of these are repr(C), have no padding (checked by the size asserts and
     // explicit pad fields) and any bit pattern is a valid value.
     unsafe impl aya::Pod for VipKey {}
-    unsafe impl aya::Pod for VipInfo {}
+    unsafe impl aya::Pod for VipEntry {}
+    unsafe impl aya::Pod for VipTable {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for FlowKey {}

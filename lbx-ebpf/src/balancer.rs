@@ -3,10 +3,10 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lbx_common::{
     BACKEND_F_DOWN, Backend, FAMILY_V4, FlowEntry, MAX_BACKENDS, Reason, SETTINGS_F_PORT0_V4,
-    SETTINGS_F_PORT0_V6, Settings, VIP_F_HAS_BACKENDS, VipInfo, VipKey,
+    SETTINGS_F_PORT0_V6, Settings, VIP_F_HAS_BACKENDS, VipEntry, VipKey,
     flows::{self, FlowSlot},
     hash::flow_hash,
-    vip_filter_bit,
+    vip_filter_bit, vips,
 };
 
 use crate::{
@@ -104,21 +104,18 @@ fn try_balance(ctx: &XdpContext) -> Result<(), Reason> {
     Ok(())
 }
 
-/// The VIP for the packet's destination, port and protocol, or its all-ports VIP.
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "a reference hands the helper the key in place; by value would copy it on the packet path"
-)]
+/// The VIP for the packet's destination, port and protocol, or its all-ports VIP: probes
+/// of the generation's VIP table, inline.
 #[inline(always)]
-fn lookup_vip<'a>(pkt: &Packet, slot: u32, settings: &Settings) -> Option<&'a VipInfo> {
+fn lookup_vip<'a>(pkt: &Packet, slot: u32, settings: &Settings) -> Option<&'a VipEntry> {
+    let table = VIPS.get(slot)?;
     let mut key = VipKey {
         addr: pkt.key.dst,
         port_be: pkt.key.dport_be,
         proto: pkt.key.proto,
         family: pkt.key.family,
-        slot,
     };
-    if let Some(vip) = unsafe { VIPS.get(&key) } {
+    if let Some(vip) = vips::find(&table.entries, &key, settings.vip_salt) {
         return Some(vip);
     }
     let port0 = if pkt.key.family == FAMILY_V4 {
@@ -130,7 +127,7 @@ fn lookup_vip<'a>(pkt: &Packet, slot: u32, settings: &Settings) -> Option<&'a Vi
         return None;
     }
     key.port_be = 0;
-    unsafe { VIPS.get(&key) }
+    vips::find(&table.entries, &key, settings.vip_salt)
 }
 
 /// The backend the connection table holds for this flow, if it still takes it: a slot

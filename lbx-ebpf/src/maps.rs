@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use lbx_common::{
     AddrKey, Backend, Counters, DecapReason, MAX_BACKENDS, MAX_DECAP_VIPS, MAX_VIPS, Reason,
-    Settings, VipInfo, VipKey, flows::FlowSlot,
+    Settings, VipTable, flows::FlowSlot,
 };
 
 /// `BPF_F_MMAPABLE`: the agent maps the rings into its memory and copies whole tables.
@@ -18,8 +18,9 @@ pub static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 #[map(name = "SETTINGS")]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(2, 0);
 
+/// One VIP table per generation slot, probed inline (`lbx_common::vips`).
 #[map(name = "VIPS")]
-pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(2 * MAX_VIPS, 0);
+pub static VIPS: Array<VipTable> = Array::with_max_entries(2, 0);
 
 #[map(name = "BACKENDS")]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(2 * MAX_BACKENDS, 0);

@@ -698,6 +698,15 @@ pub enum ConfigError {
     #[error("{count} VIPs configured, but at most {max} are supported: remove some")]
     TooManyVips { count: usize, max: u32 },
     #[error(
+        "the {count} VIPs do not fit the data plane's VIP table ({slots} slots, each VIP within {probes} of its hash's slot) under any of {tries} hash salts: remove some"
+    )]
+    VipTableFull {
+        count: usize,
+        slots: usize,
+        probes: u32,
+        tries: u32,
+    },
+    #[error(
         "{count} backends configured across all VIPs, but at most {max} are supported: remove some"
     )]
     TooManyBackends { count: usize, max: u32 },
@@ -986,6 +995,14 @@ impl Config {
                     });
                 }
             }
+        }
+        if !crate::plan::vips_fit(self) {
+            return Err(ConfigError::VipTableFull {
+                count: self.vips.len(),
+                slots: lbx_common::VIP_TABLE_SLOTS,
+                probes: lbx_common::VIP_PROBES,
+                tries: lbx_common::vips::SALT_TRIES,
+            });
         }
         Ok(())
     }

@@ -8,11 +8,11 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, Map, MapData, PerCpuArray},
     programs::{Xdp, XdpMode},
 };
 use lbx_common::{
-    Backend, Counters, FlowEntry, FlowKey, MAX_VIPS, Settings, VipInfo, VipKey,
+    Backend, Counters, FlowEntry, FlowKey, MAX_VIPS, Settings, VipTable,
     flows::{self, FLOW_WAYS},
     hash::flow_hash,
     maps, programs,
@@ -203,7 +203,7 @@ macro_rules! typed {
 pub struct Balancer {
     pub active: Array<MapData, u32>,
     pub settings: Array<MapData, Settings>,
-    pub vips: HashMap<MapData, VipKey, VipInfo>,
+    pub vips: Array<MapData, VipTable>,
     pub backends: Array<MapData, Backend>,
     pub rings: MappedArray,
     pub flows: MappedFlows,

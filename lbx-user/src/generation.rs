@@ -1,6 +1,6 @@
 //! Publishes a whole configuration at once.
 //!
-//! The data plane keeps two generation slots: VIP entries carry their slot in the key,
+//! The data plane keeps two generation slots: each has its own VIP table and settings,
 //! and backends and rings have one region per slot. Packets read `ACTIVE` once and use
 //! only that slot. The publisher writes the new configuration into the other slot, which
 //! no packet reads, flips `ACTIVE`, then waits until every packet that may still have
@@ -8,10 +8,8 @@
 //! configuration or the whole new one, and the next publication may overwrite the old
 //! slot safely.
 
-use std::collections::BTreeSet;
-
 use aya::maps::{MapError, PerCpuValues};
-use lbx_common::{Backend, Counters, MAX_BACKENDS, MAX_VIPS, VipInfo, VipKey};
+use lbx_common::{Backend, Counters, MAX_BACKENDS, MAX_VIPS, VipEntry, VipTable};
 
 use crate::{dataplane::Balancer, plan::Plan, sys::ProgramBarrier};
 
@@ -31,7 +29,6 @@ fn map_err(map: &'static str) -> impl FnOnce(MapError) -> PublishError {
 #[derive(Default)]
 struct SlotShadow {
     backends: Vec<Backend>,
-    vip_keys: BTreeSet<VipKey>,
 }
 
 pub struct Publisher {
@@ -47,7 +44,6 @@ impl Publisher {
     pub fn new() -> std::io::Result<Self> {
         let empty = || SlotShadow {
             backends: vec![Backend::default(); MAX_BACKENDS as usize],
-            vip_keys: BTreeSet::new(),
         };
         Ok(Self {
             active: 1,
@@ -115,26 +111,17 @@ impl Publisher {
             }
         }
 
-        // VIPs: add or update this slot's entries, then drop the ones no longer there.
-        let mut keys = BTreeSet::new();
+        // VIPs: this slot's table, written whole in one update.
+        let mut table = VipTable::default();
         for v in &plan.vips {
-            let key = VipKey { slot, ..v.key };
-            let info = VipInfo {
+            table.entries[v.table_slot] = VipEntry {
+                key: v.key,
                 id: v.number,
                 flags: v.flags,
                 ring_base: (ring_region + v.number as usize * m) as u32,
-                pad: 0,
             };
-            bal.vips.insert(key, info, 0).map_err(map_err("VIPS"))?;
-            keys.insert(key);
         }
-        for stale in shadow.vip_keys.difference(&keys) {
-            match bal.vips.remove(stale) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err("VIPS")(e)),
-            }
-        }
-        shadow.vip_keys = keys;
+        bal.vips.set(slot, table, 0).map_err(map_err("VIPS"))?;
 
         let settings = lbx_common::Settings {
             generation,

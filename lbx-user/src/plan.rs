@@ -5,11 +5,11 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use lbx_common::{
     BACKEND_F_DOWN, Backend, FAMILY_V4, SETTINGS_F_PORT0_V4, SETTINGS_F_PORT0_V6, Settings,
-    VIP_F_HAS_BACKENDS, VipKey,
+    VIP_F_HAS_BACKENDS, VipKey, vips,
 };
 
 use crate::{
-    config::{Config, MacAddr, VipId},
+    config::{Config, MacAddr, VipConfig, VipId},
     maglev::{self, MaglevBackend},
     net,
     slots::Slots,
@@ -19,8 +19,9 @@ pub struct PlannedVip {
     pub id: VipId,
     /// The VIP's number in `Slots` (its counters and ring position).
     pub number: u32,
-    /// Key with generation slot 0; the publisher sets the slot.
     pub key: VipKey,
+    /// Its slot in the generation's VIP table (under `Settings::vip_salt`).
+    pub table_slot: usize,
     pub flags: u32,
     /// Backend slots, one per ring position; empty when no backend takes new flows.
     pub ring: Vec<u32>,
@@ -72,6 +73,8 @@ pub fn build(
         src_v6,
         src_v6_hostmask: mask_v6,
         generation: 0,
+        vip_salt: 0,
+        pad: 0,
     };
     let mut vips = Vec::new();
     let mut backends = Vec::new();
@@ -140,13 +143,8 @@ pub fn build(
         vips.push(PlannedVip {
             id,
             number: slots.vips[&id],
-            key: VipKey {
-                addr: net::to_words(vip.address),
-                port_be: vip.port.to_be(),
-                proto: vip.protocol.number(),
-                family,
-                slot: 0,
-            },
+            key: vip_key(vip),
+            table_slot: 0,
             flags: if ring.is_empty() {
                 0
             } else {
@@ -155,11 +153,34 @@ pub fn build(
             ring,
         });
     }
+    let keys: Vec<VipKey> = vips.iter().map(|v| v.key).collect();
+    let mut table_slots = vec![0; keys.len()];
+    settings.vip_salt =
+        vips::layout(&keys, &mut table_slots).expect("validated: the VIPs fit the VIP table");
+    for (v, s) in vips.iter_mut().zip(table_slots) {
+        v.table_slot = s;
+    }
     Plan {
         settings,
         vips,
         backends,
     }
+}
+
+/// The VIP table key of a configured VIP.
+pub fn vip_key(vip: &VipConfig) -> VipKey {
+    VipKey {
+        addr: net::to_words(vip.address),
+        port_be: vip.port.to_be(),
+        proto: vip.protocol.number(),
+        family: net::family(vip.address),
+    }
+}
+
+/// Whether the data plane's VIP table can hold all of `config`'s VIPs (distinct).
+pub fn vips_fit(config: &Config) -> bool {
+    let keys: Vec<VipKey> = config.vips.iter().map(vip_key).collect();
+    vips::layout(&keys, &mut vec![0; keys.len()]).is_some()
 }
 
 /// What Maglev hashes for a backend: its address, so every node agrees whatever order
@@ -168,5 +189,56 @@ fn identity(addr: IpAddr) -> Vec<u8> {
     match addr {
         IpAddr::V4(a) => a.octets().to_vec(),
         IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use lbx_common::{MAX_VIPS, VIP_TABLE_SLOTS, VipEntry};
+
+    use super::*;
+    use crate::config::{Protocol, VipId};
+
+    /// `MAX_VIPS` VIPs on two addresses, each found in the table the publisher writes.
+    #[test]
+    fn every_vip_is_found_in_its_generation_table() {
+        let mut c = Config::default();
+        for i in 0..MAX_VIPS {
+            let address = if i % 2 == 0 {
+                "192.0.2.1"
+            } else {
+                "2001:db8::1"
+            };
+            c.add_vip(VipId {
+                address: address.parse().unwrap(),
+                port: i as u16,
+                protocol: if i % 3 == 0 {
+                    Protocol::Udp
+                } else {
+                    Protocol::Tcp
+                },
+            })
+            .unwrap();
+        }
+        c.validate().unwrap();
+        let (slots, _) = Slots::default().assign(&c);
+        let p = build(&c, &slots, &BTreeMap::new(), 1500, &Overrides::new());
+        let mut table = [VipEntry::default(); VIP_TABLE_SLOTS];
+        let mut used = std::collections::BTreeSet::new();
+        for v in &p.vips {
+            assert!(used.insert(v.table_slot), "two VIPs in one slot");
+            table[v.table_slot] = VipEntry {
+                key: v.key,
+                id: v.number,
+                flags: v.flags,
+                ring_base: 0,
+            };
+        }
+        for v in &p.vips {
+            let found = vips::find(&table, &v.key, p.settings.vip_salt);
+            assert_eq!(found.map(|e| e.id), Some(v.number), "{:?}", v.id);
+        }
     }
 }

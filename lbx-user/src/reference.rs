@@ -228,11 +228,7 @@ impl<'a> Reference<'a> {
         for (slot, b) in &plan.backends {
             backends[*slot as usize] = *b;
         }
-        let vips = plan
-            .vips
-            .iter()
-            .map(|v| (VipKey { slot: 0, ..v.key }, v))
-            .collect();
+        let vips = plan.vips.iter().map(|v| (v.key, v)).collect();
         Reference {
             tables: Some(Tables {
                 settings: plan.settings,
@@ -335,7 +331,6 @@ impl Tables<'_> {
             port_be: key.dport_be,
             proto: key.proto,
             family: key.family,
-            slot: 0,
         };
         if let Some(v) = self.vips.get(&vk) {
             return Some(v);

@@ -631,6 +631,94 @@ fn vip_matching_exact_port0_and_not_a_vip() {
     run_cases(&mut tb, &cases, 23);
 }
 
+/// A full VIP table (`MAX_VIPS` VIPs on one address, one of them all-ports): keys whose
+/// hashes collide sit past their home slot, and each is still found by its packets; the
+/// ports in between go to the all-ports VIP, and the other protocol is not a VIP.
+#[test]
+fn vip_table_probes_past_collisions() {
+    let addr = Ipv4Addr::new(192, 0, 2, 40);
+    let exact: Vec<u16> = (0..lbx_common::MAX_VIPS as u16 - 1)
+        .map(|i| 1000 + 2 * i)
+        .collect();
+    // Backend n of VIP i: 10.1.1.(i + 1), MAC ..:01:(i + 1); the all-ports VIP's is 100.
+    let b = |n: u8| IpAddr::V4(Ipv4Addr::new(10, 1, 1, n));
+    let mut vips: Vec<String> = exact
+        .iter()
+        .enumerate()
+        .map(|(i, &port)| {
+            let n = i as u8 + 1;
+            vip_toml(
+                vip(addr, port, Protocol::Tcp),
+                &[backend_toml(b(n), n, 100, false)],
+            )
+        })
+        .collect();
+    vips.push(vip_toml(
+        vip(addr, 0, Protocol::Tcp),
+        &[backend_toml(b(100), 100, 100, false)],
+    ));
+    let c = config_with("", &vips);
+    c.validate().expect("MAX_VIPS VIPs fit the VIP table");
+
+    // The layout the agent publishes must hold collisions, or this proves nothing.
+    let keys: Vec<lbx_common::VipKey> = c.vips.iter().map(lbx::plan::vip_key).collect();
+    let mut slots = vec![0; keys.len()];
+    let salt = lbx_common::vips::layout(&keys, &mut slots).expect("layout");
+    let displaced = keys
+        .iter()
+        .zip(&slots)
+        .filter(|(k, s)| lbx_common::vips::home::<{ lbx_common::VIP_TABLE_SLOTS }>(k, salt) != **s)
+        .count();
+    assert!(displaced > 0, "no VIP sits past its home slot");
+
+    let c4 = IpAddr::V4(CLIENT4);
+    let mut steps = vec![configure(c.clone())];
+    for (i, &port) in exact.iter().enumerate() {
+        let n = i as u8 + 1;
+        let l4 = L4::tcp(40000, port);
+        let input = packets::ipv4(&V4::new(CLIENT4, addr), l4, b"x");
+        let e = to_backend(
+            &c,
+            &input,
+            (c4, addr.into(), l4),
+            vip(addr, port, Protocol::Tcp),
+            (b(n), n),
+            true,
+        );
+        steps.push(send(format!("TCP to port {port}: its own VIP"), input, e));
+        let l4 = L4::tcp(40000, port + 1);
+        let input = packets::ipv4(&V4::new(CLIENT4, addr), l4, b"x");
+        let e = to_backend(
+            &c,
+            &input,
+            (c4, addr.into(), l4),
+            vip(addr, 0, Protocol::Tcp),
+            (b(100), 100),
+            true,
+        );
+        steps.push(send(
+            format!("TCP to port {}: the all-ports VIP", port + 1),
+            input,
+            e,
+        ));
+    }
+    let input = packets::ipv4(&V4::new(CLIENT4, addr), L4::udp(40000, 1000), b"x");
+    steps.push(send(
+        "UDP to a TCP VIP's port: not a VIP",
+        input.clone(),
+        Expect::pass(&input, Reason::PassNotVip),
+    ));
+    let cases = vec![Case {
+        description: format!(
+            "{} VIPs in the VIP table, {displaced} past their home slot",
+            keys.len()
+        ),
+        steps,
+    }];
+    let mut tb = load();
+    run_cases(&mut tb, &cases, 2 * exact.len() + 1);
+}
+
 /// IPv4 and IPv6 fragments, and IPv6 extension headers, are passed to the kernel.
 #[test]
 fn fragments_and_extension_headers_are_passed() {
