@@ -70,25 +70,30 @@ pub fn check(hash: u32, entry: &FlowEntry) -> u32 {
     h | 1
 }
 
-/// Whether `slot` holds the flow `words` (hash `hash`), written whole.
+/// Whether `slot`'s key is `words`: five word compares (an array `==` would become a
+/// byte-by-byte `memcmp` call in BPF).
 #[inline(always)]
-pub fn holds(slot: &FlowSlot, words: &[u64; 5], hash: u32) -> bool {
+pub fn same_key(slot: &FlowSlot, words: &[u64; 5]) -> bool {
     slot.key[0] == words[0]
         && slot.key[1] == words[1]
         && slot.key[2] == words[2]
         && slot.key[3] == words[3]
         && slot.key[4] == words[4]
-        && slot.check == check(hash, &slot.entry)
+}
+
+/// Whether `slot` holds the flow `words` (hash `hash`), written whole.
+#[inline(always)]
+pub fn holds(slot: &FlowSlot, words: &[u64; 5], hash: u32) -> bool {
+    same_key(slot, words) && slot.check == check(hash, &slot.entry)
 }
 
 /// Where a new flow goes in its set of two: `(way, clear the other way's mark)`.
 #[inline(always)]
 pub fn insert_way(ways: [&FlowSlot; 2], words: &[u64; 5], hash: u32) -> (usize, bool) {
-    let same = |s: &FlowSlot| s.key == *words;
-    if same(ways[0]) {
+    if same_key(ways[0], words) {
         return (0, false);
     }
-    if same(ways[1]) {
+    if same_key(ways[1], words) {
         return (1, false);
     }
     if ways[0].check == 0 {
