@@ -1,14 +1,20 @@
 //! The flow hash: the same code decides a flow's ring slot in the kernel and answers
 //! `lbx flow` in the agent, so both always agree.
 //!
-//! It is the 32-bit MurmurHash3 mixing over the 5-tuple's words, seeded so that nodes
-//! sharing a seed pick the same slot for the same flow. Straight-line code: the verifier
-//! sees no loop.
+//! The packet-path hashes (a flow's 5-tuple, a VIP table key) multiply 64-bit words, which
+//! BPF does natively, and end with MurmurHash3's 64-bit finalizer; seeded so that nodes
+//! sharing a seed pick the same slot for the same flow. 32-bit rotates and multiplies,
+//! which BPF has no instructions for before ISA v3, would cost several instructions each.
+//! Straight-line code: the verifier sees no loop. The Maglev permutation (control plane)
+//! uses 32-bit MurmurHash3 over bytes.
 
 use crate::{FlowKey, VipKey};
 
 const C1: u32 = 0xcc9e_2d51;
 const C2: u32 = 0x1b87_3593;
+
+/// Odd multiplier of the word mix (2^64 / golden ratio).
+const M: u64 = 0x9e37_79b9_7f4a_7c15;
 
 #[inline(always)]
 fn mix(h: u32, k: u32) -> u32 {
@@ -28,36 +34,56 @@ fn finish(mut h: u32) -> u32 {
     h ^ (h >> 16)
 }
 
+/// Folds one 64-bit word into the state; the high half of each product is folded down
+/// so that every input bit reaches the next multiply's low bits.
+#[inline(always)]
+fn mix64(h: u64, w: u64) -> u64 {
+    let h = (h ^ w).wrapping_mul(M);
+    h ^ (h >> 32)
+}
+
+/// The seeded start state: the seed in both halves.
+#[inline(always)]
+fn start64(seed: u32) -> u64 {
+    ((seed as u64) << 32 | seed as u64) ^ 0x243f_6a88_85a3_08d3
+}
+
+/// MurmurHash3's 64-bit finalizer, folded to 32 bits.
+#[inline(always)]
+fn finish64(mut h: u64) -> u32 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h as u32
+}
+
 /// Hash of a flow's 5-tuple under `seed`.
 #[inline(always)]
 pub fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
-    let mut h = seed;
-    h = mix(h, key.src[0]);
-    h = mix(h, key.src[1]);
-    h = mix(h, key.src[2]);
-    h = mix(h, key.src[3]);
-    h = mix(h, key.dst[0]);
-    h = mix(h, key.dst[1]);
-    h = mix(h, key.dst[2]);
-    h = mix(h, key.dst[3]);
-    h = mix(h, (key.sport_be as u32) | ((key.dport_be as u32) << 16));
-    h = mix(h, (key.proto as u32) | ((key.family as u32) << 8));
-    finish(h ^ 40)
+    let w = crate::flows::key_words(key);
+    let mut h = start64(seed);
+    h = mix64(h, w[0]);
+    h = mix64(h, w[1]);
+    h = mix64(h, w[2]);
+    h = mix64(h, w[3]);
+    h = mix64(h, w[4]);
+    finish64(h)
 }
 
 /// Hash of a VIP table key under the generation's salt (`vips::home`).
 #[inline(always)]
 pub fn vip_hash(key: &VipKey, salt: u32) -> u32 {
-    let mut h = salt;
-    h = mix(h, key.addr[0]);
-    h = mix(h, key.addr[1]);
-    h = mix(h, key.addr[2]);
-    h = mix(h, key.addr[3]);
-    h = mix(
+    let a = &key.addr;
+    let mut h = start64(salt);
+    h = mix64(h, a[0] as u64 | (a[1] as u64) << 32);
+    h = mix64(h, a[2] as u64 | (a[3] as u64) << 32);
+    h = mix64(
         h,
-        (key.port_be as u32) | ((key.proto as u32) << 16) | ((key.family as u32) << 24),
+        (key.port_be as u64) | ((key.proto as u64) << 16) | ((key.family as u64) << 24),
     );
-    finish(h ^ 20)
+    finish64(h)
 }
 
 /// Seeded hash of arbitrary bytes (the Maglev permutation of a backend's identity).
@@ -100,6 +126,35 @@ mod tests {
         assert_ne!(flow_hash(&k, 0), flow_hash(&k, 1));
         assert_ne!(flow_hash(&k, 0), flow_hash(&other, 0));
         assert_eq!(flow_hash(&k, 7), flow_hash(&k, 7));
+    }
+
+    #[test]
+    fn flow_hash_spreads_over_rings_and_sets() {
+        // Flows that differ only in the source port, as from one client: every ring slot
+        // of a small prime ring and every set of a small table gets its share.
+        let mut ring = [0u32; 13];
+        let mut sets = [0u32; 16];
+        let n = 13 * 16 * 200;
+        for p in 0..n {
+            let k = FlowKey {
+                src: [0x0100_000a, 0, 0, 0],
+                dst: [0x0a02_00c0, 0, 0, 0],
+                sport_be: (10_000 + p as u16).to_be(),
+                dport_be: 80u16.to_be(),
+                proto: 6,
+                family: 4,
+                pad: 0,
+            };
+            let h = flow_hash(&k, 1);
+            ring[(h % 13) as usize] += 1;
+            sets[(h & 15) as usize] += 1;
+        }
+        for (what, counts, per) in [("ring", &ring[..], n / 13), ("set", &sets[..], n / 16)] {
+            for (i, c) in counts.iter().enumerate() {
+                let off = (*c as f64 / per as f64 - 1.0).abs();
+                assert!(off < 0.1, "{what} {i}: {c} of {per} expected");
+            }
+        }
     }
 
     #[test]
