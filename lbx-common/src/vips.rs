@@ -138,17 +138,7 @@ mod tests {
         let keys: [VipKey; 64] = core::array::from_fn(|i| {
             key(0x0a00_0000 + (i as u32 / 4), 80 + (i % 4) as u16, PROTO_TCP)
         });
-        let mut slots = [0usize; 64];
-        let salt = layout(&keys, &mut slots).expect("64 VIPs fit");
-        let mut t = [VipEntry::default(); VIP_TABLE_SLOTS];
-        for (i, k) in keys.iter().enumerate() {
-            t[slots[i]] = VipEntry {
-                key: *k,
-                id: i as u32,
-                flags: 0,
-                ring_base: 0,
-            };
-        }
+        let (t, salt) = table::<VIP_TABLE_SLOTS>(&keys, VIP_PROBES).expect("64 VIPs fit");
         for (i, k) in keys.iter().enumerate() {
             assert_eq!(find(&t, k, salt).map(|e| e.id), Some(i as u32));
         }

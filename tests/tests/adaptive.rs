@@ -4,8 +4,7 @@
 //! once its capacity is raised to theirs.
 
 use std::fs::File;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -14,15 +13,15 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, ensure};
+use anyhow::Context as _;
+use lbx_tests::bench_adaptive::harness::{capacity_server, set_capacity, vip, vip_backends};
 use lbx_tests::bench_adaptive::http;
-use lbx_tests::bench_adaptive::scenario::{ADMIN_PORT, PORT};
+use lbx_tests::bench_adaptive::scenario::PORT;
 use lbx_tests::bench_adaptive::schedule::{MAX_DURATION_S, Schedule};
 use lbx_tests::process::Process;
 use lbx_tests::topology::patience;
 use lbx_tests::{Topology, VIP_V4, backend_name, locate_binary};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Capacities in requests per second: backend-3 has a third of the others'.
 const FAST_RPS: u32 = 60;
@@ -69,10 +68,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Seed of the arrival times.
 const SEED: u64 = 7;
 
-fn vip() -> SocketAddr {
-    SocketAddr::new(VIP_V4.into(), PORT)
-}
-
 /// One backend as `lbx status --json` shows it.
 #[derive(Debug, Clone)]
 struct Backend {
@@ -92,12 +87,7 @@ impl Backend {
 
 /// The VIP's backends in `status`, in the order 1, 2, 3.
 fn backends(topo: &Topology, status: &Value) -> anyhow::Result<Vec<Backend>> {
-    let name = format!("{}/tcp", vip());
-    let listed = status["vips"]
-        .as_array()
-        .and_then(|v| v.iter().find(|v| v["vip"] == name.as_str()))
-        .and_then(|v| v["backends"].as_array())
-        .with_context(|| format!("no VIP {name} in the status: {status}"))?;
+    let listed = vip_backends(status)?;
     (1..=3)
         .map(|i| {
             let addr = topo.backend_addr(i, vip()).to_string();
@@ -219,23 +209,11 @@ impl Drop for Servers {
     }
 }
 
-fn start_servers(topo: &Topology, capacity_server: &Path) -> anyhow::Result<Servers> {
+fn start_servers(topo: &Topology, capacity_server_bin: &Path) -> anyhow::Result<Servers> {
     let mut servers = Servers(Vec::new());
     for i in 1..=3 {
-        let b = topo.backend(i);
         let rps = if i == SLOW { SLOW_RPS } else { FAST_RPS };
-        let mut cmd = b.netns.command(capacity_server);
-        cmd.args(["--name", &backend_name(i), "--rps", &rps.to_string()])
-            .args(["--listen", &vip().to_string()])
-            // Its own address: where the health checks probe, and the admin endpoint.
-            .args([
-                "--listen",
-                &SocketAddr::new(b.ipv4.into(), PORT).to_string(),
-            ])
-            .args([
-                "--admin",
-                &SocketAddr::new(b.ipv4.into(), ADMIN_PORT).to_string(),
-            ]);
+        let cmd = capacity_server(topo, capacity_server_bin, i, rps);
         let label = format!("{}-capacity", backend_name(i));
         let mut p = Process::spawn(&label, cmd, topo.dir())?;
         let ready = p.wait_for_line("listening", patience(READY_TIMEOUT));
@@ -243,28 +221,6 @@ fn start_servers(topo: &Topology, capacity_server: &Path) -> anyhow::Result<Serv
         ready?;
     }
     Ok(servers)
-}
-
-/// `GET /admin/capacity?rps=N` to backend `i`'s own address, from the client.
-fn set_capacity(topo: &Topology, i: usize, rps: u32) -> anyhow::Result<()> {
-    let addr = SocketAddr::new(topo.backend(i).ipv4.into(), ADMIN_PORT);
-    let request = http::request(&format!("/admin/capacity?rps={rps}"), &addr.to_string());
-    let timeout = patience(Duration::from_secs(2));
-    let answer = topo.client.netns.run(|| -> anyhow::Result<Vec<u8>> {
-        let mut s = TcpStream::connect_timeout(&addr, timeout)?;
-        s.set_read_timeout(Some(timeout))?;
-        s.write_all(&request)?;
-        let mut answer = Vec::new();
-        s.take(http::MAX_RESPONSE as u64).read_to_end(&mut answer)?;
-        Ok(answer)
-    })??;
-    let status = http::parse_response(&answer).map(|a| a.status);
-    ensure!(
-        status == Some(200),
-        "{addr} answered the capacity change with {:?}",
-        String::from_utf8_lossy(&answer)
-    );
-    Ok(())
 }
 
 /// How one request of the load ended.
@@ -352,13 +308,17 @@ async fn send(arrivals: Vec<f64>, stop: Arc<AtomicBool>, answers: mpsc::Sender<A
         }
         let (answers, request) = (answers.clone(), request.clone());
         tokio::spawn(async move {
-            let outcome =
-                match tokio::time::timeout_at(due + REQUEST_TIMEOUT, exchange(&request)).await {
-                    Err(_) => Err("timeout".to_owned()),
-                    Ok(Err(e)) => Err(e.kind().to_string()),
-                    Ok(Ok(a)) if a.status == 200 => Ok(a.backend.unwrap_or_default()),
-                    Ok(Ok(a)) => Err(format!("HTTP {}", a.status)),
-                };
+            let outcome = match tokio::time::timeout_at(
+                due + REQUEST_TIMEOUT,
+                http::exchange(vip(), &request),
+            )
+            .await
+            {
+                Err(_) => Err("timeout".to_owned()),
+                Ok(Err(e)) => Err(e.kind().to_string()),
+                Ok(Ok(a)) if a.status == 200 => Ok(a.backend.unwrap_or_default()),
+                Ok(Ok(a)) => Err(format!("HTTP {}", a.status)),
+            };
             let _ = answers.send(Answer {
                 due: due.into_std(),
                 outcome,
@@ -367,41 +327,11 @@ async fn send(arrivals: Vec<f64>, stop: Arc<AtomicBool>, answers: mpsc::Sender<A
     }
 }
 
-/// One request on a new connection to the VIP; the parsed answer once the server closed.
-async fn exchange(request: &[u8]) -> std::io::Result<http::Answer> {
-    let mut stream = tokio::net::TcpStream::connect(vip()).await?;
-    stream.set_nodelay(true)?;
-    stream.write_all(request).await?;
-    let mut answer = Vec::with_capacity(256);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        answer.extend_from_slice(&chunk[..n]);
-        if answer.len() > http::MAX_RESPONSE {
-            return Err(std::io::Error::other("answer too long"));
-        }
-    }
-    http::parse_response(&answer).ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "closed before a whole HTTP answer",
-        )
-    })
-}
-
 /// New flows lbx sent to each backend so far, from `lbx stats`.
 fn new_flows(topo: &Topology) -> Vec<u64> {
     let stats = lbx::api::call(topo.socket(), &lbx::api::Request::Stats)
         .unwrap_or_else(|e| panic!("the agent's stats: {e}"));
-    let name = format!("{}/tcp", vip());
-    let listed = stats["vips"]
-        .as_array()
-        .and_then(|v| v.iter().find(|v| v["vip"] == name.as_str()))
-        .and_then(|v| v["backends"].as_array())
-        .unwrap_or_else(|| panic!("no VIP {name} in the stats: {stats}"));
+    let listed = vip_backends(&stats).unwrap_or_else(|e| panic!("{e:#}"));
     (1..=3)
         .map(|i| {
             let addr = topo.backend_addr(i, vip()).to_string();
@@ -584,7 +514,8 @@ fn a_slow_backend_gets_less_load_and_its_weight_back_when_it_recovers() {
     );
 
     // 3. As fast as the others, it gets its weight back.
-    set_capacity(&topo, SLOW, FAST_RPS).expect("raise backend-3's capacity");
+    set_capacity(&topo, SLOW, FAST_RPS, patience(Duration::from_secs(2)))
+        .expect("raise backend-3's capacity");
     let recovered = watch(
         &topo,
         "recovery",

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail, ensure};
@@ -169,6 +170,52 @@ impl RunResult {
 /// The VIP every run balances.
 pub fn vip() -> SocketAddr {
     SocketAddr::new(VIP_V4.into(), PORT)
+}
+
+/// The VIP's backends as `lbx status` or `lbx stats` (JSON) list them.
+pub fn vip_backends(doc: &serde_json::Value) -> anyhow::Result<&Vec<serde_json::Value>> {
+    let name = format!("{}/tcp", vip());
+    doc["vips"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["vip"] == name.as_str()))
+        .and_then(|v| v["backends"].as_array())
+        .with_context(|| format!("no VIP {name} in the agent's answer: {doc}"))
+}
+
+/// Backend `i`'s capacity server at `rps`, in its namespace: on the VIP (the balanced
+/// requests) and on the backend's own address (the health checks), with its control
+/// endpoint on its own address only.
+pub fn capacity_server(topo: &Topology, bin: &Path, i: usize, rps: u32) -> Command {
+    let b = topo.backend(i);
+    let own = SocketAddr::new(b.ipv4.into(), PORT);
+    let admin = SocketAddr::new(b.ipv4.into(), ADMIN_PORT);
+    let mut cmd = b.netns.command(bin);
+    cmd.args(["--name", &backend_name(i), "--rps", &rps.to_string()])
+        .args(["--listen", &vip().to_string(), "--listen", &own.to_string()])
+        .args(["--admin", &admin.to_string()]);
+    cmd
+}
+
+/// `GET /admin/capacity?rps=N` to backend `i`'s own address, from the client host.
+pub fn set_capacity(topo: &Topology, i: usize, rps: u32, timeout: Duration) -> anyhow::Result<()> {
+    let addr = SocketAddr::new(topo.backend(i).ipv4.into(), ADMIN_PORT);
+    let request = super::http::request(&format!("/admin/capacity?rps={rps}"), &addr.to_string());
+    let answer = topo.client.netns.run(|| -> anyhow::Result<Vec<u8>> {
+        let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(&request)?;
+        let mut answer = Vec::new();
+        s.take(super::http::MAX_RESPONSE as u64)
+            .read_to_end(&mut answer)?;
+        Ok(answer)
+    })??;
+    let status = super::http::parse_response(&answer).map(|a| a.status);
+    ensure!(
+        status == Some(200),
+        "{addr} answered the capacity change with {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    Ok(())
 }
 
 /// A run in progress. Field order is drop order: our processes stop before the topology
@@ -422,23 +469,12 @@ impl Run<'_> {
     }
 
     fn start_server(&mut self, i: usize) -> anyhow::Result<()> {
-        let b = self.topo.backend(i);
-        let own = SocketAddr::new(b.ipv4.into(), PORT);
-        let admin = SocketAddr::new(b.ipv4.into(), ADMIN_PORT);
-        let args: Vec<String> = vec![
-            "--name".into(),
-            backend_name(i),
-            "--rps".into(),
-            self.capacities[i - 1].to_string(),
-            "--listen".into(),
-            vip().to_string(),
-            "--listen".into(),
-            own.to_string(),
-            "--admin".into(),
-            admin.to_string(),
-        ];
-        let mut cmd = b.netns.command(&self.bins.capacity_server);
-        cmd.args(&args);
+        let cmd = capacity_server(
+            &self.topo,
+            &self.bins.capacity_server,
+            i,
+            self.capacities[i - 1],
+        );
         self.starts += 1;
         let label = format!("{}-capacity-{}", backend_name(i), self.starts);
         let mut p = Process::spawn(&label, cmd, self.topo.dir())?;
@@ -555,27 +591,8 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// `GET /admin/capacity?rps=N` to backend `i`'s own address, from the client host.
     fn set_capacity(&self, i: usize, rps: u32) -> anyhow::Result<()> {
-        let addr = SocketAddr::new(self.topo.backend(i).ipv4.into(), ADMIN_PORT);
-        let request =
-            super::http::request(&format!("/admin/capacity?rps={rps}"), &addr.to_string());
-        let answer = self.topo.client.netns.run(|| -> anyhow::Result<Vec<u8>> {
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-            s.set_read_timeout(Some(Duration::from_secs(2)))?;
-            s.write_all(&request)?;
-            let mut answer = Vec::new();
-            s.take(super::http::MAX_RESPONSE as u64)
-                .read_to_end(&mut answer)?;
-            Ok(answer)
-        })??;
-        let status = super::http::parse_response(&answer).map(|a| a.status);
-        ensure!(
-            status == Some(200),
-            "{addr} answered the capacity change with {:?}",
-            String::from_utf8_lossy(&answer)
-        );
-        Ok(())
+        set_capacity(&self.topo, i, rps, Duration::from_secs(2))
     }
 
     /// The VIP's backends in the agent's status. Asked on the control socket directly, as
@@ -583,12 +600,7 @@ impl Run<'_> {
     fn sample(&self, at_s: f64) -> anyhow::Result<Sample> {
         let status = lbx::api::call(self.topo.socket(), &lbx::api::Request::Status)
             .context("the agent's status")?;
-        let name = format!("{}/tcp", vip());
-        let backends = status["vips"]
-            .as_array()
-            .and_then(|v| v.iter().find(|v| v["vip"] == name.as_str()))
-            .and_then(|v| v["backends"].as_array())
-            .with_context(|| format!("no VIP {name} in `lbx status`: {status}"))?;
+        let backends = vip_backends(&status)?;
         let mut out = Vec::new();
         for b in backends {
             let addr: IpAddr = b["address"]

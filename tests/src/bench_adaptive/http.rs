@@ -1,7 +1,9 @@
 //! Just enough HTTP/1.1 for the benchmark: one request per connection, `Connection: close`,
 //! small heads, no bodies in requests. Both the capacity server and the load generator use it.
 
-use tokio::io::{AsyncRead, AsyncReadExt as _};
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Largest request or response head either side accepts.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -106,6 +108,31 @@ pub fn parse_response(bytes: &[u8]) -> Option<Answer> {
             .then(|| value.trim().to_owned())
     });
     Some(Answer { status, backend })
+}
+
+/// One request on a new connection to `target`; the parsed answer once the server has closed.
+pub async fn exchange(target: SocketAddr, request: &[u8]) -> std::io::Result<Answer> {
+    let mut stream = tokio::net::TcpStream::connect(target).await?;
+    stream.set_nodelay(true)?;
+    stream.write_all(request).await?;
+    let mut answer = Vec::with_capacity(256);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&chunk[..n]);
+        if answer.len() > MAX_RESPONSE {
+            return Err(std::io::Error::other("answer too long"));
+        }
+    }
+    parse_response(&answer).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "closed before a whole HTTP answer",
+        )
+    })
 }
 
 #[cfg(test)]

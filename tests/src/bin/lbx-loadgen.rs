@@ -25,8 +25,6 @@ use lbx_tests::bench_adaptive::http;
 use lbx_tests::bench_adaptive::raise_fd_limit;
 use lbx_tests::bench_adaptive::records::{Outcome, Record, to_csv};
 use lbx_tests::bench_adaptive::schedule::{Schedule, Steps};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -117,13 +115,17 @@ async fn main() -> anyhow::Result<()> {
         let (done, in_flight, request) = (done.clone(), in_flight.clone(), request.clone());
         let target = args.target;
         tokio::spawn(async move {
-            let (outcome, backend) =
-                match tokio::time::timeout_at(due + timeout, exchange(target, &request)).await {
-                    Err(_) => (Outcome::Timeout, None),
-                    Ok(Err(e)) => (classify(&e), None),
-                    Ok(Ok(answer)) if answer.status == 200 => (Outcome::Ok, answer.backend),
-                    Ok(Ok(answer)) => (Outcome::Http(answer.status), answer.backend),
-                };
+            let (outcome, backend) = match tokio::time::timeout_at(
+                due + timeout,
+                http::exchange(target, &request),
+            )
+            .await
+            {
+                Err(_) => (Outcome::Timeout, None),
+                Ok(Err(e)) => (classify(&e), None),
+                Ok(Ok(answer)) if answer.status == 200 => (Outcome::Ok, answer.backend),
+                Ok(Ok(answer)) => (Outcome::Http(answer.status), answer.backend),
+            };
             let latency_ms = due.elapsed().min(timeout).as_secs_f64() * 1e3;
             in_flight.fetch_sub(1, Ordering::Relaxed);
             let _ = done.send(Record {
@@ -157,31 +159,6 @@ async fn main() -> anyhow::Result<()> {
         args.out.display()
     );
     Ok(())
-}
-
-/// One request on a new connection; returns the parsed answer once the server has closed.
-async fn exchange(target: SocketAddr, request: &[u8]) -> std::io::Result<http::Answer> {
-    let mut stream = TcpStream::connect(target).await?;
-    stream.set_nodelay(true)?;
-    stream.write_all(request).await?;
-    let mut answer = Vec::with_capacity(256);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        answer.extend_from_slice(&chunk[..n]);
-        if answer.len() > http::MAX_RESPONSE {
-            return Err(std::io::Error::other("answer too long"));
-        }
-    }
-    http::parse_response(&answer).ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "closed before a whole HTTP answer",
-        )
-    })
 }
 
 fn classify(e: &std::io::Error) -> Outcome {
