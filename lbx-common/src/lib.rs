@@ -149,6 +149,20 @@ const _: () = assert!(core::mem::size_of::<Backend>() == 32);
 /// The backend failed its health checks: its established flows move to other backends.
 pub const BACKEND_F_DOWN: u8 = 1;
 
+/// The value of `ACTIVE`, the one word every packet reads first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Active {
+    /// The generation slot packets use (0 or 1).
+    pub slot: u32,
+    pub pad: u32,
+    /// `vip_filter_bit`s that no VIP address has, in the active generation nor in one
+    /// being switched to: a packet to such an address is for no VIP and stops here,
+    /// without reading the generation. Zero (nothing known) until the first publication.
+    pub no_vip: u64,
+}
+const _: () = assert!(core::mem::size_of::<Active>() == 16);
+
 /// Settings of one generation, read by every packet of it. A zero `ring_size` means no
 /// generation was published into this slot.
 #[repr(C)]
@@ -162,8 +176,8 @@ pub struct Settings {
     pub mtu: u32,
     /// `SETTINGS_F_*` bits.
     pub flags: u32,
-    /// `vip_filter_bit` of every VIP address, OR-ed: a packet whose destination's bit is
-    /// clear is for no VIP, and skips the VIP table lookup.
+    /// `vip_filter_bit` of every VIP address, OR-ed; the publisher derives
+    /// `Active::no_vip` from it.
     pub vip_filter: u64,
     /// Outer IPv4 source: `src_v4 | (hash & src_v4_hostmask)`, both network order.
     pub src_v4: u32,
@@ -180,7 +194,7 @@ pub struct Settings {
 }
 const _: () = assert!(core::mem::size_of::<Settings>() == 80);
 
-/// The bit of `Settings::vip_filter` for a destination address: one of 64, from all its
+/// The bit of `Settings::vip_filter` and `Active::no_vip` for a destination address: one of 64, from all its
 /// bytes (cheap in BPF: three XORs and two shifts).
 #[inline(always)]
 pub fn vip_filter_bit(addr: &Addr) -> u64 {
@@ -307,6 +321,7 @@ mod pod {
     use super::*;
     // SAFETY: all of these are repr(C), have no padding (checked by the size asserts and
     // explicit pad fields) and any bit pattern is a valid value.
+    unsafe impl aya::Pod for Active {}
     unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for VipEntry {}
     unsafe impl aya::Pod for VipTable {}

@@ -5,15 +5,15 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use lbx_common::{
-    AddrKey, Backend, Counters, DecapReason, MAX_BACKENDS, MAX_DECAP_VIPS, MAX_VIPS, Reason,
-    Settings, VipTable, flows::FlowSlot,
+    Active, AddrKey, Backend, Counters, DecapReason, MAX_BACKENDS, MAX_DECAP_VIPS, MAX_VIPS,
+    Reason, Settings, VipTable, flows::FlowSlot,
 };
 
 /// `BPF_F_MMAPABLE`: the agent maps the rings into its memory and copies whole tables.
 const F_MMAPABLE: u32 = 1 << 10;
 
 #[map(name = "ACTIVE")]
-pub static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+pub static ACTIVE: Array<Active> = Array::with_max_entries(1, 0);
 
 #[map(name = "SETTINGS")]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(2, 0);

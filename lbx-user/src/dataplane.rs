@@ -12,7 +12,7 @@ use aya::{
     programs::{Xdp, XdpMode},
 };
 use lbx_common::{
-    Backend, Counters, FlowEntry, FlowKey, MAX_VIPS, Settings, VipTable,
+    Active, Backend, Counters, FlowEntry, FlowKey, MAX_VIPS, Settings, VipTable,
     flows::{self, FLOW_WAYS},
     hash::flow_hash,
     maps, programs,
@@ -201,7 +201,7 @@ macro_rules! typed {
 
 /// The balancer program attached to an interface, and its maps.
 pub struct Balancer {
-    pub active: Array<MapData, u32>,
+    pub active: Array<MapData, Active>,
     pub settings: Array<MapData, Settings>,
     pub vips: Array<MapData, VipTable>,
     pub backends: Array<MapData, Backend>,

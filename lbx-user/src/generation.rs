@@ -7,9 +7,14 @@
 //! read the old slot has left the program. So a packet sees either the whole old
 //! configuration or the whole new one, and the next publication may overwrite the old
 //! slot safely.
+//!
+//! `ACTIVE` also carries the address bits no VIP has (`Active::no_vip`). Around a switch
+//! it holds only the bits neither generation has, so a packet never stops as "not a VIP"
+//! for an address the generation it reads serves: the bits narrow before the slot
+//! flips, and reach the new generation's own only once no packet reads the old slot.
 
 use aya::maps::{MapError, PerCpuValues};
-use lbx_common::{Backend, Counters, MAX_BACKENDS, MAX_VIPS, VipEntry, VipTable};
+use lbx_common::{Active, Backend, Counters, MAX_BACKENDS, MAX_VIPS, VipEntry, VipTable};
 
 use crate::{dataplane::Balancer, plan::Plan, sys::ProgramBarrier};
 
@@ -36,6 +41,8 @@ pub struct Publisher {
     active: u32,
     /// Number of the generation in the active slot; 0 before the first publication.
     generation: u64,
+    /// What `ACTIVE` holds now (all zero before the first publication).
+    in_map: Active,
     shadow: [SlotShadow; 2],
     barrier: ProgramBarrier,
 }
@@ -48,6 +55,7 @@ impl Publisher {
         Ok(Self {
             active: 1,
             generation: 0,
+            in_map: Active::default(),
             shadow: [empty(), empty()],
             barrier: ProgramBarrier::new()?,
         })
@@ -131,11 +139,82 @@ impl Publisher {
             .set(slot, settings, 0)
             .map_err(map_err("SETTINGS"))?;
 
-        // The switch. A one-byte difference (0 or 1), so no reader can see a torn value.
-        bal.active.set(0, slot, 0).map_err(map_err("ACTIVE"))?;
+        // The switch (see `switch_steps`); the barrier after the flip.
+        let [narrow, flip, widen] = switch_steps(self.in_map, slot, settings.vip_filter);
+        self.set_active(bal, narrow)?;
+        self.set_active(bal, flip)?;
         self.barrier.wait().map_err(PublishError::Barrier)?;
+        self.set_active(bal, widen)?;
         self.active = slot;
         self.generation = generation;
         Ok(generation)
+    }
+
+    fn set_active(&mut self, bal: &mut Balancer, value: Active) -> Result<(), PublishError> {
+        if value != self.in_map {
+            bal.active.set(0, value, 0).map_err(map_err("ACTIVE"))?;
+            self.in_map = value;
+        }
+        Ok(())
+    }
+}
+
+/// The values `ACTIVE` takes to switch from `now` to `slot`, whose generation has the VIP
+/// filter `filter`; the publisher waits for in-flight packets after the second.
+/// 1. The not-a-VIP bits narrow to those neither generation has; packets still read the
+///    old slot.
+/// 2. The slot flips (a one-byte difference, 0 or 1).
+/// 3. Once no packet reads the old slot, the bits become the new generation's own.
+///
+/// Each step changes one word. The kernel may copy the value byte by byte; a reader
+/// meeting a write half done sees, per byte, the value before or after it, and either is
+/// safe at that step.
+fn switch_steps(now: Active, slot: u32, filter: u64) -> [Active; 3] {
+    let both = now.no_vip & !filter;
+    let at = |slot, no_vip| Active {
+        slot,
+        pad: 0,
+        no_vip,
+    };
+    [at(now.slot, both), at(slot, both), at(slot, !filter)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No step ever calls an address of the generation a packet may read "not a VIP".
+    #[test]
+    fn a_switch_never_hides_a_vip() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..1000 {
+            let (old, new) = (next() & next(), next() & next());
+            let now = Active {
+                slot: 0,
+                pad: 0,
+                no_vip: !old,
+            };
+            let [narrow, flip, widen] = switch_steps(now, 1, new);
+            // Readers of step 1 use the old generation; of step 2, either; of step 3,
+            // the new one only.
+            assert_eq!(narrow.slot, 0);
+            assert_eq!(narrow.no_vip & old, 0);
+            assert_eq!(flip.slot, 1);
+            assert_eq!(flip.no_vip & (old | new), 0);
+            assert_eq!(widen.slot, 1);
+            assert_eq!(
+                widen.no_vip, !new,
+                "ends knowing all the new generation's bits"
+            );
+            // One word changes per step.
+            assert_eq!(flip.no_vip, narrow.no_vip);
+            assert_eq!(widen.slot, flip.slot);
+        }
     }
 }
