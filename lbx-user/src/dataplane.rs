@@ -101,9 +101,10 @@ fn loader() -> EbpfLoader<'static> {
     EbpfLoader::new()
 }
 
-/// Loads the object with the given map sizes and read-only globals, and the kernel
-/// verifies `program`.
+/// Loads `object` with the given map sizes and read-only globals, and the kernel verifies
+/// `program`.
 fn load(
+    object: &[u8],
     program: &str,
     sizes: &[(&'static str, u32)],
     globals: &[(&'static str, u32)],
@@ -115,7 +116,7 @@ fn load(
     for (name, value) in globals {
         l.override_global(name, value, true);
     }
-    let mut ebpf = l.load(OBJECT)?;
+    let mut ebpf = l.load(object)?;
     xdp_mut(&mut ebpf, program)?
         .load()
         .map_err(|source| DataPlaneError::Program {
@@ -165,7 +166,7 @@ fn attach(prog: &mut Xdp, iface: &str, mode: Mode) -> Result<Mode, DataPlaneErro
 /// Loads `program` (one of `lbx_common::programs`) without attaching it, e.g. to run
 /// packets through it with `TestRun` (the benchmark's floors).
 pub fn load_unattached(program: &str) -> Result<Ebpf, DataPlaneError> {
-    load(program, &[], &[])
+    load(OBJECT, program, &[], &[])
 }
 
 /// Loads `program` and attaches it to `iface`. Returns the object (dropping it detaches)
@@ -175,7 +176,7 @@ pub fn load_and_attach(
     iface: &str,
     mode: Mode,
 ) -> Result<(Ebpf, Mode), DataPlaneError> {
-    let mut ebpf = load(program, &[], &[])?;
+    let mut ebpf = load(OBJECT, program, &[], &[])?;
     let used = attach(xdp_mut(&mut ebpf, program)?, iface, mode)?;
     Ok((ebpf, used))
 }
@@ -230,10 +231,22 @@ impl Balancer {
         flows: u32,
         pin_dir: Option<PathBuf>,
     ) -> Result<Self, DataPlaneError> {
+        Self::load_object(OBJECT, ring_size, flows, pin_dir)
+    }
+
+    /// As `load`, from another build of lbx-ebpf with the same map layouts (`lbx-bench
+    /// --baseline` compares two builds in one run).
+    pub fn load_object(
+        object: &[u8],
+        ring_size: u32,
+        flows: u32,
+        pin_dir: Option<PathBuf>,
+    ) -> Result<Self, DataPlaneError> {
         let ring_entries = 2 * MAX_VIPS * ring_size;
         let sets = flows::sets_for(flows);
         let flow_slots = sets * FLOW_WAYS;
         let mut ebpf = load(
+            object,
             programs::BALANCER,
             &[(maps::RINGS, ring_entries), (maps::FLOWS, flow_slots)],
             &[("FLOW_SET_MASK", sets - 1)],

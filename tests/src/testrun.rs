@@ -98,6 +98,17 @@ impl TestBalancer {
                 "load the balancer (ring {ring_size}, {flows} flows; the packet tests run as root)"
             )
         })?;
+        Self::with(bal)
+    }
+
+    /// As `load`, from another build of the XDP object (`lbx-bench --baseline`).
+    pub fn load_object(object: &[u8], ring_size: u32, flows: u32) -> Result<Self> {
+        let bal = Balancer::load_object(object, ring_size, flows, None)
+            .context("load the balancer from the given object")?;
+        Self::with(bal)
+    }
+
+    fn with(bal: Balancer) -> Result<Self> {
         Ok(Self {
             bal,
             publisher: Publisher::new().context("create the publication barrier")?,

@@ -46,6 +46,12 @@ struct Args {
     /// Criterion's output folder, for the control-plane estimates.
     #[arg(long, default_value = "target/criterion")]
     criterion: PathBuf,
+    /// Another build of the XDP object (a saved copy of `lbx-xdp` from the build's
+    /// OUT_DIR) whose balancer is timed alongside this one, round by round, on the same
+    /// frames: the fair comparison of a packet-path change on a host whose speed drifts.
+    /// Its map layouts must match this build's.
+    #[arg(long, value_name = "OBJECT")]
+    baseline: Option<PathBuf>,
 }
 
 const RING: u32 = lbx_common::DEFAULT_RING_SIZE;
@@ -87,6 +93,8 @@ fn config() -> Config {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Prog {
     Balancer,
+    /// The balancer of the `--baseline` object.
+    Baseline,
     Empty,
     Forwarder,
 }
@@ -101,8 +109,9 @@ enum Table {
     None,
 }
 
+#[derive(Clone)]
 struct Fixture {
-    name: &'static str,
+    name: String,
     prog: Prog,
     table: Table,
     v6: bool,
@@ -122,7 +131,7 @@ fn fixture(
     floor: Option<(&'static str, f64)>,
 ) -> Fixture {
     Fixture {
-        name,
+        name: name.to_owned(),
         prog,
         table,
         v6,
@@ -217,6 +226,11 @@ fn fixtures() -> Vec<Fixture> {
             Some((EMPTY, 1.5)),
         ),
     ]
+}
+
+/// The name of a fixture's copy run on the baseline object.
+fn baseline_name(name: &str) -> String {
+    format!("{name} [baseline]")
 }
 
 /// The frame of flow number `n` of a fixture: the client address varies with `n`.
@@ -332,9 +346,31 @@ fn main() -> Result<()> {
     lbx::sys::raise_memlock_limit();
     let mut tb = TestBalancer::load(RING, args.flows)?;
     tb.configure(&config())?;
+    let mut baseline = match &args.baseline {
+        Some(path) => {
+            let object = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+            let mut b = TestBalancer::load_object(&object, RING, args.flows)
+                .with_context(|| format!("baseline {}", path.display()))?;
+            b.configure(&config())?;
+            Some(b)
+        }
+        None => None,
+    };
     let empty = lbx::dataplane::load_unattached(programs::PASS)?;
     let forwarder = lbx::dataplane::load_unattached(programs::BENCH_FORWARD)?;
     let mut fixtures = fixtures();
+    if baseline.is_some() {
+        let copies: Vec<Fixture> = fixtures
+            .iter()
+            .filter(|f| f.prog == Prog::Balancer)
+            .map(|f| Fixture {
+                name: baseline_name(&f.name),
+                prog: Prog::Baseline,
+                ..f.clone()
+            })
+            .collect();
+        fixtures.extend(copies);
+    }
 
     // The established flows of the hit fixtures (flow numbers 0..HIT_FLOWS), and frames
     // of new flows for the miss fixtures (numbers from 1_000_000 up, never reused: the
@@ -352,10 +388,17 @@ fn main() -> Result<()> {
     );
     for round in 0..args.rounds {
         tb.clear_flows()?;
+        if let Some(b) = baseline.as_mut() {
+            b.clear_flows()?;
+        }
         for (f, frames) in fixtures.iter().zip(&hit_frames) {
             if f.table == Table::Hit {
+                let target = match (f.prog, &baseline) {
+                    (Prog::Baseline, Some(b)) => b,
+                    _ => &tb,
+                };
                 for fr in frames {
-                    tb.run(fr)?;
+                    target.run(fr)?;
                 }
             }
         }
@@ -375,10 +418,16 @@ fn main() -> Result<()> {
             let (prog, expect) = match f.prog {
                 Prog::Balancer if f.vip => (tb.bal.program(), 3),
                 Prog::Balancer => (tb.bal.program(), 2),
+                Prog::Baseline => {
+                    let b = baseline
+                        .as_ref()
+                        .context("baseline fixture without --baseline")?;
+                    (b.bal.program(), if f.vip { 3 } else { 2 })
+                }
                 Prog::Empty => (xdp(&empty, programs::PASS)?, 2),
                 Prog::Forwarder => (xdp(&forwarder, programs::BENCH_FORWARD)?, 3),
             };
-            let ns = time_batch(prog, &frames, expect).with_context(|| f.name.to_owned())?;
+            let ns = time_batch(prog, &frames, expect).with_context(|| f.name.clone())?;
             f.rounds.push(ns);
         }
         if (round + 1) % 10 == 0 {
@@ -389,13 +438,13 @@ fn main() -> Result<()> {
     // Data-plane results with ratios to their floors.
     let medians: Vec<(&str, f64)> = fixtures
         .iter()
-        .map(|f| (f.name, summary(&f.rounds).median))
+        .map(|f| (f.name.as_str(), summary(&f.rounds).median))
         .collect();
     let floor_of = |name: &str| medians.iter().find(|(n, _)| *n == name).map(|(_, m)| *m);
     let mut rows = Vec::new();
     let mut json_rows = Vec::new();
     let mut missed = Vec::new();
-    for f in &fixtures {
+    for f in fixtures.iter().filter(|f| f.prog != Prog::Baseline) {
         let s = summary(&f.rounds);
         let ratio = f
             .floor
@@ -403,9 +452,9 @@ fn main() -> Result<()> {
         if let Some((_, r, t)) = ratio
             && r > t
         {
-            missed.push(f.name);
+            missed.push(f.name.as_str());
         }
-        rows.push((f.name, s.median, s.p10, s.p90, ratio));
+        rows.push((f.name.as_str(), s.median, s.p10, s.p90, ratio));
         json_rows.push(json!({
             "fixture": f.name,
             "median_ns": s.median,
@@ -416,6 +465,29 @@ fn main() -> Result<()> {
             "target_ratio": ratio.map(|(_, _, t)| t),
         }));
     }
+
+    // This build against the baseline: the median of the round-by-round ratios, so that
+    // drift between rounds cancels.
+    let against: Vec<(&str, f64, f64, f64)> = fixtures
+        .iter()
+        .filter(|f| f.prog == Prog::Balancer)
+        .filter_map(|f| {
+            let base = fixtures.iter().find(|b| b.name == baseline_name(&f.name))?;
+            let mut ratios: Vec<f64> = f
+                .rounds
+                .iter()
+                .zip(&base.rounds)
+                .map(|(a, b)| a / b)
+                .collect();
+            ratios.sort_by(f64::total_cmp);
+            Some((
+                f.name.as_str(),
+                summary(&f.rounds).median,
+                summary(&base.rounds).median,
+                percentile(&ratios, 0.5),
+            ))
+        })
+        .collect();
 
     let mut control = Vec::new();
     for (id, what) in CONTROL {
@@ -432,6 +504,15 @@ fn main() -> Result<()> {
             args.rounds, args.batch
         ),
         "dataplane": json_rows,
+        "baseline": args.baseline.as_ref().map(|path| json!({
+            "object": path.display().to_string(),
+            "fixtures": against.iter().map(|(name, this, base, ratio)| json!({
+                "fixture": name,
+                "median_ns": this,
+                "baseline_median_ns": base,
+                "ratio": ratio,
+            })).collect::<Vec<_>>(),
+        })),
         "control_plane": control.iter().map(|(what, est)| json!({
             "benchmark": what,
             "median_ns": est.map(|e| e.0),
@@ -471,6 +552,21 @@ fn main() -> Result<()> {
             "| {name:<45} | {median:>8.1} | {:>13} | {r:>18} |",
             format!("{p10:.1}-{p90:.1}")
         );
+    }
+    if let Some(path) = &args.baseline {
+        println!();
+        println!(
+            "Against the baseline {} (median of the round-by-round ratios)",
+            path.display()
+        );
+        println!(
+            "| {:<45} | {:>8} | {:>8} | {:>8} |",
+            "fixture", "this", "baseline", "ratio"
+        );
+        println!("|{:-<47}|{:->10}|{:->10}|{:->10}|", "", "", "", "");
+        for (name, this, base, ratio) in &against {
+            println!("| {name:<45} | {this:>8.1} | {base:>8.1} | {ratio:>7.3}x |");
+        }
     }
     println!();
     println!("Control plane (criterion: median, 95% confidence interval)");
