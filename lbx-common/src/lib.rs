@@ -27,6 +27,22 @@ pub const MAX_DECAP_VIPS: u32 = 256;
 /// Default Maglev table size (prime).
 pub const DEFAULT_RING_SIZE: u32 = 65537;
 
+/// Ring entries per element of `RINGS`: 16-bit backend slots, four to the 8 bytes the
+/// kernel gives every array element (one `u32` per element would waste half of them).
+pub const RING_LANES: u32 = 4;
+const _: () = assert!(MAX_BACKENDS <= 1 << 16, "ring entries are 16-bit slots");
+
+/// Elements of `RINGS` one ring of `ring_size` entries takes.
+pub const fn ring_elems(ring_size: u32) -> u32 {
+    ring_size.div_ceil(RING_LANES)
+}
+
+/// Ring entry `index` from its element of `RINGS` (`ring_base + index / RING_LANES`).
+#[inline(always)]
+pub fn ring_entry(elem: u64, index: u32) -> u32 {
+    (elem >> ((index % RING_LANES) * 16)) as u32 & 0xffff
+}
+
 /// Bytes each encapsulation prepends.
 pub const IPIP_OVERHEAD: u32 = 20;
 pub const IP6IP6_OVERHEAD: u32 = 40;
@@ -45,9 +61,10 @@ pub mod maps {
     pub const VIPS: &str = "VIPS";
     /// Backends, slot 0's table then slot 1's: `Array<Backend>[2 * MAX_BACKENDS]`.
     pub const BACKENDS: &str = "BACKENDS";
-    /// Maglev rings, slot 0's then slot 1's, each `MAX_VIPS` rings of `ring_size` backend
-    /// slots back to back: `Array<u32>[2 * MAX_VIPS * ring_size]`, memory-mappable so the
-    /// agent writes a whole ring with one copy.
+    /// Maglev rings, slot 0's then slot 1's, each `MAX_VIPS` rings back to back:
+    /// `Array<u64>[2 * MAX_VIPS * ring_elems(ring_size)]`, `RING_LANES` backend slots per
+    /// element (`ring_entry`); memory-mappable so the agent writes a whole ring with one
+    /// copy.
     pub const RINGS: &str = "RINGS";
     /// Connection table: `Array<FlowSlot>[sets * FLOW_WAYS]`, set-associative (see
     /// `flows`), memory-mappable; outlives generations.
@@ -97,7 +114,8 @@ pub struct VipEntry {
     pub id: u32,
     /// `VIP_F_*` bits.
     pub flags: u32,
-    /// Index in `RINGS` of this VIP's first ring entry in this generation slot.
+    /// Index in `RINGS` of the element holding this VIP's first ring entry in this
+    /// generation slot.
     pub ring_base: u32,
 }
 const _: () = assert!(core::mem::size_of::<VipEntry>() == 32);

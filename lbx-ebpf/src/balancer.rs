@@ -2,11 +2,11 @@
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lbx_common::{
-    BACKEND_F_DOWN, Backend, FAMILY_V4, FlowEntry, MAX_BACKENDS, Reason, SETTINGS_F_PORT0_V4,
-    SETTINGS_F_PORT0_V6, Settings, VIP_F_HAS_BACKENDS, VipEntry, VipKey,
+    BACKEND_F_DOWN, Backend, FAMILY_V4, FlowEntry, MAX_BACKENDS, RING_LANES, Reason,
+    SETTINGS_F_PORT0_V4, SETTINGS_F_PORT0_V6, Settings, VIP_F_HAS_BACKENDS, VipEntry, VipKey,
     flows::{self, FlowSlot},
     hash::flow_hash,
-    vip_filter_bit, vips,
+    ring_entry, vip_filter_bit, vips,
 };
 
 use crate::{
@@ -77,8 +77,11 @@ fn try_balance(ctx: &XdpContext) -> Result<(), Reason> {
             if vip.flags & VIP_F_HAS_BACKENDS == 0 {
                 return Err(Reason::DropNoBackend);
             }
-            let ring_index = vip.ring_base + hash % ring_size;
-            let backend_slot = *RINGS.get(ring_index).ok_or(Reason::DropBadRing)?;
+            let index = hash % ring_size;
+            let elem = *RINGS
+                .get(vip.ring_base + index / RING_LANES)
+                .ok_or(Reason::DropBadRing)?;
+            let backend_slot = ring_entry(elem, index);
             let backend = BACKENDS
                 .get(backend_base + backend_slot)
                 .filter(|b| b.family == pkt.key.family)

@@ -25,9 +25,9 @@ pub static VIPS: Array<VipTable> = Array::with_max_entries(2, 0);
 #[map(name = "BACKENDS")]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(2 * MAX_BACKENDS, 0);
 
-/// Sized by the agent at load time (`2 * MAX_VIPS * ring_size`).
+/// Sized by the agent at load time (`2 * MAX_VIPS * ring_elems(ring_size)`).
 #[map(name = "RINGS")]
-pub static RINGS: Array<u32> = Array::with_max_entries(1, F_MMAPABLE);
+pub static RINGS: Array<u64> = Array::with_max_entries(1, F_MMAPABLE);
 
 /// Sized by the agent at load time (`sets * FLOW_WAYS`); memory-mappable so the agent can
 /// read or clear it in one pass.

@@ -42,7 +42,8 @@ use crate::maglev::is_prime;
 
 /// Smallest table size accepted: below this a handful of backends already share it badly.
 pub const MIN_TABLE_SIZE: u32 = 101;
-/// Largest table size accepted: the rings map holds `MAX_VIPS` tables of this many u32.
+/// Largest table size accepted: the rings map holds `2 * MAX_VIPS` tables of this many
+/// 16-bit entries (256 MB at this size).
 pub const MAX_TABLE_SIZE: u32 = 1_000_003;
 pub const MIN_WEIGHT: u32 = 1;
 pub const MAX_WEIGHT: u32 = 65535;

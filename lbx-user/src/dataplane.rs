@@ -18,7 +18,7 @@ use lbx_common::{
     maps, programs,
 };
 
-use crate::sys::{self, MappedArray, MappedFlows};
+use crate::sys::{self, MappedFlows, MappedRings};
 
 /// The XDP programs, built by build.rs from lbx-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lbx-xdp"));
@@ -206,7 +206,7 @@ pub struct Balancer {
     pub settings: Array<MapData, Settings>,
     pub vips: Array<MapData, VipTable>,
     pub backends: Array<MapData, Backend>,
-    pub rings: MappedArray,
+    pub rings: MappedRings,
     pub flows: MappedFlows,
     /// Sets of the connection table minus one.
     pub flow_set_mask: u32,
@@ -242,13 +242,13 @@ impl Balancer {
         flows: u32,
         pin_dir: Option<PathBuf>,
     ) -> Result<Self, DataPlaneError> {
-        let ring_entries = 2 * MAX_VIPS * ring_size;
+        let ring_elems = 2 * MAX_VIPS * lbx_common::ring_elems(ring_size);
         let sets = flows::sets_for(flows);
         let flow_slots = sets * FLOW_WAYS;
         let mut ebpf = load(
             object,
             programs::BALANCER,
-            &[(maps::RINGS, ring_entries), (maps::FLOWS, flow_slots)],
+            &[(maps::RINGS, ring_elems), (maps::FLOWS, flow_slots)],
             &[("FLOW_SET_MASK", sets - 1)],
         )?;
         if let Some(dir) = &pin_dir {
@@ -262,7 +262,7 @@ impl Balancer {
         let pin = pin_dir.as_deref();
         let rings_map = take(&mut ebpf, maps::RINGS, pin)?;
         let rings = match &rings_map {
-            Map::Array(data) => MappedArray::new(data.fd().as_fd(), ring_entries as usize)?,
+            Map::Array(data) => MappedRings::new(data.fd().as_fd(), ring_elems as usize)?,
             _ => unreachable!("RINGS is an array"),
         };
         let flows_map = take(&mut ebpf, maps::FLOWS, pin)?;

@@ -110,12 +110,12 @@ impl Publisher {
         }
 
         // Rings: written through the mapped array, no syscall per entry.
-        let m = bal.ring_size as usize;
+        let m = lbx_common::ring_elems(bal.ring_size) as usize;
         let ring_region = slot as usize * MAX_VIPS as usize * m;
         for v in &plan.vips {
             if !v.ring.is_empty() {
                 bal.rings
-                    .write(ring_region + v.number as usize * m, &v.ring);
+                    .write_ring(ring_region + v.number as usize * m, &v.ring);
             }
         }
 

@@ -9,7 +9,7 @@ use std::{
     ptr::NonNull,
 };
 
-use lbx_common::flows::FlowSlot;
+use lbx_common::{RING_LANES, flows::FlowSlot};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
@@ -102,27 +102,22 @@ impl ProgramBarrier {
     }
 }
 
-/// The values of an array map of `u32`, mapped into our memory (`BPF_F_MMAPABLE`).
-///
-/// The kernel lays array elements out 8 bytes apart whatever their size, so value `i` is
-/// the first word of the `i`-th 8-byte element.
-pub struct MappedArray {
-    ptr: NonNull<u32>,
+/// The elements of the rings map, mapped into our memory (`BPF_F_MMAPABLE`): `u64`s
+/// holding `RING_LANES` 16-bit ring entries each (`lbx_common::ring_entry`).
+pub struct MappedRings {
+    ptr: NonNull<u64>,
     len: usize,
     bytes: usize,
 }
 
 // SAFETY: the mapping is plain shared memory owned by this value.
-unsafe impl Send for MappedArray {}
+unsafe impl Send for MappedRings {}
 
-/// `u32` words per array element in the kernel's layout.
-const WORDS_PER_ELEM: usize = 2;
-
-impl MappedArray {
-    /// Maps the `len` values of the `u32` array behind `fd`.
+impl MappedRings {
+    /// Maps the `len` elements of the `u64` array behind `fd`.
     pub fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
         let page = 4096usize;
-        let bytes = (len * WORDS_PER_ELEM * 4).div_ceil(page) * page;
+        let bytes = (len * 8).div_ceil(page) * page;
         // SAFETY: a fresh shared mapping of the map's value area; checked for failure.
         let p = unsafe {
             libc::mmap(
@@ -141,24 +136,36 @@ impl MappedArray {
         Ok(Self { ptr, len, bytes })
     }
 
-    /// Writes `values` to elements `start..start + values.len()`.
-    pub fn write(&mut self, start: usize, values: &[u32]) {
-        assert!(
-            start + values.len() <= self.len,
-            "write past the end of the array"
-        );
-        // SAFETY: the mapping holds `len` elements of WORDS_PER_ELEM words for as long as
-        // self lives, and &mut self gives exclusive access on our side.
-        let words =
-            unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len * WORDS_PER_ELEM) };
-        let elems = words[start * WORDS_PER_ELEM..].chunks_exact_mut(WORDS_PER_ELEM);
-        for (elem, v) in elems.zip(values) {
-            elem[0] = *v;
+    /// The elements, as the program reads them.
+    fn elems(&mut self) -> &mut [u64] {
+        // SAFETY: the mapping holds `len` u64 elements for as long as self lives, and
+        // &mut self gives exclusive access on our side.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Writes the ring `entries` (backend slots) from element `start` on, `RING_LANES`
+    /// to an element, each whole element in one store.
+    pub fn write_ring(&mut self, start: usize, entries: &[u32]) {
+        let count = entries.len().div_ceil(RING_LANES as usize);
+        assert!(start + count <= self.len, "write past the end of the rings");
+        for (elem, lanes) in self.elems()[start..start + count]
+            .iter_mut()
+            .zip(entries.chunks(RING_LANES as usize))
+        {
+            *elem = pack_lanes(lanes);
         }
     }
 }
 
-impl Drop for MappedArray {
+/// One element of the rings map from up to `RING_LANES` backend slots.
+fn pack_lanes(lanes: &[u32]) -> u64 {
+    lanes.iter().enumerate().fold(0, |e, (i, &slot)| {
+        debug_assert!(slot < 1 << 16, "backend slots are 16-bit");
+        e | (u64::from(slot) & 0xffff) << (16 * i)
+    })
+}
+
+impl Drop for MappedRings {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what new() mapped.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
@@ -274,5 +281,24 @@ impl Drop for MappedFlows {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what new() mapped.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lbx_common::ring_entry;
+
+    use super::*;
+
+    /// The agent packs ring entries where the program unpacks them.
+    #[test]
+    fn ring_lanes_round_trip() {
+        let ring: Vec<u32> = (0..11).map(|i| (i * 4099 + 7) % (1 << 16)).collect();
+        let elems: Vec<u64> = ring.chunks(RING_LANES as usize).map(pack_lanes).collect();
+        assert_eq!(elems.len(), lbx_common::ring_elems(11) as usize);
+        for (i, want) in ring.iter().enumerate() {
+            let i = i as u32;
+            assert_eq!(ring_entry(elems[(i / RING_LANES) as usize], i), *want);
+        }
     }
 }
