@@ -87,6 +87,24 @@ pub mod programs {
     pub const PASS: &str = "lbx_pass";
     /// Benchmark floor: a minimal encapsulating forwarder without lookups.
     pub const BENCH_FORWARD: &str = "lbx_bench_forward";
+    /// Benchmark breakdown: the balancer compiled to stop after a stage (`stages`) and
+    /// send the frame back unchanged. They share the balancer's maps.
+    pub const BENCH_UNTIL_FILTER: &str = "lbx_bench_until_filter";
+    pub const BENCH_UNTIL_VIP: &str = "lbx_bench_until_vip";
+    pub const BENCH_UNTIL_FLOW: &str = "lbx_bench_until_flow";
+}
+
+/// Where the benchmark's stage programs stop the balancer; each includes the ones before.
+pub mod stages {
+    /// Parsing, `ACTIVE` and the not-a-VIP filter.
+    pub const FILTER: u32 = 1;
+    /// The generation's settings and the VIP table.
+    pub const VIP: u32 = 2;
+    /// The flow hash, the connection table and the backend (on a miss: the ring and the
+    /// insert). Left: encapsulation and counters.
+    pub const FLOW: u32 = 3;
+    /// The whole balancer.
+    pub const ALL: u32 = u32::MAX;
 }
 
 /// An IP address as sixteen network-order bytes seen as four `u32` words; IPv4 uses the

@@ -6,7 +6,7 @@ use lbx_common::{
     SETTINGS_F_PORT0_V4, SETTINGS_F_PORT0_V6, Settings, VIP_F_HAS_BACKENDS, VipEntry, VipKey,
     flows::{self, FlowSlot},
     hash::flow_hash,
-    ring_entry, vip_filter_bit, vips,
+    ring_entry, stages, vip_filter_bit, vips,
 };
 
 use crate::{
@@ -31,16 +31,18 @@ pub fn action(reason: Reason) -> u32 {
     }
 }
 
+/// The balancer up to stage `UNTIL` (`lbx_common::stages`); the benchmark's breakdown
+/// stops early, the balancer runs to the end (`stages::ALL`).
 #[inline(always)]
-pub fn balance(ctx: &XdpContext) -> Reason {
-    match try_balance(ctx) {
+pub fn balance<const UNTIL: u32>(ctx: &XdpContext) -> Reason {
+    match try_balance::<UNTIL>(ctx) {
         Ok(()) => Reason::Forwarded,
         Err(reason) => reason,
     }
 }
 
 #[inline(always)]
-fn try_balance(ctx: &XdpContext) -> Result<(), Reason> {
+fn try_balance<const UNTIL: u32>(ctx: &XdpContext) -> Result<(), Reason> {
     let pkt = parse::parse(ctx)?;
     let active = ACTIVE.get_ptr(0).ok_or(Reason::PassNoConfig)?;
     // Most traffic that is not for a VIP stops here, on the one line every packet reads,
@@ -48,6 +50,9 @@ fn try_balance(ctx: &XdpContext) -> Result<(), Reason> {
     let no_vip = unsafe { core::ptr::read_volatile(&(*active).no_vip) };
     if no_vip & vip_filter_bit(&pkt.key.dst) != 0 {
         return Err(Reason::PassNotVip);
+    }
+    if UNTIL == stages::FILTER {
+        return Ok(());
     }
     // Read the generation slot once: every lookup below uses the same generation.
     let slot = unsafe { core::ptr::read_volatile(&(*active).slot) } & 1;
@@ -59,6 +64,9 @@ fn try_balance(ctx: &XdpContext) -> Result<(), Reason> {
         return Err(Reason::PassNoConfig);
     }
     let vip = lookup_vip(&pkt, slot, settings).ok_or(Reason::PassNotVip)?;
+    if UNTIL == stages::VIP {
+        return Ok(());
+    }
     let backend_base = slot * MAX_BACKENDS;
 
     // One hash per packet: it picks the connection-table set, the ring slot and the outer
@@ -96,6 +104,14 @@ fn try_balance(ctx: &XdpContext) -> Result<(), Reason> {
         }
     };
 
+    if UNTIL == stages::FLOW {
+        // Keep the backend and the new-flow mark live, as encapsulation would.
+        return if backend.family == 0 && new_flow {
+            Err(Reason::DropBadRing)
+        } else {
+            Ok(())
+        };
+    }
     let frame_bytes = (ctx.data_end() - ctx.data()) as u64;
     if pkt.key.family == FAMILY_V4 {
         encap::ipip(ctx, &pkt, backend, settings, hash)?;

@@ -12,11 +12,17 @@ mod maps;
 mod parse;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use lbx_common::stages;
 
 /// Balances packets for VIPs; passes everything else to the kernel unchanged.
 #[xdp]
 pub fn lbx_balancer(ctx: XdpContext) -> u32 {
-    let reason = balancer::balance(&ctx);
+    balance::<{ stages::ALL }>(&ctx)
+}
+
+#[inline(always)]
+fn balance<const UNTIL: u32>(ctx: &XdpContext) -> u32 {
+    let reason = balancer::balance::<UNTIL>(ctx);
     maps::count_reason(reason);
     balancer::action(reason)
 }
@@ -41,6 +47,23 @@ pub fn lbx_pass(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn lbx_bench_forward(ctx: XdpContext) -> u32 {
     floor::forward(&ctx)
+}
+
+/// Benchmark breakdown only (`cargo xtask bench`): the balancer stopped after a stage,
+/// sending the frame back unchanged. Loaded with the balancer's maps; never attached.
+#[xdp]
+pub fn lbx_bench_until_filter(ctx: XdpContext) -> u32 {
+    balance::<{ stages::FILTER }>(&ctx)
+}
+
+#[xdp]
+pub fn lbx_bench_until_vip(ctx: XdpContext) -> u32 {
+    balance::<{ stages::VIP }>(&ctx)
+}
+
+#[xdp]
+pub fn lbx_bench_until_flow(ctx: XdpContext) -> u32 {
+    balance::<{ stages::FLOW }>(&ctx)
 }
 
 #[cfg(target_arch = "bpf")]

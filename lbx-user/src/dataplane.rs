@@ -311,11 +311,25 @@ impl Balancer {
 
     /// The balancer program, e.g. to run packets through it with `TestRun`.
     pub fn program(&self) -> &Xdp {
-        self.ebpf
-            .program(programs::BALANCER)
-            .expect("program is in the object")
-            .try_into()
-            .expect("the balancer is an XDP program")
+        self.sibling(programs::BALANCER)
+            .expect("the balancer is loaded")
+    }
+
+    /// Loads another program of the object (one of `lbx_common::programs`) that then
+    /// shares the balancer's maps, as the benchmark's stage programs must.
+    pub fn load_sibling(&mut self, program: &str) -> Result<(), DataPlaneError> {
+        xdp_mut(&mut self.ebpf, program)?
+            .load()
+            .map_err(|source| DataPlaneError::Program {
+                program: program.to_string(),
+                source,
+            })
+    }
+
+    /// A program of the object, once loaded.
+    pub fn sibling(&self, program: &str) -> Option<&Xdp> {
+        let prog: &Xdp = self.ebpf.program(program)?.try_into().ok()?;
+        prog.fd().is_ok().then_some(prog)
     }
 }
 

@@ -95,6 +95,8 @@ enum Prog {
     Balancer,
     /// The balancer of the `--baseline` object.
     Baseline,
+    /// The balancer stopped after a stage: one of `programs::BENCH_UNTIL_*`.
+    Stage(&'static str),
     Empty,
     Forwarder,
 }
@@ -124,7 +126,7 @@ struct Fixture {
 }
 
 fn fixture(
-    name: &'static str,
+    name: &str,
     prog: Prog,
     table: Table,
     (v6, tcp, vip): (bool, bool, bool),
@@ -226,6 +228,49 @@ fn fixtures() -> Vec<Fixture> {
             Some((EMPTY, 1.5)),
         ),
     ]
+}
+
+/// The stage programs of the breakdown, with what each adds to the one before.
+const STAGES: [(&str, &str); 3] = [
+    (programs::BENCH_UNTIL_FILTER, "parse + not-a-VIP filter"),
+    (programs::BENCH_UNTIL_VIP, "+ settings, VIP table"),
+    (
+        programs::BENCH_UNTIL_FLOW,
+        "+ flow hash, conn. table, backend",
+    ),
+];
+
+/// The VIP paths broken down by stage.
+const BROKEN_DOWN: [&str; 4] = [
+    "IPv4 TCP VIP, table miss (Maglev, IPIP)",
+    "IPv4 TCP VIP, table hit (IPIP)",
+    "IPv6 TCP VIP, table miss (Maglev, IP6IP6)",
+    "IPv6 TCP VIP, table hit",
+];
+
+fn stage_name(path: &str, stage: &str) -> String {
+    format!("{path} [until {stage}]")
+}
+
+/// Each broken-down path once per stage program, on the same frames as the path.
+fn stage_fixtures() -> Vec<Fixture> {
+    let all = fixtures();
+    let mut out = Vec::new();
+    for path in BROKEN_DOWN {
+        let f = all
+            .iter()
+            .find(|f| f.name == path)
+            .expect("broken-down paths are fixtures");
+        for (program, _) in STAGES {
+            out.push(Fixture {
+                name: stage_name(path, program),
+                prog: Prog::Stage(program),
+                floor: None,
+                ..f.clone()
+            });
+        }
+    }
+    out
 }
 
 /// The name of a fixture's copy run on the baseline object.
@@ -358,7 +403,11 @@ fn main() -> Result<()> {
     };
     let empty = lbx::dataplane::load_unattached(programs::PASS)?;
     let forwarder = lbx::dataplane::load_unattached(programs::BENCH_FORWARD)?;
+    for stage in STAGES {
+        tb.bal.load_sibling(stage.0)?;
+    }
     let mut fixtures = fixtures();
+    fixtures.extend(stage_fixtures());
     if baseline.is_some() {
         let copies: Vec<Fixture> = fixtures
             .iter()
@@ -424,6 +473,10 @@ fn main() -> Result<()> {
                         .context("baseline fixture without --baseline")?;
                     (b.bal.program(), if f.vip { 3 } else { 2 })
                 }
+                Prog::Stage(name) => (
+                    tb.bal.sibling(name).context("stage program not loaded")?,
+                    if f.vip { 3 } else { 2 },
+                ),
                 Prog::Empty => (xdp(&empty, programs::PASS)?, 2),
                 Prog::Forwarder => (xdp(&forwarder, programs::BENCH_FORWARD)?, 3),
             };
@@ -444,7 +497,10 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     let mut json_rows = Vec::new();
     let mut missed = Vec::new();
-    for f in fixtures.iter().filter(|f| f.prog != Prog::Baseline) {
+    for f in fixtures
+        .iter()
+        .filter(|f| matches!(f.prog, Prog::Balancer | Prog::Empty | Prog::Forwarder))
+    {
         let s = summary(&f.rounds);
         let ratio = f
             .floor
@@ -489,6 +545,19 @@ fn main() -> Result<()> {
         })
         .collect();
 
+    // The VIP paths stage by stage: each stage program's median, then the whole path's.
+    let breakdown: Vec<(&str, Vec<f64>)> = BROKEN_DOWN
+        .iter()
+        .filter_map(|path| {
+            let mut v = STAGES
+                .iter()
+                .map(|(p, _)| floor_of(&stage_name(path, p)))
+                .collect::<Option<Vec<f64>>>()?;
+            v.push(floor_of(path)?);
+            Some((*path, v))
+        })
+        .collect();
+
     let mut control = Vec::new();
     for (id, what) in CONTROL {
         let est = criterion_estimate(&args.criterion, id);
@@ -504,6 +573,14 @@ fn main() -> Result<()> {
             args.rounds, args.batch
         ),
         "dataplane": json_rows,
+        "breakdown": breakdown.iter().map(|(path, v)| json!({
+            "fixture": path,
+            "stages": STAGES.iter().map(|(_, what)| *what)
+                .chain(["+ encapsulation, counters (whole path)"])
+                .zip(v)
+                .map(|(what, ns)| json!({ "until": what, "median_ns": ns }))
+                .collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
         "baseline": args.baseline.as_ref().map(|path| json!({
             "object": path.display().to_string(),
             "fixtures": against.iter().map(|(name, this, base, ratio)| json!({
@@ -552,6 +629,41 @@ fn main() -> Result<()> {
             "| {name:<45} | {median:>8.1} | {:>13} | {r:>18} |",
             format!("{p10:.1}-{p90:.1}")
         );
+    }
+    println!();
+    println!(
+        "Where the time goes: the balancer compiled to stop after each stage, same frames \
+         (median ns; in brackets, the step from the stage before)"
+    );
+    let heads: Vec<&str> = STAGES
+        .iter()
+        .map(|(_, what)| *what)
+        .chain(["+ encap, counters = whole"])
+        .collect();
+    println!(
+        "| {:<41} | {} |",
+        "path",
+        heads
+            .iter()
+            .map(|h| format!("{h:>33}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    println!(
+        "|{:-<43}|{}",
+        "",
+        format!("{:->35}|", "").repeat(heads.len())
+    );
+    for (path, v) in &breakdown {
+        let cells: Vec<String> = v
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| match i {
+                0 => format!("{ns:>33.1}"),
+                _ => format!("{:>33}", format!("{ns:.1} (+{:.1})", ns - v[i - 1])),
+            })
+            .collect();
+        println!("| {path:<41} | {} |", cells.join(" | "));
     }
     if let Some(path) = &args.baseline {
         println!();
