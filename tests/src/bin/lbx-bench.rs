@@ -107,6 +107,9 @@ enum Table {
     Miss,
     /// Established flows.
     Hit,
+    /// One established flow, every frame: all it reads stays in cache, as in a
+    /// benchmark that repeats one packet.
+    HitOne,
     /// Not a VIP (the table is not reached).
     None,
 }
@@ -168,6 +171,13 @@ fn fixtures() -> Vec<Fixture> {
             "IPv4 TCP VIP, table hit (IPIP)",
             Balancer,
             Hit,
+            (false, true, true),
+            vip4,
+        ),
+        fixture(
+            "IPv4 TCP VIP, table hit, one flow repeated",
+            Balancer,
+            HitOne,
             (false, true, true),
             vip4,
         ),
@@ -441,7 +451,7 @@ fn main() -> Result<()> {
             b.clear_flows()?;
         }
         for (f, frames) in fixtures.iter().zip(&hit_frames) {
-            if f.table == Table::Hit {
+            if matches!(f.table, Table::Hit | Table::HitOne) {
                 let target = match (f.prog, &baseline) {
                     (Prog::Baseline, Some(b)) => b,
                     _ => &tb,
@@ -460,6 +470,7 @@ fn main() -> Result<()> {
                         .map(|n| frame(f, n))
                         .collect()
                 }
+                Table::HitOne => vec![hit_frames[i][0].clone(); args.batch],
                 _ => (0..args.batch)
                     .map(|k| hit_frames[i][k % HIT_FLOWS].clone())
                     .collect(),
