@@ -43,14 +43,16 @@ pub fn balance<const UNTIL: u32>(ctx: &XdpContext) -> Reason {
 
 #[inline(always)]
 fn try_balance<const UNTIL: u32>(ctx: &XdpContext) -> Result<(), Reason> {
-    let pkt = parse::parse(ctx)?;
+    let net = parse::network(ctx)?;
     let active = ACTIVE.get_ptr(0).ok_or(Reason::PassNoConfig)?;
     // Most traffic that is not for a VIP stops here, on the one line every packet reads,
-    // without reading the generation or hashing a VIP table key.
+    // without reading the rest of the packet or the generation, or hashing a VIP table
+    // key.
     let no_vip = unsafe { core::ptr::read_volatile(&(*active).no_vip) };
-    if no_vip & vip_filter_bit(&pkt.key.dst) != 0 {
+    if no_vip & vip_filter_bit(&net.dst) != 0 {
         return Err(Reason::PassNotVip);
     }
+    let pkt = parse::packet(ctx, &net)?;
     if UNTIL == stages::FILTER {
         return Ok(());
     }

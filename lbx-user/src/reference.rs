@@ -20,6 +20,7 @@ use lbx_common::{
     SETTINGS_F_PORT0_V4, SETTINGS_F_PORT0_V6, Settings, VIP_F_HAS_BACKENDS, VipKey,
     flows::{self, FLOW_WAYS, FlowSlot},
     hash::flow_hash,
+    vip_filter_bit,
 };
 
 use crate::plan::{Plan, PlannedVip};
@@ -263,7 +264,13 @@ impl<'a> Reference<'a> {
     }
 
     fn balance(&self, flows: &mut FlowTable, frame: &[u8], d: &mut Decision) -> Result<(), Reason> {
-        let pkt = parse(frame)?;
+        let net = network(frame)?;
+        // `ACTIVE`'s not-a-VIP bits: the generation's own once published, none before.
+        let no_vip = self.tables.as_ref().map_or(0, |t| !t.settings.vip_filter);
+        if no_vip & vip_filter_bit(&net.parsed.key.dst) != 0 {
+            return Err(Reason::PassNotVip);
+        }
+        let pkt = transport(frame, net)?;
         let t = self.tables.as_ref().ok_or(Reason::PassNoConfig)?;
         if t.settings.ring_size == 0 {
             return Err(Reason::PassNoConfig);
@@ -378,19 +385,27 @@ fn addr_of(a: Addr, family: u8) -> IpAddr {
     }
 }
 
-/// Ethernet, then IPv4 or IPv6, then the ports of TCP or UDP.
-fn parse(frame: &[u8]) -> Result<Parsed, Reason> {
+/// Ethernet and the IP header: what the program checks before its not-a-VIP filter.
+/// The source and the ports (`transport`) come after it.
+fn network(frame: &[u8]) -> Result<Network, Reason> {
     if frame.len() < ETH_LEN {
         return Err(Reason::PassMalformed);
     }
     match be16(frame, 12) {
-        ETHERTYPE_IPV4 => parse_v4(frame),
-        ETHERTYPE_IPV6 => parse_v6(frame),
+        ETHERTYPE_IPV4 => network_v4(frame),
+        ETHERTYPE_IPV6 => network_v6(frame),
         _ => Err(Reason::PassNotIp),
     }
 }
 
-fn parse_v4(frame: &[u8]) -> Result<Parsed, Reason> {
+/// A frame `network` accepted, with the ports still unread.
+struct Network {
+    parsed: Parsed,
+    l4: usize,
+    l4_len: usize,
+}
+
+fn network_v4(frame: &[u8]) -> Result<Network, Reason> {
     let ip = frame
         .get(ETH_LEN..ETH_LEN + IPV4_MIN)
         .ok_or(Reason::PassMalformed)?;
@@ -405,24 +420,27 @@ fn parse_v4(frame: &[u8]) -> Result<Parsed, Reason> {
         return Err(Reason::PassFragment);
     }
     let proto = ip[9];
-    let (sport, dport) = ports(frame, proto, ETH_LEN + ihl, total - ihl)?;
-    Ok(Parsed {
-        key: FlowKey {
-            src: words(&ip[12..16]),
-            dst: words(&ip[16..20]),
-            sport_be: sport,
-            dport_be: dport,
-            proto,
-            family: FAMILY_V4,
-            pad: 0,
+    Ok(Network {
+        parsed: Parsed {
+            key: FlowKey {
+                src: words(&ip[12..16]),
+                dst: words(&ip[16..20]),
+                sport_be: 0,
+                dport_be: 0,
+                proto,
+                family: FAMILY_V4,
+                pad: 0,
+            },
+            l3_len: total,
+            tos: ip[1],
+            df: frags & IPV4_DF != 0,
         },
-        l3_len: total,
-        tos: ip[1],
-        df: frags & IPV4_DF != 0,
+        l4: ETH_LEN + ihl,
+        l4_len: total - ihl,
     })
 }
 
-fn parse_v6(frame: &[u8]) -> Result<Parsed, Reason> {
+fn network_v6(frame: &[u8]) -> Result<Network, Reason> {
     let ip = frame
         .get(ETH_LEN..ETH_LEN + IPV6_LEN)
         .ok_or(Reason::PassMalformed)?;
@@ -437,21 +455,31 @@ fn parse_v6(frame: &[u8]) -> Result<Parsed, Reason> {
     if IPV6_EXTENSIONS.contains(&next) {
         return Err(Reason::PassExtensionHeader);
     }
-    let (sport, dport) = ports(frame, next, ETH_LEN + IPV6_LEN, payload)?;
-    Ok(Parsed {
-        key: FlowKey {
-            src: words(&ip[8..24]),
-            dst: words(&ip[24..40]),
-            sport_be: sport,
-            dport_be: dport,
-            proto: next,
-            family: FAMILY_V6,
-            pad: 0,
+    Ok(Network {
+        parsed: Parsed {
+            key: FlowKey {
+                src: words(&ip[8..24]),
+                dst: words(&ip[24..40]),
+                sport_be: 0,
+                dport_be: 0,
+                proto: next,
+                family: FAMILY_V6,
+                pad: 0,
+            },
+            l3_len: IPV6_LEN + payload,
+            tos: (ip[0] << 4) | (ip[1] >> 4),
+            df: false,
         },
-        l3_len: IPV6_LEN + payload,
-        tos: (ip[0] << 4) | (ip[1] >> 4),
-        df: false,
+        l4: ETH_LEN + IPV6_LEN,
+        l4_len: payload,
     })
+}
+
+/// The packet with its TCP or UDP ports.
+fn transport(frame: &[u8], net: Network) -> Result<Parsed, Reason> {
+    let mut p = net.parsed;
+    (p.key.sport_be, p.key.dport_be) = ports(frame, p.key.proto, net.l4, net.l4_len)?;
+    Ok(p)
 }
 
 /// The ports, as the native reading of their network-order bytes (the flow key's form).

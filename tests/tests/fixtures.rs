@@ -618,6 +618,43 @@ fn vip_matching_exact_port0_and_not_a_vip() {
             Reason::PassNotTcpUdp,
         ),
     ];
+    // An address whose filter bit no VIP has stops at the filter, before the transport
+    // header is read: even a packet that is not TCP or UDP is "not a VIP" there.
+    let bit = |a: IpAddr| lbx_common::vip_filter_bit(&lbx::net::to_words(a));
+    let vip_bits = c.vips.iter().fold(0, |b, v| b | bit(v.address));
+    let clear4 = (1..=254u8)
+        .map(|i| Ipv4Addr::new(198, 51, 100, i))
+        .find(|a| vip_bits & bit((*a).into()) == 0)
+        .expect("an IPv4 address outside the filter");
+    let clear6 = (1..=0xffffu16)
+        .map(|i| Ipv6Addr::new(0x2001, 0xdb8, 0xd, 0, 0, 0, 0, i))
+        .find(|a| vip_bits & bit((*a).into()) == 0)
+        .expect("an IPv6 address outside the filter");
+    let other_name4 = format!("ICMP echo request to {clear4}, outside the VIP address filter");
+    let other_name6 = format!("ICMPv6 echo request to {clear6}, outside the VIP address filter");
+    let other: Vec<(&str, Vec<u8>, Reason)> = other
+        .into_iter()
+        .chain([
+            (
+                other_name4.as_str(),
+                packets::ipv4(
+                    &V4::new(CLIENT4, clear4),
+                    L4::Other(1),
+                    &[8, 0, 0xf7, 0xff, 0, 0, 0, 0],
+                ),
+                Reason::PassNotVip,
+            ),
+            (
+                other_name6.as_str(),
+                packets::ipv6(
+                    &V6::new(CLIENT6, clear6),
+                    L4::Other(58),
+                    &[128, 0, 0, 0, 0, 0, 0, 0],
+                ),
+                Reason::PassNotVip,
+            ),
+        ])
+        .collect();
     for (d, input, reason) in other {
         cases.push(Case::one(
             format!("{d}: passed"),
