@@ -185,7 +185,7 @@ const _: () = assert!(core::mem::size_of::<Backend>() == 32);
 /// The backend failed its health checks: its established flows move to other backends.
 pub const BACKEND_F_DOWN: u8 = 1;
 
-/// The value of `ACTIVE`, the one word every packet reads first.
+/// The value of `ACTIVE`, the one cache line every packet reads first.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Active {
@@ -230,8 +230,8 @@ pub struct Settings {
 }
 const _: () = assert!(core::mem::size_of::<Settings>() == 80);
 
-/// The bit of `Settings::vip_filter` and `Active::no_vip` for a destination address: one of 64, from all its
-/// bytes (cheap in BPF: three XORs and two shifts).
+/// The bit of `Settings::vip_filter` and `Active::no_vip` for a destination address: one
+/// of 64, from all its bytes (cheap in BPF: three XORs and two shifts).
 #[inline(always)]
 pub fn vip_filter_bit(addr: &Addr) -> u64 {
     let x = addr[0] ^ addr[1] ^ addr[2] ^ addr[3];
