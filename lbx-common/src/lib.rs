@@ -321,9 +321,10 @@ reasons! {
         PassFragment = "pass_fragment",
         /// An IPv6 extension header other than a fragment header (lbx does not walk them).
         PassExtensionHeader = "pass_ipv6_ext_header",
-        /// Neither TCP nor UDP.
+        /// Neither TCP nor UDP, to an address that may be a VIP's.
         PassNotTcpUdp = "pass_not_tcp_udp",
-        /// No VIP matches destination, port and protocol.
+        /// No VIP matches destination, port and protocol; or the destination address is
+        /// no VIP's (known from the IP header alone, whatever follows it).
         PassNotVip = "pass_not_vip",
         /// No generation published yet.
         PassNoConfig = "pass_no_config",
