@@ -2,7 +2,7 @@
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lbx_common::{
-    BACKEND_F_DOWN, Backend, FAMILY_V4, FlowEntry, MAX_BACKENDS, RING_LANES, Reason,
+    BACKEND_F_DOWN, Backend, FAMILY_V4, FlowEntry, FlowKey, MAX_BACKENDS, RING_LANES, Reason,
     SETTINGS_F_PORT0_V4, SETTINGS_F_PORT0_V6, Settings, VIP_F_HAS_BACKENDS, VipEntry, VipKey,
     flows::{self, FlowSlot},
     hash::flow_hash,
@@ -15,7 +15,7 @@ use crate::{
         ACTIVE, BACKEND_STATS, BACKENDS, FLOWS, RINGS, SETTINGS, VIP_STATS, VIPS, add_traffic,
         flow_set_mask,
     },
-    parse::{self, Packet},
+    parse,
 };
 
 /// The XDP verdict a reason stands for.
@@ -52,7 +52,7 @@ fn try_balance<const UNTIL: u32>(ctx: &XdpContext) -> Result<(), Reason> {
     if no_vip & vip_filter_bit(&net.dst) != 0 {
         return Err(Reason::PassNotVip);
     }
-    let pkt = parse::packet(ctx, &net)?;
+    let key = parse::flow_key(ctx, &net)?;
     if UNTIL == stages::FILTER {
         return Ok(());
     }
@@ -65,7 +65,7 @@ fn try_balance<const UNTIL: u32>(ctx: &XdpContext) -> Result<(), Reason> {
     if ring_size == 0 {
         return Err(Reason::PassNoConfig);
     }
-    let vip = lookup_vip(&pkt, slot, settings).ok_or(Reason::PassNotVip)?;
+    let vip = lookup_vip(&key, slot, settings).ok_or(Reason::PassNotVip)?;
     if UNTIL == stages::VIP {
         return Ok(());
     }
@@ -73,8 +73,8 @@ fn try_balance<const UNTIL: u32>(ctx: &XdpContext) -> Result<(), Reason> {
 
     // One hash per packet: it picks the connection-table set, the ring slot and the outer
     // source.
-    let hash = flow_hash(&pkt.key, settings.seed);
-    let words = flows::key_words(&pkt.key);
+    let hash = flow_hash(&key, settings.seed);
+    let words = flows::key_words(&key);
     let set = flows::set_base(hash, flow_set_mask());
     let mut ways = match (FLOWS.get_ptr_mut(set), FLOWS.get_ptr_mut(set + 1)) {
         (Some(a), Some(b)) => unsafe { [&mut *a, &mut *b] },
@@ -94,7 +94,7 @@ fn try_balance<const UNTIL: u32>(ctx: &XdpContext) -> Result<(), Reason> {
             let backend_slot = ring_entry(elem, index);
             let backend = BACKENDS
                 .get(backend_base + backend_slot)
-                .filter(|b| b.family == pkt.key.family)
+                .filter(|b| b.family == key.family)
                 .ok_or(Reason::DropBadRing)?;
             let entry = FlowEntry {
                 backend: backend_slot,
@@ -115,10 +115,10 @@ fn try_balance<const UNTIL: u32>(ctx: &XdpContext) -> Result<(), Reason> {
         };
     }
     let frame_bytes = (ctx.data_end() - ctx.data()) as u64;
-    if pkt.key.family == FAMILY_V4 {
-        encap::ipip(ctx, &pkt, backend, settings, hash)?;
+    if key.family == FAMILY_V4 {
+        encap::ipip(ctx, &net, backend, settings, hash)?;
     } else {
-        encap::ip6ip6(ctx, &pkt, backend, settings, hash)?;
+        encap::ip6ip6(ctx, &net, backend, settings, hash)?;
     }
     add_traffic(&VIP_STATS, vip.id, frame_bytes, new_flow);
     add_traffic(&BACKEND_STATS, backend_slot, frame_bytes, new_flow);
@@ -128,18 +128,18 @@ fn try_balance<const UNTIL: u32>(ctx: &XdpContext) -> Result<(), Reason> {
 /// The VIP for the packet's destination, port and protocol, or its all-ports VIP: probes
 /// of the generation's VIP table, inline.
 #[inline(always)]
-fn lookup_vip<'a>(pkt: &Packet, slot: u32, settings: &Settings) -> Option<&'a VipEntry> {
+fn lookup_vip<'a>(key: &FlowKey, slot: u32, settings: &Settings) -> Option<&'a VipEntry> {
     let table = VIPS.get(slot)?;
-    let mut key = VipKey {
-        addr: pkt.key.dst,
-        port_be: pkt.key.dport_be,
-        proto: pkt.key.proto,
-        family: pkt.key.family,
+    let mut vip_key = VipKey {
+        addr: key.dst,
+        port_be: key.dport_be,
+        proto: key.proto,
+        family: key.family,
     };
-    if let Some(vip) = vips::find(&table.entries, &key, settings.vip_salt) {
+    if let Some(vip) = vips::find(&table.entries, &vip_key, settings.vip_salt) {
         return Some(vip);
     }
-    let port0 = if pkt.key.family == FAMILY_V4 {
+    let port0 = if key.family == FAMILY_V4 {
         SETTINGS_F_PORT0_V4
     } else {
         SETTINGS_F_PORT0_V6
@@ -147,8 +147,8 @@ fn lookup_vip<'a>(pkt: &Packet, slot: u32, settings: &Settings) -> Option<&'a Vi
     if settings.flags & port0 == 0 {
         return None;
     }
-    key.port_be = 0;
-    vips::find(&table.entries, &key, settings.vip_salt)
+    vip_key.port_be = 0;
+    vips::find(&table.entries, &vip_key, settings.vip_salt)
 }
 
 /// The backend the connection table holds for this flow, if it still takes it: a slot

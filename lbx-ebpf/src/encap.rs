@@ -8,7 +8,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr};
 
 use crate::{
     cursor::ptr_at,
-    parse::{ETH_LEN, IP_DF, Packet},
+    parse::{ETH_LEN, IP_DF, Network},
 };
 
 /// Grows the headroom by `overhead` bytes and writes the new Ethernet header: to the
@@ -47,12 +47,12 @@ fn checksum_v4(words: &[u16; 10]) -> u16 {
 #[inline(always)]
 pub fn ipip(
     ctx: &XdpContext,
-    pkt: &Packet,
+    net: &Network,
     backend: &Backend,
     settings: &Settings,
     hash: u32,
 ) -> Result<(), Reason> {
-    if pkt.l3_len + IPIP_OVERHEAD > settings.mtu {
+    if net.l3_len + IPIP_OVERHEAD > settings.mtu {
         return Err(Reason::DropTooBig);
     }
     push_outer(ctx, IPIP_OVERHEAD, backend)?;
@@ -60,11 +60,11 @@ pub fn ipip(
     // only the outer header, spreads flows over its queues.
     let src = (settings.src_v4 | (hash & settings.src_v4_hostmask)).to_ne_bytes();
     let dst = backend.addr[0].to_ne_bytes();
-    let total = (pkt.l3_len + IPIP_OVERHEAD) as u16;
-    let frags = if pkt.df { IP_DF } else { 0 };
+    let total = (net.l3_len + IPIP_OVERHEAD) as u16;
+    let frags = if net.df { IP_DF } else { 0 };
     let ttl_proto = ((OUTER_TTL as u16) << 8) | PROTO_IPIP as u16;
     let check = checksum_v4(&[
-        0x4500 | pkt.tos as u16,
+        0x4500 | net.tos as u16,
         total,
         0,
         frags,
@@ -79,7 +79,7 @@ pub fn ipip(
     unsafe {
         ip.write_unaligned(Ipv4Hdr {
             vihl: 0x45,
-            tos: pkt.tos,
+            tos: net.tos,
             tot_len: total.to_be_bytes(),
             id: [0, 0],
             frags: frags.to_be_bytes(),
@@ -110,12 +110,12 @@ fn addr_bytes(a: [u32; 4]) -> [u8; 16] {
 #[inline(always)]
 pub fn ip6ip6(
     ctx: &XdpContext,
-    pkt: &Packet,
+    net: &Network,
     backend: &Backend,
     settings: &Settings,
     hash: u32,
 ) -> Result<(), Reason> {
-    if pkt.l3_len + IP6IP6_OVERHEAD > settings.mtu {
+    if net.l3_len + IP6IP6_OVERHEAD > settings.mtu {
         return Err(Reason::DropTooBig);
     }
     push_outer(ctx, IP6IP6_OVERHEAD, backend)?;
@@ -129,7 +129,7 @@ pub fn ip6ip6(
     ];
     // The flow label also spreads flows (RFC 6438); the traffic class is carried over.
     let label = hash & 0x000f_ffff;
-    let tc = pkt.tos;
+    let tc = net.tos;
     let ip = ptr_at::<Ipv6Hdr>(ctx, ETH_LEN).ok_or(Reason::DropEncapFailed)?;
     unsafe {
         ip.write_unaligned(Ipv6Hdr {
@@ -139,7 +139,7 @@ pub fn ip6ip6(
                 (label >> 8) as u8,
                 label as u8,
             ],
-            payload_len: (pkt.l3_len as u16).to_be_bytes(),
+            payload_len: (net.l3_len as u16).to_be_bytes(),
             next_hdr: PROTO_IPV6,
             hop_limit: OUTER_TTL,
             src_addr: addr_bytes(src),

@@ -1,6 +1,6 @@
 //! Parses Ethernet, IPv4/IPv6 and the TCP/UDP ports into a flow key, in two steps: the
 //! network layer up to the destination address (`network`), which is all the not-a-VIP
-//! filter needs, then the source and the ports (`packet`). Any frame that is not a
+//! filter needs, then the source and the ports (`flow_key`). Any frame that is not a
 //! complete, unfragmented TCP or UDP packet yields the reason it is passed.
 
 use aya_ebpf::programs::XdpContext;
@@ -38,17 +38,6 @@ pub struct Network {
     pub df: bool,
 }
 
-/// A TCP or UDP packet the balancer may serve.
-pub struct Packet {
-    pub key: FlowKey,
-    /// Bytes of the IP packet per its header: what encapsulation wraps.
-    pub l3_len: u32,
-    /// IPv4 TOS / IPv6 traffic class, carried to the outer header.
-    pub tos: u8,
-    /// IPv4 only: the inner "don't fragment" bit, copied to the outer header.
-    pub df: bool,
-}
-
 /// Ethernet and the IP header, up to the destination address. Any frame that is not a
 /// whole, unfragmented IP packet without IPv6 extension headers yields the reason it is
 /// passed.
@@ -64,28 +53,24 @@ pub fn network(ctx: &XdpContext) -> Result<Network, Reason> {
     }
 }
 
-/// The rest of a frame `network` accepted: the source and the TCP or UDP ports.
+/// The flow key of a frame `network` accepted: it adds the source and the TCP or UDP
+/// ports.
 #[inline(always)]
-pub fn packet(ctx: &XdpContext, net: &Network) -> Result<Packet, Reason> {
+pub fn flow_key(ctx: &XdpContext, net: &Network) -> Result<FlowKey, Reason> {
     let (sport_be, dport_be) = ports(ctx, net.proto, net.l4, net.l4_len)?;
     let src = if net.family == FAMILY_V4 {
         addr_v4(read_at(ctx, ETH_LEN + IPV4_SRC).ok_or(Reason::PassMalformed)?)
     } else {
         addr_v6(read_at(ctx, ETH_LEN + IPV6_SRC).ok_or(Reason::PassMalformed)?)
     };
-    Ok(Packet {
-        key: FlowKey {
-            src,
-            dst: net.dst,
-            sport_be,
-            dport_be,
-            proto: net.proto,
-            family: net.family,
-            pad: 0,
-        },
-        l3_len: net.l3_len,
-        tos: net.tos,
-        df: net.df,
+    Ok(FlowKey {
+        src,
+        dst: net.dst,
+        sport_be,
+        dport_be,
+        proto: net.proto,
+        family: net.family,
+        pad: 0,
     })
 }
 
