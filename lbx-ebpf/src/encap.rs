@@ -11,10 +11,20 @@ use crate::{
     parse::{ETH_LEN, IP_DF, Network},
 };
 
-/// Grows the headroom by `overhead` bytes and writes the new Ethernet header: to the
-/// backend's next hop, from the address the packet came to (ours).
+/// Checks that the packet still fits the link with `overhead` more bytes, grows the
+/// headroom by them and writes the new Ethernet header: to the backend's next hop, from
+/// the address the packet came to (ours).
 #[inline(always)]
-fn push_outer(ctx: &XdpContext, overhead: u32, backend: &Backend) -> Result<(), Reason> {
+fn push_outer(
+    ctx: &XdpContext,
+    net: &Network,
+    settings: &Settings,
+    overhead: u32,
+    backend: &Backend,
+) -> Result<(), Reason> {
+    if net.l3_len + overhead > settings.mtu {
+        return Err(Reason::DropTooBig);
+    }
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(overhead as i32)) } != 0 {
         return Err(Reason::DropEncapFailed);
     }
@@ -52,10 +62,7 @@ pub fn ipip(
     settings: &Settings,
     hash: u32,
 ) -> Result<(), Reason> {
-    if net.l3_len + IPIP_OVERHEAD > settings.mtu {
-        return Err(Reason::DropTooBig);
-    }
-    push_outer(ctx, IPIP_OVERHEAD, backend)?;
+    push_outer(ctx, net, settings, IPIP_OVERHEAD, backend)?;
     // Vary the source per flow so receive-side scaling on the backend, which often sees
     // only the outer header, spreads flows over its queues.
     let src = (settings.src_v4 | (hash & settings.src_v4_hostmask)).to_ne_bytes();
@@ -115,10 +122,7 @@ pub fn ip6ip6(
     settings: &Settings,
     hash: u32,
 ) -> Result<(), Reason> {
-    if net.l3_len + IP6IP6_OVERHEAD > settings.mtu {
-        return Err(Reason::DropTooBig);
-    }
-    push_outer(ctx, IP6IP6_OVERHEAD, backend)?;
+    push_outer(ctx, net, settings, IP6IP6_OVERHEAD, backend)?;
     let m = &settings.src_v6_hostmask;
     let p = &settings.src_v6;
     let src = [

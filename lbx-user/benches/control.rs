@@ -10,11 +10,8 @@ use std::{collections::BTreeMap, hint::black_box, time::Duration};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use lbx::{
     config::Config,
-    dataplane::Balancer,
-    generation::Publisher,
+    dataplane::{Balancer, generation::Publisher, plan, slots::Slots},
     maglev::{self, MaglevBackend},
-    plan,
-    slots::Slots,
 };
 
 const M: u32 = 65537;
@@ -59,11 +56,11 @@ fn config(weight: u32) -> Config {
 }
 
 fn publish_generation(c: &mut Criterion) {
-    if !lbx::sys::is_root() {
+    if !lbx::dataplane::sys::is_root() {
         eprintln!("publish_generation: skipped, it loads the balancer and needs root");
         return;
     }
-    lbx::sys::raise_memlock_limit();
+    lbx::dataplane::sys::raise_memlock_limit();
     let mut bal = Balancer::load(M, 1 << 16, None).expect("load the balancer");
     let mut publisher = Publisher::new().expect("publication barrier");
     let configs = [config(100), config(200)];

@@ -1,21 +1,18 @@
-//! The lbx agent as a library: configuration, Maglev tables, publication of whole
-//! generations to the XDP data plane, and the control API.
+//! The lbx agent as a library, by area; dependencies point one way, down this list:
+//!
+//! - [`cli`]: the `lbx` binary's commands and their output;
+//! - [`agent`]: the agent's state and control loop, the control API and its socket;
+//! - [`balance`]: health checks, the load model, weights, load reports and traces;
+//! - [`dataplane`]: loading and attaching the XDP programs, the plan from a configuration
+//!   to map contents, and the publisher of whole generations;
+//! - [`config`]: the declarative configuration, its validation, changes and TOML file;
+//! - [`maglev`] and [`addr`]: the Maglev table and the data plane's address form, used by
+//!   all of the above.
 
+pub mod addr;
 pub mod agent;
-pub mod api;
+pub mod balance;
+pub mod cli;
 pub mod config;
 pub mod dataplane;
-pub mod generation;
-pub mod health;
 pub mod maglev;
-pub mod model;
-pub mod net;
-pub mod output;
-pub mod plan;
-pub mod reference;
-pub mod report;
-pub mod run;
-pub mod slots;
-pub mod sys;
-pub mod trace;
-pub mod weights;

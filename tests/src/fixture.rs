@@ -8,13 +8,14 @@
 use std::{fmt::Write as _, net::IpAddr};
 
 use anyhow::Result;
-use lbx::{
-    config::{Config, VipId},
-    reference::{FlowTable, Verdict},
-};
+use lbx::config::{Config, VipId};
 use lbx_common::{Counters, Reason};
 
-use crate::{packets, pcap, testrun::TestBalancer};
+use crate::{
+    packets, pcap,
+    reference::{FlowTable, Verdict},
+    testrun::TestBalancer,
+};
 
 /// The VIP and backend counters a forwarded packet adds to.
 #[derive(Clone, Copy, Debug)]

@@ -309,7 +309,7 @@ pub fn vlan_ipv4(vlan: u16, ip: &V4, l4: L4, payload: &[u8]) -> Vec<u8> {
 
 /// Network-order bytes as the data plane's address words.
 fn words(ip: IpAddr) -> [u32; 4] {
-    lbx::net::to_words(ip)
+    lbx::addr::to_words(ip)
 }
 
 /// The flow key of a client packet, as the data plane forms it.

@@ -12,13 +12,16 @@ use aya::{
 };
 use lbx::{
     config::{Config, VipId},
-    dataplane::Balancer,
-    generation::Publisher,
-    plan::{self, Plan},
-    reference::{FlowTable, Reference, Verdict},
-    slots::Slots,
+    dataplane::{
+        Balancer,
+        generation::Publisher,
+        plan::{self, Plan},
+        slots::Slots,
+    },
 };
 use lbx_common::{Counters, Reason};
+
+use crate::reference::{FlowTable, Reference, Verdict};
 
 /// The link MTU the tests plan for when a configuration names none.
 pub const DEFAULT_MTU: u32 = 1500;

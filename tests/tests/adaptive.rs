@@ -110,7 +110,7 @@ fn backends(topo: &Topology, status: &Value) -> anyhow::Result<Vec<Backend>> {
 /// The VIP's backends in the agent's status, asked on the control socket as `lbx status
 /// --json` asks it, without a CLI process each time (each costs much of an emulated CPU).
 fn status_backends(topo: &Topology) -> Vec<Backend> {
-    let status = lbx::api::call(topo.socket(), &lbx::api::Request::Status)
+    let status = lbx::agent::socket::call(topo.socket(), &lbx::agent::api::Request::Status)
         .unwrap_or_else(|e| panic!("the agent's status: {e}"));
     backends(topo, &status).unwrap_or_else(|e| panic!("{e:#}"))
 }
@@ -329,7 +329,7 @@ async fn send(arrivals: Vec<f64>, stop: Arc<AtomicBool>, answers: mpsc::Sender<A
 
 /// New flows lbx sent to each backend so far, from `lbx stats`.
 fn new_flows(topo: &Topology) -> Vec<u64> {
-    let stats = lbx::api::call(topo.socket(), &lbx::api::Request::Stats)
+    let stats = lbx::agent::socket::call(topo.socket(), &lbx::agent::api::Request::Stats)
         .unwrap_or_else(|e| panic!("the agent's stats: {e}"));
     let listed = vip_backends(&stats).unwrap_or_else(|e| panic!("{e:#}"));
     (1..=3)

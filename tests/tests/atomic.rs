@@ -18,7 +18,7 @@ use std::{
 };
 
 use lbx::{
-    api::{self, Request},
+    agent::{api::Request, socket},
     config::VipId,
 };
 use lbx_tests::{Connection, Topology, VIP_V4, reason_count, topology::scaled};
@@ -107,7 +107,7 @@ fn connections_never_fail_while_generations_are_published() {
                     drain: false,
                 },
             };
-            api::call(topo.socket(), &req)
+            socket::call(topo.socket(), &req)
                 .unwrap_or_else(|e| panic!("generation {i} ({req:?}): {e}"));
             published += 1;
             let n = long_lived.len();

@@ -47,7 +47,7 @@ fn key(sport: u16) -> FlowKey {
 
 #[test]
 fn stage_programs_share_the_balancers_maps_and_leave_frames_unchanged() {
-    lbx::sys::raise_memlock_limit();
+    lbx::dataplane::sys::raise_memlock_limit();
     let mut tb = TestBalancer::load(RING, FLOWS).expect("load the balancer");
     tb.configure(&config()).expect("configure");
     for (n, stage) in [
@@ -94,7 +94,7 @@ fn stage_programs_share_the_balancers_maps_and_leave_frames_unchanged() {
 
 #[test]
 fn the_forwarder_floor_encapsulates_like_the_balancer() {
-    lbx::sys::raise_memlock_limit();
+    lbx::dataplane::sys::raise_memlock_limit();
     let ebpf = dataplane::load_unattached(programs::BENCH_FORWARD).expect("load the forwarder");
     let prog: &aya::programs::Xdp = ebpf
         .program(programs::BENCH_FORWARD)

@@ -565,10 +565,12 @@ fn vip_matching_exact_port0_and_not_a_vip() {
 
     // The VIP address filter in the settings is a hint: an address sharing a VIP's bit
     // still goes through the VIP table and is not a VIP.
-    let bit = lbx_common::vip_filter_bit(&lbx::net::to_words(VIP4.into()));
+    let bit = lbx_common::vip_filter_bit(&lbx::addr::to_words(VIP4.into()));
     let twin = (0..=u32::MAX)
         .map(|i| Ipv4Addr::from(0xc633_6400 + i))
-        .find(|a| *a != VIP4 && lbx_common::vip_filter_bit(&lbx::net::to_words((*a).into())) == bit)
+        .find(|a| {
+            *a != VIP4 && lbx_common::vip_filter_bit(&lbx::addr::to_words((*a).into())) == bit
+        })
         .expect("some address shares the bit");
     let input = packets::ipv4(&V4::new(CLIENT4, twin), L4::tcp(40000, 80), b"x");
     cases.push(Case::one(
@@ -620,7 +622,7 @@ fn vip_matching_exact_port0_and_not_a_vip() {
     ];
     // An address whose filter bit no VIP has stops at the filter, before the transport
     // header is read: even a packet that is not TCP or UDP is "not a VIP" there.
-    let bit = |a: IpAddr| lbx_common::vip_filter_bit(&lbx::net::to_words(a));
+    let bit = |a: IpAddr| lbx_common::vip_filter_bit(&lbx::addr::to_words(a));
     let vip_bits = c.vips.iter().fold(0, |b, v| b | bit(v.address));
     let clear4 = (1..=254u8)
         .map(|i| Ipv4Addr::new(198, 51, 100, i))
@@ -698,7 +700,7 @@ fn vip_table_probes_past_collisions() {
     c.validate().expect("MAX_VIPS VIPs fit the VIP table");
 
     // The layout the agent publishes must hold collisions, or this proves nothing.
-    let keys: Vec<lbx_common::VipKey> = c.vips.iter().map(lbx::plan::vip_key).collect();
+    let keys: Vec<lbx_common::VipKey> = c.vips.iter().map(|v| v.id().key()).collect();
     let mut slots = vec![0; keys.len()];
     let salt = lbx_common::vips::layout(&keys, &mut slots).expect("layout");
     let displaced = keys

@@ -66,7 +66,7 @@ fn ping_and_tcp_to_the_lb_itself_pass_v4_and_v6() {
     // An echo request to an address whose VIP filter bit no VIP has stops at the filter,
     // before its transport header is read: not a VIP. Otherwise it passes as not TCP/UDP.
     // (Neighbour discovery adds more of either.)
-    let bit = |a: IpAddr| lbx_common::vip_filter_bit(&lbx::net::to_words(a));
+    let bit = |a: IpAddr| lbx_common::vip_filter_bit(&lbx::addr::to_words(a));
     let vip_bits = bit(VIP_V4.into()) | bit(VIP_V6.into());
     let (mut pings_not_vip, mut pings_not_tcp_udp) = (0, 0);
     for addr in [IpAddr::V4(LB_V4), IpAddr::V6(LB_V6)] {

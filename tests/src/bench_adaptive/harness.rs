@@ -598,8 +598,9 @@ impl Run<'_> {
     /// The VIP's backends in the agent's status. Asked on the control socket directly, as
     /// `lbx status` does, without starting a process each time.
     fn sample(&self, at_s: f64) -> anyhow::Result<Sample> {
-        let status = lbx::api::call(self.topo.socket(), &lbx::api::Request::Status)
-            .context("the agent's status")?;
+        let status =
+            lbx::agent::socket::call(self.topo.socket(), &lbx::agent::api::Request::Status)
+                .context("the agent's status")?;
         let backends = vip_backends(&status)?;
         let mut out = Vec::new();
         for b in backends {

@@ -400,7 +400,7 @@ fn main() -> Result<()> {
     if args.rounds < 3 || args.batch == 0 {
         bail!("use at least 3 rounds and a batch of 1 or more");
     }
-    lbx::sys::raise_memlock_limit();
+    lbx::dataplane::sys::raise_memlock_limit();
     let mut tb = TestBalancer::load(RING, args.flows)?;
     tb.configure(&config())?;
     let mut baseline = match &args.baseline {

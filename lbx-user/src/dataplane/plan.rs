@@ -8,11 +8,11 @@ use lbx_common::{
     VIP_F_HAS_BACKENDS, VipKey, vips,
 };
 
+use super::slots::Slots;
 use crate::{
-    config::{Config, MacAddr, VipConfig, VipId},
+    addr,
+    config::{Config, MacAddr, VipId},
     maglev::{self, MaglevBackend},
-    net,
-    slots::Slots,
 };
 
 pub struct PlannedVip {
@@ -60,8 +60,10 @@ pub fn build(
     mtu: u32,
     overrides: &Overrides,
 ) -> Plan {
-    let (src_v4, mask_v4) = net::prefix_words(&config.encap.source_v4);
-    let (src_v6, mask_v6) = net::prefix_words(&config.encap.source_v6);
+    let (src_v4, mask_v4) =
+        addr::prefix_words(config.encap.source_v4.addr, config.encap.source_v4.len);
+    let (src_v6, mask_v6) =
+        addr::prefix_words(config.encap.source_v6.addr, config.encap.source_v6.len);
     let mut settings = Settings {
         seed: config.seed,
         ring_size: config.table_size,
@@ -80,8 +82,8 @@ pub fn build(
     let mut backends = Vec::new();
     for vip in &config.vips {
         let id = vip.id();
-        let family = net::family(vip.address);
-        settings.vip_filter |= lbx_common::vip_filter_bit(&net::to_words(vip.address));
+        let family = addr::family(vip.address);
+        settings.vip_filter |= lbx_common::vip_filter_bit(&addr::to_words(vip.address));
         if vip.port == 0 {
             settings.flags |= if family == FAMILY_V4 {
                 SETTINGS_F_PORT0_V4
@@ -108,9 +110,9 @@ pub fn build(
             backends.push((
                 s.slot,
                 Backend {
-                    addr: net::to_words(b.address),
+                    addr: addr::to_words(b.address),
                     mac: mac.0,
-                    family: net::family(b.address),
+                    family: addr::family(b.address),
                     flags: if eff.down { BACKEND_F_DOWN } else { 0 },
                     uid: s.uid,
                     pad: 0,
@@ -143,7 +145,7 @@ pub fn build(
         vips.push(PlannedVip {
             id,
             number: slots.vips[&id],
-            key: vip_key(vip),
+            key: id.key(),
             table_slot: 0,
             flags: if ring.is_empty() {
                 0
@@ -165,22 +167,6 @@ pub fn build(
         vips,
         backends,
     }
-}
-
-/// The VIP table key of a configured VIP.
-pub fn vip_key(vip: &VipConfig) -> VipKey {
-    VipKey {
-        addr: net::to_words(vip.address),
-        port_be: vip.port.to_be(),
-        proto: vip.protocol.number(),
-        family: net::family(vip.address),
-    }
-}
-
-/// Whether the data plane's VIP table can hold all of `config`'s VIPs (distinct).
-pub fn vips_fit(config: &Config) -> bool {
-    let keys: Vec<VipKey> = config.vips.iter().map(vip_key).collect();
-    vips::layout(&keys, &mut vec![0; keys.len()]).is_some()
 }
 
 /// What Maglev hashes for a backend: its address, so every node agrees whatever order

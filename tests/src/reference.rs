@@ -23,7 +23,7 @@ use lbx_common::{
     vip_filter_bit,
 };
 
-use crate::plan::{Plan, PlannedVip};
+use lbx::dataplane::plan::{Plan, PlannedVip};
 
 const ETH_LEN: usize = 14;
 const IPV4_MIN: usize = 20;
@@ -603,10 +603,12 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::{
+    use lbx::{
         config::Config,
-        plan::{self, Overrides},
-        slots::Slots,
+        dataplane::{
+            plan::{self, Overrides},
+            slots::Slots,
+        },
     };
 
     const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];

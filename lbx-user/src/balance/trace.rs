@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::model::{self, Evaluation};
+use super::model::{self, Evaluation};
 
 /// Shape of a generated trace.
 #[derive(Clone, Debug)]

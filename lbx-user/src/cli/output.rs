@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::api::Request;
+use crate::agent::api::Request;
 
 fn s(v: &Value) -> String {
     match v {

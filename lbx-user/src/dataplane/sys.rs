@@ -102,22 +102,24 @@ impl ProgramBarrier {
     }
 }
 
-/// The elements of the rings map, mapped into our memory (`BPF_F_MMAPABLE`): `u64`s
-/// holding `RING_LANES` 16-bit ring entries each (`lbx_common::ring_entry`).
-pub struct MappedRings {
-    ptr: NonNull<u64>,
+/// The value area of a memory-mappable array map (`BPF_F_MMAPABLE`), mapped shared into
+/// our memory as `len` elements of `T`; unmapped on drop.
+struct Mapping<T> {
+    ptr: NonNull<T>,
     len: usize,
     bytes: usize,
 }
 
 // SAFETY: the mapping is plain shared memory owned by this value.
-unsafe impl Send for MappedRings {}
+unsafe impl<T> Send for Mapping<T> {}
 
-impl MappedRings {
-    /// Maps the `len` elements of the `u64` array behind `fd`.
-    pub fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
+impl<T> Mapping<T> {
+    /// Maps the `len` elements behind `fd`. The kernel lays a mappable array's values
+    /// out back to back at its element stride, which is `T`'s size for the maps mapped
+    /// here (8-byte ring words, 64-byte flow slots).
+    fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
         let page = 4096usize;
-        let bytes = (len * 8).div_ceil(page) * page;
+        let bytes = (len * std::mem::size_of::<T>()).div_ceil(page) * page;
         // SAFETY: a fresh shared mapping of the map's value area; checked for failure.
         let p = unsafe {
             libc::mmap(
@@ -135,19 +137,40 @@ impl MappedRings {
         let ptr = NonNull::new(p.cast()).expect("mmap returned null");
         Ok(Self { ptr, len, bytes })
     }
+}
+
+impl<T> Drop for Mapping<T> {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what new() mapped.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
+    }
+}
+
+/// The elements of the rings map, mapped into our memory (`BPF_F_MMAPABLE`): `u64`s
+/// holding `RING_LANES` 16-bit ring entries each (`lbx_common::ring_entry`).
+pub struct MappedRings(Mapping<u64>);
+
+impl MappedRings {
+    /// Maps the `len` elements of the `u64` array behind `fd`.
+    pub fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
+        Mapping::new(fd, len).map(Self)
+    }
 
     /// The elements, as the program reads them.
     fn elems(&mut self) -> &mut [u64] {
         // SAFETY: the mapping holds `len` u64 elements for as long as self lives, and
         // &mut self gives exclusive access on our side.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+        unsafe { std::slice::from_raw_parts_mut(self.0.ptr.as_ptr(), self.0.len) }
     }
 
     /// Writes the ring `entries` (backend slots) from element `start` on, `RING_LANES`
     /// to an element, each whole element in one store.
     pub fn write_ring(&mut self, start: usize, entries: &[u32]) {
         let count = entries.len().div_ceil(RING_LANES as usize);
-        assert!(start + count <= self.len, "write past the end of the rings");
+        assert!(
+            start + count <= self.0.len,
+            "write past the end of the rings"
+        );
         for (elem, lanes) in self.elems()[start..start + count]
             .iter_mut()
             .zip(entries.chunks(RING_LANES as usize))
@@ -163,13 +186,6 @@ fn pack_lanes(lanes: &[u32]) -> u64 {
         debug_assert!(slot < 1 << 16, "backend slots are 16-bit");
         e | (u64::from(slot) & 0xffff) << (16 * i)
     })
-}
-
-impl Drop for MappedRings {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what new() mapped.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
-    }
 }
 
 /// Mounts a BPF filesystem at `dir` unless one is there (a fresh mount namespace, such
@@ -222,65 +238,33 @@ pub fn raise_memlock_limit() {
 /// The connection table (`FLOWS`, memory-mappable), mapped into our memory: the agent
 /// answers `lbx flow` from it and tests read or clear it whole without a system call per
 /// slot.
-pub struct MappedFlows {
-    ptr: NonNull<FlowSlot>,
-    len: usize,
-    bytes: usize,
-}
-
-// SAFETY: the mapping is plain shared memory owned by this value.
-unsafe impl Send for MappedFlows {}
+pub struct MappedFlows(Mapping<FlowSlot>);
 
 impl MappedFlows {
     /// Maps the `len` slots of the `FlowSlot` array behind `fd`.
     pub fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
-        let page = 4096usize;
-        // 64-byte slots: the kernel's 8-byte element stride adds nothing.
-        let bytes = (len * std::mem::size_of::<FlowSlot>()).div_ceil(page) * page;
-        // SAFETY: a fresh shared mapping of the map's value area; checked for failure.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(p.cast()).expect("mmap returned null");
-        Ok(Self { ptr, len, bytes })
+        Mapping::new(fd, len).map(Self)
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.0.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.0.len == 0
     }
 
     /// Slot `i` as it is now (the data plane may be writing it: a torn copy fails its
     /// check word, as it would for a packet).
     pub fn get(&self, i: usize) -> Option<FlowSlot> {
         // SAFETY: in bounds of the mapping; volatile because the kernel writes it.
-        (i < self.len).then(|| unsafe { self.ptr.as_ptr().add(i).read_volatile() })
+        (i < self.0.len).then(|| unsafe { self.0.ptr.as_ptr().add(i).read_volatile() })
     }
 
     /// Empties every slot.
     pub fn clear(&mut self) {
         // SAFETY: the mapping holds `len` slots for as long as self lives.
-        unsafe { std::ptr::write_bytes(self.ptr.as_ptr(), 0, self.len) };
-    }
-}
-
-impl Drop for MappedFlows {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what new() mapped.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
+        unsafe { std::ptr::write_bytes(self.0.ptr.as_ptr(), 0, self.0.len) };
     }
 }
 

@@ -16,7 +16,7 @@
 use aya::maps::{MapError, PerCpuValues};
 use lbx_common::{Active, Backend, Counters, MAX_BACKENDS, MAX_VIPS, VipEntry, VipTable};
 
-use crate::{dataplane::Balancer, plan::Plan, sys::ProgramBarrier};
+use super::{Balancer, plan::Plan, sys::ProgramBarrier};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {

@@ -1,15 +1,13 @@
-//! The control API: one JSON request and one JSON response per line, over a Unix socket
-//! that only root may use.
+//! The control socket: a Unix socket that only root may use, served by the agent and
+//! called by the CLI.
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::{IpAddr, SocketAddr},
     os::unix::{fs::PermissionsExt, net::UnixStream},
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt},
@@ -17,65 +15,7 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use crate::config::{Adaptive, BackendConfig, HealthCheck, Protocol, VipId};
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
-    VipAdd {
-        vip: VipId,
-    },
-    VipDel {
-        vip: VipId,
-    },
-    VipHealth {
-        vip: VipId,
-        health: Option<HealthCheck>,
-    },
-    VipAdaptive {
-        vip: VipId,
-        adaptive: Option<Adaptive>,
-    },
-    VipList,
-    BackendAdd {
-        vip: VipId,
-        backend: BackendConfig,
-    },
-    BackendDel {
-        vip: VipId,
-        address: IpAddr,
-    },
-    BackendWeight {
-        vip: VipId,
-        address: IpAddr,
-        weight: u32,
-    },
-    BackendDrain {
-        vip: VipId,
-        address: IpAddr,
-        drain: bool,
-    },
-    BackendList {
-        vip: Option<VipId>,
-    },
-    Status,
-    Stats,
-    Flow {
-        protocol: Protocol,
-        src: SocketAddr,
-        dst: SocketAddr,
-    },
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Response {
-    Ok(Value),
-    Error(String),
-}
-
-/// A request and where its answer goes, for the thread that owns the agent.
-pub type Job = (Request, oneshot::Sender<Response>);
+use super::api::{Job, Request, Response};
 
 /// Where `lbx run --iface IF` listens unless told otherwise.
 pub fn default_socket(iface: &str) -> PathBuf {
@@ -214,19 +154,5 @@ pub fn call(socket: &Path, req: &Request) -> Result<Value, ClientError> {
         Err(e) => Err(io(std::io::Error::other(format!(
             "bad answer from the agent: {e}"
         )))),
-    }
-}
-
-// VIPs travel in their display form, "10.0.0.100:80/tcp".
-impl Serialize for VipId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for VipId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
     }
 }

@@ -483,7 +483,7 @@ pub fn evaluate(series: &[f64]) -> Evaluation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::weights::{self, Input, Policy};
+    use crate::balance::weights::{self, Input, Policy};
 
     #[test]
     fn holt_follows_a_linear_trend() {

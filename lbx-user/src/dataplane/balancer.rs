@@ -18,7 +18,7 @@ use lbx_common::{
     maps, programs,
 };
 
-use crate::sys::{self, MappedFlows, MappedRings};
+use super::sys::{self, MappedFlows, MappedRings};
 
 /// The XDP programs, built by build.rs from lbx-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lbx-xdp"));

@@ -1,0 +1,271 @@
+//! The agent: owns the configuration and the data plane, and applies every change as a
+//! whole new generation, validated before anything is touched.
+
+mod adapt;
+pub mod api;
+mod health;
+mod requests;
+pub mod run;
+pub mod socket;
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use aya::maps::MapError;
+use lbx_common::Counters;
+use serde_json::{Value, json};
+
+use crate::{
+    balance::{health::Health, model::BackendModel, probe::Probed, report::Report},
+    config::{Config, ConfigError, MacAddr, VipId},
+    dataplane::{
+        Balancer, DataPlaneError, Mode,
+        generation::{PublishError, Publisher},
+        neighbour::{self, ResolveError},
+        plan::{self, Overrides, Plan},
+        slots::Slots,
+        sys,
+    },
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error(transparent)]
+    DataPlane(#[from] DataPlaneError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error("reading counters: {0}")]
+    Counters(#[from] MapError),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub struct Options {
+    pub iface: String,
+    pub config_path: PathBuf,
+    pub mode: Mode,
+    pub socket: PathBuf,
+    pub pin_dir: Option<PathBuf>,
+    pub flows: u32,
+    /// How often the agent measures, runs the models and revisits weights.
+    pub control_interval: Duration,
+}
+
+pub struct Agent {
+    opts: Options,
+    config: Config,
+    slots: Slots,
+    macs: BTreeMap<IpAddr, MacAddr>,
+    mtu: u32,
+    bal: Balancer,
+    publisher: Publisher,
+    plan: Plan,
+    /// Health of the backends of VIPs that have a health check.
+    health: BTreeMap<(VipId, IpAddr), Health>,
+    /// The effective weights in the published generation.
+    published: Overrides,
+    /// Load signals of each backend over the last control interval.
+    signals: BTreeMap<(VipId, IpAddr), Signals>,
+    /// Counters at the last control tick, by backend slot.
+    last_counters: BTreeMap<u32, (Counters, Instant)>,
+    /// Forecast and capacity model of each backend of an adaptive VIP.
+    models: BTreeMap<(VipId, IpAddr), BackendModel>,
+    /// Adaptive weight of each backend of an adaptive VIP, and why.
+    adaptive: BTreeMap<(VipId, IpAddr), (u32, String)>,
+    /// Latest load report of each backend that serves one.
+    reports: BTreeMap<(VipId, IpAddr), Report>,
+    /// Share of each adaptive VIP's table moved since the last control tick, out of its
+    /// churn budget for the interval.
+    churn_spent: BTreeMap<VipId, f64>,
+    /// Backends whose overload was acted on between ticks this interval (once each).
+    relieved: std::collections::BTreeSet<(VipId, IpAddr)>,
+    started: Instant,
+}
+
+/// Per-second rates of one backend over the last control interval.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Signals {
+    pub new_flows_per_s: f64,
+    pub packets_per_s: f64,
+    pub bytes_per_s: f64,
+}
+
+/// What the agent thread handles, in arrival order.
+pub enum Event {
+    Api(api::Job),
+    Probe(Probed),
+    Tick,
+}
+
+impl From<Probed> for Event {
+    fn from(p: Probed) -> Self {
+        Event::Probe(p)
+    }
+}
+
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Agent {
+    /// Loads the configuration, publishes it as generation 1 and attaches to the interface.
+    pub fn start(opts: Options) -> Result<Self, AgentError> {
+        crate::dataplane::preflight("lbx run", &opts.iface)?;
+        let config = match Config::load(&opts.config_path) {
+            Ok(c) => c,
+            Err(ConfigError::NotFound { .. }) => {
+                eprintln!(
+                    "no configuration at {}: starting with no VIPs; changes will be saved there",
+                    opts.config_path.display()
+                );
+                Config::default()
+            }
+            // Syntax and I/O errors name the file already; validation errors do not.
+            Err(e @ (ConfigError::Parse { .. } | ConfigError::Io { .. })) => return Err(e.into()),
+            Err(e) => {
+                return Err(AgentError::Other(format!(
+                    "{}: {e}; nothing was loaded",
+                    opts.config_path.display()
+                )));
+            }
+        };
+        let mtu = match config.mtu {
+            Some(m) => m,
+            None => sys::if_mtu(&opts.iface).map_err(DataPlaneError::Sys)?,
+        };
+        let macs = resolve_macs(&config, &BTreeMap::new(), &opts.iface)?;
+        let bal = Balancer::load(config.table_size, opts.flows, opts.pin_dir.clone())?;
+        let publisher = Publisher::new().map_err(PublishError::Barrier)?;
+        let mut agent = Agent {
+            opts,
+            config: Config::default(),
+            slots: Slots::default(),
+            macs: BTreeMap::new(),
+            mtu,
+            bal,
+            publisher,
+            plan: Plan {
+                settings: Default::default(),
+                vips: Vec::new(),
+                backends: Vec::new(),
+            },
+            health: BTreeMap::new(),
+            published: Overrides::new(),
+            signals: BTreeMap::new(),
+            last_counters: BTreeMap::new(),
+            models: BTreeMap::new(),
+            adaptive: BTreeMap::new(),
+            reports: BTreeMap::new(),
+            churn_spent: BTreeMap::new(),
+            relieved: Default::default(),
+            started: Instant::now(),
+        };
+        // The first generation is in place before the program sees a packet.
+        agent.publish(config, macs)?;
+        let iface = agent.opts.iface.clone();
+        agent.bal.attach(&iface, agent.opts.mode)?;
+        Ok(agent)
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.bal.mode.expect("attached in start()")
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.publisher.generation()
+    }
+
+    fn publish(
+        &mut self,
+        config: Config,
+        macs: BTreeMap<IpAddr, MacAddr>,
+    ) -> Result<u64, AgentError> {
+        let (slots, fresh) = self.slots.assign(&config);
+        // Health is kept only for backends that are still checked.
+        self.health.retain(|(vip, addr), _| {
+            config
+                .vip(*vip)
+                .is_some_and(|v| v.health.is_some() && v.backend(*addr).is_some())
+        });
+        let overrides = self.effective(&config, Instant::now());
+        let plan = plan::build(&config, &slots, &macs, self.mtu, &overrides);
+        self.publisher
+            .reset_counters(&mut self.bal, &fresh.vips, &fresh.backends)?;
+        let generation = self.publisher.publish(&mut self.bal, &plan)?;
+        self.config = config;
+        self.slots = slots;
+        self.macs = macs;
+        self.plan = plan;
+        self.published = overrides;
+        Ok(generation)
+    }
+
+    /// Validates `new` whole, publishes it, and saves it. On any error nothing changes.
+    fn apply(&mut self, new: Config) -> Result<u64, AgentError> {
+        new.validate()?;
+        if new.table_size != self.config.table_size {
+            return Err(AgentError::Other(format!(
+                "table_size changes from {} to {} need a restart of the agent",
+                self.config.table_size, new.table_size
+            )));
+        }
+        let macs = resolve_macs(&new, &self.macs, &self.opts.iface)?;
+        let old = self.config.clone();
+        new.save(&self.opts.config_path)?;
+        match self.publish(new, macs) {
+            Ok(g) => Ok(g),
+            Err(e) => {
+                let _ = old.save(&self.opts.config_path);
+                Err(e)
+            }
+        }
+    }
+
+    fn edit(
+        &mut self,
+        f: impl FnOnce(&mut Config) -> Result<(), ConfigError>,
+    ) -> Result<Value, AgentError> {
+        let mut new = self.config.clone();
+        f(&mut new)?;
+        let generation = self.apply(new)?;
+        Ok(json!({ "generation": generation }))
+    }
+
+    fn republish(&mut self, why: &str) {
+        let (config, macs) = (self.config.clone(), self.macs.clone());
+        if let Err(e) = self.publish(config, macs) {
+            eprintln!("publishing after {why} failed: {e}");
+        }
+    }
+}
+
+/// Next-hop MACs for every backend of `config` without a configured one, reusing `known`.
+fn resolve_macs(
+    config: &Config,
+    known: &BTreeMap<IpAddr, MacAddr>,
+    iface: &str,
+) -> Result<BTreeMap<IpAddr, MacAddr>, AgentError> {
+    let mut out = BTreeMap::new();
+    for b in config
+        .vips
+        .iter()
+        .flat_map(|v| &v.backends)
+        .filter(|b| b.mac.is_none())
+    {
+        if out.contains_key(&b.address) {
+            continue;
+        }
+        let mac = match known.get(&b.address) {
+            Some(m) => *m,
+            None => neighbour::resolve_next_hop(b.address, iface, RESOLVE_TIMEOUT)?,
+        };
+        out.insert(b.address, mac);
+    }
+    Ok(out)
+}

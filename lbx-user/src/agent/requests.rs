@@ -1,0 +1,290 @@
+//! Answers to the control API's requests: changes go through the configuration and a new
+//! generation; queries read the agent's state and the data plane's maps.
+
+use std::net::{IpAddr, SocketAddr};
+
+use lbx_common::{Counters, FlowKey, Reason, hash::flow_hash};
+use serde_json::{Value, json};
+
+use super::{Agent, AgentError, api::Request};
+use crate::{
+    addr,
+    config::{ConfigError, MacAddr, Protocol, VipId},
+    dataplane::plan,
+};
+
+impl Agent {
+    pub fn handle(&mut self, req: Request) -> Result<Value, AgentError> {
+        match req {
+            Request::VipAdd { vip } => self.edit(|c| c.add_vip(vip)),
+            Request::VipDel { vip } => self.edit(|c| c.del_vip(vip).map(drop)),
+            Request::BackendAdd { vip, backend } => self.edit(|c| c.add_backend(vip, backend)),
+            Request::BackendDel { vip, address } => {
+                self.edit(|c| c.del_backend(vip, address).map(drop))
+            }
+            Request::BackendWeight {
+                vip,
+                address,
+                weight,
+            } => self.edit(|c| c.set_weight(vip, address, weight)),
+            Request::BackendDrain {
+                vip,
+                address,
+                drain,
+            } => self.edit(|c| c.set_drain(vip, address, drain)),
+            Request::VipHealth { vip, health } => self.edit(|c| c.set_health(vip, health)),
+            Request::VipAdaptive { vip, adaptive } => self.edit(|c| c.set_adaptive(vip, adaptive)),
+            Request::VipList => Ok(self.vip_list()),
+            Request::BackendList { vip } => self.backend_list(vip),
+            Request::Status => Ok(self.status()),
+            Request::Stats => self.stats(),
+            Request::Flow { protocol, src, dst } => self.flow(protocol, src, dst),
+        }
+    }
+
+    pub(super) fn mac_of(&self, address: IpAddr, configured: Option<MacAddr>) -> Option<MacAddr> {
+        configured.or_else(|| self.macs.get(&address).copied())
+    }
+
+    pub(super) fn vip_list(&self) -> Value {
+        Value::Array(
+            self.config
+                .vips
+                .iter()
+                .map(|v| {
+                    json!({
+                        "vip": v.id().to_string(),
+                        "address": v.address,
+                        "port": v.port,
+                        "protocol": v.protocol.to_string(),
+                        "backends": v.backends.len(),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    pub(super) fn backend_list(&self, vip: Option<VipId>) -> Result<Value, AgentError> {
+        if let Some(id) = vip
+            && self.config.vip(id).is_none()
+        {
+            return Err(ConfigError::UnknownVip { vip: id }.into());
+        }
+        let mut out = Vec::new();
+        for v in self
+            .config
+            .vips
+            .iter()
+            .filter(|v| vip.is_none_or(|id| v.id() == id))
+        {
+            for b in &v.backends {
+                out.push(json!({
+                    "vip": v.id().to_string(),
+                    "address": b.address,
+                    "weight": b.weight,
+                    "mac": self.mac_of(b.address, b.mac).map(|m| m.to_string()),
+                    "drain": b.drain,
+                }));
+            }
+        }
+        Ok(Value::Array(out))
+    }
+
+    pub(super) fn status(&self) -> Value {
+        let vips: Vec<Value> = self
+            .config
+            .vips
+            .iter()
+            .map(|v| {
+                let id = v.id();
+                let ring = self.plan.vips.iter().find(|p| p.id == id).map(|p| &p.ring[..]).unwrap_or(&[]);
+                let backends: Vec<Value> = v
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let slot = self.slots.backends[&(id, b.address)].slot;
+                        let share = ring.iter().filter(|s| **s == slot).count();
+                        let eff = self.published.get(&(id, b.address));
+                        let health = self.health.get(&(id, b.address)).map(|h| {
+                            json!({
+                                "state": h.state,
+                                "reason": h.reason,
+                                "since_seconds": h.since.elapsed().as_secs(),
+                                "latency_ms": h.latency_ewma.map(|l| l * 1e3),
+                                "latency_p90_ms": h.latency_p90().map(|l| l * 1e3),
+                            })
+                        });
+                        json!({
+                            "address": b.address,
+                            "weight": b.weight,
+                            "state": if b.drain {
+                                "draining"
+                            } else if eff.is_some_and(|e| e.down) {
+                                "down"
+                            } else {
+                                "active"
+                            },
+                            "mac": self.mac_of(b.address, b.mac).map(|m| m.to_string()),
+                            "mac_source": if b.mac.is_some() { "configured" } else { "neighbour table" },
+                            "table_slots": share,
+                            "effective_weight": eff.map_or(f64::from(b.weight), |e| {
+                                f64::from(e.weight.unwrap_or(b.weight)) * f64::from(e.permille)
+                                    / f64::from(plan::FULL)
+                            }),
+                            "signals": self.signals.get(&(id, b.address)),
+                            "report": self.reports.get(&(id, b.address)),
+                            "adaptive": self.adaptive.get(&(id, b.address)).map(|(w, why)| {
+                                let m = self.models.get(&(id, b.address));
+                                json!({
+                                    "weight": w,
+                                    "reason": why,
+                                    "capacity_per_s": m.and_then(|m| m.capacity.estimate()),
+                                    "forecast_per_s": m.and_then(|m| m.demand.forecast(1.0)),
+                                    "predicted_utilisation": m.and_then(|m| m.predicted_utilisation()),
+                                    "base_latency_ms": m.and_then(|m| m.capacity.base_latency()).map(|l| l * 1e3),
+                                    "capacity_evidence": m.map(|m| m.capacity.evidence().to_string()),
+                                })
+                            }),
+                            "health": health,
+                        })
+                    })
+                    .collect();
+                json!({
+                    "vip": id.to_string(),
+                    "health_panic": v.health.is_some() && self.panicking(v),
+                    "backends": backends,
+                })
+            })
+            .collect();
+        json!({
+            "iface": self.opts.iface,
+            "mode": self.bal.mode,
+            "generation": self.publisher.generation(),
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "control_interval_ms": self.opts.control_interval.as_millis(),
+            "config": self.opts.config_path,
+            "socket": self.opts.socket,
+            "pins": self.opts.pin_dir,
+            "seed": self.config.seed,
+            "table_size": self.config.table_size,
+            "mtu": self.mtu,
+            "vips": vips,
+        })
+    }
+
+    pub(super) fn stats(&self) -> Result<Value, AgentError> {
+        let sum = |v: aya::maps::PerCpuValues<Counters>| {
+            v.iter().fold(Counters::default(), |a, c| Counters {
+                packets: a.packets + c.packets,
+                bytes: a.bytes + c.bytes,
+                new_flows: a.new_flows + c.new_flows,
+            })
+        };
+        let mut vips = Vec::new();
+        for v in &self.config.vips {
+            let id = v.id();
+            let c = sum(self.bal.vip_stats.get(&self.slots.vips[&id], 0)?);
+            let mut backends = Vec::new();
+            for b in &v.backends {
+                let slot = self.slots.backends[&(id, b.address)].slot;
+                let bc = sum(self.bal.backend_stats.get(&slot, 0)?);
+                backends.push(json!({
+                    "address": b.address,
+                    "packets": bc.packets,
+                    "bytes": bc.bytes,
+                    "new_flows": bc.new_flows,
+                }));
+            }
+            vips.push(json!({
+                "vip": id.to_string(),
+                "packets": c.packets,
+                "bytes": c.bytes,
+                "new_flows": c.new_flows,
+                "backends": backends,
+            }));
+        }
+        let mut reasons = serde_json::Map::new();
+        for r in Reason::ALL {
+            let n: u64 = self.bal.reasons.get(&(*r as u32), 0)?.iter().sum();
+            reasons.insert(r.label().to_string(), n.into());
+        }
+        Ok(json!({ "generation": self.publisher.generation(), "vips": vips, "reasons": reasons }))
+    }
+
+    /// Which backend a flow goes to, and why.
+    pub(super) fn flow(
+        &self,
+        protocol: Protocol,
+        src: SocketAddr,
+        dst: SocketAddr,
+    ) -> Result<Value, AgentError> {
+        if src.is_ipv4() != dst.is_ipv4() {
+            return Err(AgentError::Other(format!(
+                "source {src} and destination {dst} are of different address families"
+            )));
+        }
+        let pv = self
+            .plan
+            .vips
+            .iter()
+            .find(|v| {
+                v.id.address == dst.ip() && v.id.protocol == protocol && v.id.port == dst.port()
+            })
+            .or_else(|| {
+                self.plan.vips.iter().find(|v| {
+                    v.id.address == dst.ip() && v.id.protocol == protocol && v.id.port == 0
+                })
+            })
+            .ok_or_else(|| {
+                AgentError::Other(format!(
+                    "no VIP matches {dst}/{protocol}: lbx passes this flow to the kernel"
+                ))
+            })?;
+        let key = FlowKey {
+            src: addr::to_words(src.ip()),
+            dst: addr::to_words(dst.ip()),
+            sport_be: src.port().to_be(),
+            dport_be: dst.port().to_be(),
+            proto: protocol.number(),
+            family: addr::family(dst.ip()),
+            pad: 0,
+        };
+        let by_slot = |slot: u32| {
+            self.slots
+                .backends
+                .iter()
+                .find(|((vip, _), s)| *vip == pv.id && s.slot == slot)
+                .map(|((_, addr), s)| (*addr, s.uid))
+        };
+        if let Some(entry) = self.bal.flow(&key, self.plan.settings.seed)
+            && let Some((addr, uid)) = by_slot(entry.backend)
+            && uid == entry.uid
+        {
+            return Ok(json!({
+                "vip": pv.id.to_string(),
+                "backend": addr,
+                "source": "connection table",
+            }));
+        }
+        if pv.ring.is_empty() {
+            return Ok(json!({
+                "vip": pv.id.to_string(),
+                "backend": Value::Null,
+                "source": "none: no backend takes new flows (all drained), packets are dropped",
+            }));
+        }
+        let hash = flow_hash(&key, self.plan.settings.seed);
+        let index = hash % self.plan.settings.ring_size;
+        let slot = pv.ring[index as usize];
+        let (addr, _) = by_slot(slot)
+            .ok_or_else(|| AgentError::Other("ring names an unknown backend".into()))?;
+        Ok(json!({
+            "vip": pv.id.to_string(),
+            "backend": addr,
+            "source": "maglev",
+            "hash": format!("{hash:#010x}"),
+            "table_index": index,
+            "table_size": self.plan.settings.ring_size,
+        }))
+    }
+}

@@ -1,0 +1,126 @@
+//! The agent's foreground loop: one thread owns the agent and handles requests, probe
+//! results and control ticks in order; a tokio runtime serves the socket, runs the probes
+//! and the ticks, and waits for the stop signal.
+
+use std::{path::Path, thread};
+
+use anyhow::{Context as _, Result};
+use tokio::sync::{mpsc, watch};
+
+use super::{
+    Agent, Event, Options,
+    api::{Job, Response},
+    socket,
+};
+use crate::balance::probe;
+
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn stop_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Runs the agent in the foreground until SIGTERM or SIGINT: attaches the balancer,
+/// serves the control socket, probes the backends and ticks the control loop.
+pub fn run(opts: Options) -> Result<()> {
+    let iface = opts.iface.clone();
+    let socket = opts.socket.clone();
+    let config_path = opts.config_path.clone();
+    let pin_dir = opts.pin_dir.clone();
+    let interval = opts.control_interval;
+    let rt = runtime()?;
+    // Bind before attaching: a second agent on the same socket fails before it touches
+    // the interface.
+    let listener = rt
+        .block_on(async { socket::bind(&socket) })
+        .with_context(|| format!("cannot serve the control socket {}", socket.display()))?;
+    let mut agent = Agent::start(opts).with_context(|| format!("lbx run --iface {iface}"))?;
+    println!(
+        "lbx attached to {} ({} mode), generation {}, config {}, socket {}, maps pinned under {}",
+        iface,
+        agent.mode(),
+        agent.generation(),
+        config_path.display(),
+        socket.display(),
+        pin_dir.as_deref().unwrap_or(Path::new("(none)")).display()
+    );
+
+    // The agent lives on its own thread: its map updates and grace-period waits block.
+    // Requests, probe results and control ticks reach it through one queue, in order.
+    let (tx, mut rx) = mpsc::channel::<Event>(1024);
+    let (targets_tx, targets_rx) = watch::channel(agent.health_targets());
+    let worker = thread::spawn(move || {
+        while let Some(event) = rx.blocking_recv() {
+            match event {
+                Event::Api((req, reply)) => {
+                    let answer = match agent.handle(req) {
+                        Ok(v) => Response::Ok(v),
+                        Err(e) => Response::Error(e.to_string()),
+                    };
+                    let _ = reply.send(answer);
+                    targets_tx.send_if_modified(|t| {
+                        let now = agent.health_targets();
+                        let changed = *t != now;
+                        *t = now;
+                        changed
+                    });
+                }
+                Event::Probe(p) => agent.on_probe(p.vip, p.backend, &p.result),
+                Event::Tick => agent.on_tick(),
+            }
+        }
+        // Dropping the agent detaches the program and removes the pins.
+        drop(agent);
+    });
+    let (api_tx, mut api_rx) = mpsc::channel::<Job>(64);
+    let result = rt.block_on(async {
+        let forward = {
+            let tx = tx.clone();
+            async move {
+                while let Some(job) = api_rx.recv().await {
+                    if tx.send(Event::Api(job)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        };
+        let ticks = {
+            let tx = tx.clone();
+            async move {
+                let mut every = tokio::time::interval(interval);
+                loop {
+                    every.tick().await;
+                    if tx.send(Event::Tick).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            r = stop_signal() => r,
+            () = socket::serve(listener, api_tx) => Ok(()),
+            () = forward => Ok(()),
+            () = ticks => Ok(()),
+            () = probe::run_probes(targets_rx, tx) => Ok(()),
+        }
+    });
+    // The server task (holding the last sender) is gone: the worker drains and exits.
+    drop(rt);
+    let _ = worker.join();
+    let _ = std::fs::remove_file(&socket);
+    println!("lbx detached from {iface}");
+    result
+}

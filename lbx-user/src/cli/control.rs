@@ -1,0 +1,277 @@
+//! The operator's commands to a running agent: each becomes one control API request, and
+//! its answer is printed as a table or as JSON.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Subcommand};
+
+use super::output;
+use crate::{
+    agent::{api::Request, socket},
+    config::{
+        Adaptive, BackendConfig, CheckKind, DEFAULT_WEIGHT, HealthCheck, MacAddr, Protocol, VipId,
+    },
+};
+
+#[derive(Subcommand)]
+pub enum ControlCmd {
+    /// Add, remove or list virtual services.
+    #[command(subcommand)]
+    Vip(VipCmd),
+    /// Add, remove, re-weight, drain or list the backends of a VIP.
+    #[command(subcommand)]
+    Backend(BackendCmd),
+    /// The agent's interface, mode, generation, VIPs and backends.
+    Status,
+    /// Traffic counters per VIP and backend, and why packets were passed or dropped.
+    Stats,
+    /// Which backend a flow goes to, and why (connection table or Maglev slot).
+    Flow(FlowArgs),
+}
+
+/// A VIP: ADDR:PORT (IPv6 as [ADDR]:PORT); port 0 or a bare address means all ports.
+#[derive(Args, Clone)]
+pub struct VipArg {
+    /// The VIP, e.g. 10.0.0.100:80 or [2001:db8::1]:443.
+    vip: String,
+    /// The VIP's protocol.
+    #[arg(long = "proto", default_value = "tcp")]
+    protocol: Protocol,
+}
+
+impl VipArg {
+    fn id(&self) -> Result<VipId> {
+        Ok(VipId::parse(&self.vip, self.protocol)?)
+    }
+}
+
+#[derive(Subcommand)]
+pub enum VipCmd {
+    /// Add a VIP (with no backends yet: its packets are dropped until one is added).
+    Add(VipArg),
+    /// Remove a VIP and its backends.
+    Del(VipArg),
+    /// Turn adaptive weights on or off: every second the agent measures each backend (new
+    /// flows/s, probe latency), estimates its capacity, and weights it in proportion; the
+    /// operator's weights are caps. Needs a health check (`lbx vip health`).
+    Adaptive(AdaptiveArgs),
+    /// Set how the VIP's backends are health-checked (probes go to each backend's own
+    /// address); a failing backend leaves the table at once and returns through a slow start.
+    Health(HealthArgs),
+    /// List VIPs.
+    List,
+}
+
+#[derive(Args)]
+pub struct AdaptiveArgs {
+    #[command(flatten)]
+    vip: VipArg,
+    /// Back to the operator's weights.
+    #[arg(long)]
+    off: bool,
+    /// Smallest weight a backend gets (the largest capacity gets --max-weight).
+    #[arg(long, default_value_t = 1)]
+    min_weight: u32,
+    #[arg(long, default_value_t = 1000)]
+    max_weight: u32,
+    /// A weight moves only if it would change by more than this many percent.
+    #[arg(long, default_value_t = 10)]
+    hysteresis_percent: u32,
+    /// At most this share of table slots (percent) changes owner per second.
+    #[arg(long, default_value_t = 10)]
+    churn_budget_percent: u32,
+    /// Port of `lbx report` on each backend's own address (optional load signal).
+    #[arg(long)]
+    report_port: Option<u16>,
+}
+
+#[derive(Args)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    vip: VipArg,
+    /// Remove the health check: every backend counts as healthy.
+    #[arg(long, conflicts_with_all = ["kind", "port", "path"])]
+    off: bool,
+    /// tcp: the connection opens; http: a GET answers with the expected status.
+    #[arg(long, value_enum, default_value = "tcp")]
+    kind: CheckKind,
+    /// Port to probe (default: the VIP's port).
+    #[arg(long)]
+    port: Option<u16>,
+    /// HTTP path to GET.
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// HTTP status a healthy backend answers.
+    #[arg(long, default_value_t = 200)]
+    expect_status: u16,
+    /// Text the HTTP body must contain.
+    #[arg(long)]
+    body_contains: Option<String>,
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+    /// Default: 500, or the interval if that is shorter.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Consecutive successes that bring a failed backend back.
+    #[arg(long, default_value_t = 2)]
+    rise: u32,
+    /// Consecutive failures that take a backend out.
+    #[arg(long, default_value_t = 2)]
+    fall: u32,
+    /// Seconds over which a recovered backend's weight ramps back up.
+    #[arg(long, default_value_t = 10)]
+    slow_start_s: u64,
+}
+
+#[derive(Subcommand)]
+pub enum BackendCmd {
+    /// Add a backend to a VIP.
+    Add {
+        #[command(flatten)]
+        vip: VipArg,
+        /// The backend's address (same family as the VIP).
+        address: IpAddr,
+        /// Share of new flows relative to the VIP's other backends, 1 to 65535.
+        #[arg(long, default_value_t = DEFAULT_WEIGHT)]
+        weight: u32,
+        /// Ethernet address to send its packets to (the backend or its gateway);
+        /// resolved from the neighbour table when omitted.
+        #[arg(long)]
+        mac: Option<MacAddr>,
+    },
+    /// Remove a backend: its flows move to the others; other flows stay where they are.
+    Del {
+        #[command(flatten)]
+        vip: VipArg,
+        address: IpAddr,
+    },
+    /// Change a backend's weight; established flows keep their backend.
+    Weight {
+        #[command(flatten)]
+        vip: VipArg,
+        address: IpAddr,
+        /// The new weight, 1 to 65535.
+        weight: u32,
+    },
+    /// Stop sending new flows to a backend while its open flows keep working.
+    Drain {
+        #[command(flatten)]
+        vip: VipArg,
+        address: IpAddr,
+        /// Take new flows again.
+        #[arg(long)]
+        undo: bool,
+    },
+    /// List backends, of one VIP or of all.
+    List {
+        /// Only this VIP's backends (ADDR:PORT).
+        vip: Option<String>,
+        #[arg(long = "proto", default_value = "tcp")]
+        protocol: Protocol,
+    },
+}
+
+#[derive(Args)]
+pub struct FlowArgs {
+    /// The client's address and port, e.g. 192.0.2.7:40000.
+    src: SocketAddr,
+    /// The VIP address and port the flow goes to.
+    dst: SocketAddr,
+    #[arg(long = "proto", default_value = "tcp")]
+    protocol: Protocol,
+}
+
+fn request(cmd: ControlCmd) -> Result<Request> {
+    Ok(match cmd {
+        ControlCmd::Vip(VipCmd::Add(v)) => Request::VipAdd { vip: v.id()? },
+        ControlCmd::Vip(VipCmd::Del(v)) => Request::VipDel { vip: v.id()? },
+        ControlCmd::Vip(VipCmd::List) => Request::VipList,
+        ControlCmd::Vip(VipCmd::Adaptive(a)) => Request::VipAdaptive {
+            vip: a.vip.id()?,
+            adaptive: (!a.off).then_some(Adaptive {
+                min_weight: a.min_weight,
+                max_weight: a.max_weight,
+                hysteresis_percent: a.hysteresis_percent,
+                churn_budget_percent: a.churn_budget_percent,
+                report_port: a.report_port,
+            }),
+        },
+        ControlCmd::Vip(VipCmd::Health(h)) => Request::VipHealth {
+            vip: h.vip.id()?,
+            health: (!h.off).then_some(HealthCheck {
+                kind: h.kind,
+                port: h.port,
+                path: h.path,
+                expect_status: h.expect_status,
+                body_contains: h.body_contains,
+                interval_ms: h.interval_ms,
+                timeout_ms: h.timeout_ms.unwrap_or(h.interval_ms.min(500)),
+                rise: h.rise,
+                fall: h.fall,
+                slow_start_s: h.slow_start_s,
+            }),
+        },
+        ControlCmd::Backend(BackendCmd::Add {
+            vip,
+            address,
+            weight,
+            mac,
+        }) => Request::BackendAdd {
+            vip: vip.id()?,
+            backend: BackendConfig {
+                address,
+                weight,
+                mac,
+                drain: false,
+            },
+        },
+        ControlCmd::Backend(BackendCmd::Del { vip, address }) => Request::BackendDel {
+            vip: vip.id()?,
+            address,
+        },
+        ControlCmd::Backend(BackendCmd::Weight {
+            vip,
+            address,
+            weight,
+        }) => Request::BackendWeight {
+            vip: vip.id()?,
+            address,
+            weight,
+        },
+        ControlCmd::Backend(BackendCmd::Drain { vip, address, undo }) => Request::BackendDrain {
+            vip: vip.id()?,
+            address,
+            drain: !undo,
+        },
+        ControlCmd::Backend(BackendCmd::List { vip, protocol }) => Request::BackendList {
+            vip: vip.map(|v| VipId::parse(&v, protocol)).transpose()?,
+        },
+        ControlCmd::Status => Request::Status,
+        ControlCmd::Stats => Request::Stats,
+        ControlCmd::Flow(f) => Request::Flow {
+            protocol: f.protocol,
+            src: f.src,
+            dst: f.dst,
+        },
+    })
+}
+
+/// Sends the command's request to the agent and prints its answer.
+pub fn run(cmd: ControlCmd, socket: Option<PathBuf>, json: bool) -> Result<()> {
+    let req = request(cmd)?;
+    let socket = socket::find_socket(socket)?;
+    let answer = socket::call(&socket, &req)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer).context("json")?);
+    } else {
+        output::print(&req, &answer);
+    }
+    if answer.is_null() {
+        bail!("empty answer from the agent");
+    }
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! The long-running commands' arguments: the agent (`lbx run`), and the backend-side
+//! programs `lbx decap` and `lbx pass`.
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, Result};
+use aya::maps::HashMap;
+use clap::Args;
+use lbx_common::{AddrKey, DEFAULT_FLOWS, maps, programs};
+
+use crate::{
+    addr,
+    agent::{
+        self, Options,
+        run::{runtime, stop_signal},
+        socket,
+    },
+    dataplane::{self, Mode, sys},
+};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The interface to balance on (it receives the VIP traffic and sends to backends).
+    #[arg(long)]
+    pub iface: String,
+    /// Configuration file (TOML); CLI changes are saved back to it. Default:
+    /// /etc/lbx/IFACE.toml. A missing file means no VIPs yet.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// native (in the driver), generic (in the stack, any interface) or auto (native,
+    /// falling back to generic).
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub xdp_mode: Mode,
+    /// Where to mount/find the BPF filesystem; maps are pinned under DIR/lbx/IFACE.
+    #[arg(long, default_value = "/sys/fs/bpf")]
+    pub bpffs: PathBuf,
+    /// Connection-table size in flows (rounded up to a power of two). The table is
+    /// 2-way set-associative: a new flow whose set is full replaces one not seen since
+    /// the set last filled; 64 bytes per flow, at most 2^26 flows.
+    #[arg(long, default_value_t = DEFAULT_FLOWS,
+          value_parser = clap::value_parser!(u32).range(1..=1 << 26))]
+    pub flows: u32,
+    /// How often the agent reads the counters, runs the load models and revisits weights
+    /// (adaptive VIPs, slow starts), in milliseconds. Shorter reacts sooner to load and
+    /// moves more table slots per second (the churn budget is per interval).
+    #[arg(long, default_value_t = DEFAULT_CONTROL_INTERVAL_MS,
+          value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub control_interval_ms: u64,
+}
+
+#[derive(Args)]
+pub struct DecapArgs {
+    /// The backend's interface that receives encapsulated packets.
+    #[arg(long)]
+    pub iface: String,
+    /// A VIP address configured on this host (usually on `lo`); repeat for several.
+    #[arg(long = "vip", required = true)]
+    pub vips: Vec<IpAddr>,
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub xdp_mode: Mode,
+}
+
+#[derive(Args)]
+pub struct PassArgs {
+    #[arg(long)]
+    pub iface: String,
+    #[arg(long, value_enum, default_value_t = Mode::Native)]
+    pub xdp_mode: Mode,
+}
+
+/// Default control interval: once a second, as health checks and load reports go.
+const DEFAULT_CONTROL_INTERVAL_MS: u64 = 1000;
+
+pub fn run(args: RunArgs, socket: Option<PathBuf>) -> Result<()> {
+    dataplane::preflight("lbx run", &args.iface)?;
+    let socket = socket.unwrap_or_else(|| socket::default_socket(&args.iface));
+    let config_path = args
+        .config
+        .unwrap_or_else(|| PathBuf::from(format!("/etc/lbx/{}.toml", args.iface)));
+    sys::ensure_bpffs(&args.bpffs)
+        .with_context(|| format!("cannot mount a BPF filesystem at {}", args.bpffs.display()))?;
+    let pin_dir = args.bpffs.join("lbx").join(&args.iface);
+    agent::run::run(Options {
+        iface: args.iface,
+        config_path,
+        mode: args.xdp_mode,
+        socket,
+        pin_dir: Some(pin_dir),
+        flows: args.flows,
+        control_interval: Duration::from_millis(args.control_interval_ms),
+    })
+}
+
+pub fn decap(args: DecapArgs) -> Result<()> {
+    dataplane::preflight("lbx decap", &args.iface)?;
+    let (mut ebpf, mode) = dataplane::load_and_attach(programs::DECAP, &args.iface, args.xdp_mode)?;
+    let mut vips: HashMap<_, AddrKey, u32> =
+        HashMap::try_from(ebpf.map_mut(maps::DECAP_VIPS).expect("map in object"))?;
+    for vip in &args.vips {
+        let key = AddrKey {
+            addr: addr::to_words(*vip),
+            family: addr::family(*vip),
+            pad: [0; 3],
+        };
+        vips.insert(key, 1, 0)?;
+    }
+    let list: Vec<String> = args.vips.iter().map(ToString::to_string).collect();
+    println!(
+        "lbx decap attached to {} ({mode} mode) for VIPs {}",
+        args.iface,
+        list.join(", ")
+    );
+    runtime()?.block_on(stop_signal())?;
+    drop(ebpf);
+    println!("lbx decap detached from {}", args.iface);
+    Ok(())
+}
+
+pub fn pass(args: PassArgs) -> Result<()> {
+    dataplane::preflight("lbx pass", &args.iface)?;
+    let (ebpf, mode) = dataplane::load_and_attach(programs::PASS, &args.iface, args.xdp_mode)?;
+    println!("lbx pass attached to {} ({mode} mode)", args.iface);
+    runtime()?.block_on(stop_signal())?;
+    drop(ebpf);
+    println!("lbx pass detached from {}", args.iface);
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! The XDP data plane from user space: loading and attaching the programs and their maps,
+//! the plan from a configuration to map contents, stable slot numbers, the publisher that
+//! switches whole generations, and next-hop resolution for the frames the balancer sends.
+
+mod balancer;
+pub mod generation;
+pub mod neighbour;
+pub mod plan;
+pub mod slots;
+pub mod sys;
+
+pub use balancer::{Balancer, DataPlaneError, Mode, load_and_attach, load_unattached, preflight};
