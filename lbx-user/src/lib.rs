@@ -15,4 +15,6 @@ pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+#[cfg(test)]
+mod layers;
 pub mod maglev;
