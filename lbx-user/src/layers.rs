@@ -15,6 +15,7 @@ const AREAS: &[(&str, u32)] = &[
     ("agent", 3),
     ("balance", 2),
     ("dataplane", 2),
+    ("metrics", 2),
     ("config", 1),
     ("maglev", 0),
     ("addr", 0),

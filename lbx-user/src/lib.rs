@@ -3,6 +3,8 @@
 //! - [`cli`]: the `lbx` binary's commands and their output;
 //! - [`agent`]: the agent's state and control loop, the control API and its socket;
 //! - [`balance`]: health checks, the load model, weights, load reports and traces;
+//! - [`metrics`]: the Prometheus families, the counters kept as things happen, and the
+//!   endpoint that serves them;
 //! - [`dataplane`]: loading and attaching the XDP programs, the plan from a configuration
 //!   to map contents, and the publisher of whole generations;
 //! - [`config`]: the declarative configuration, its validation, changes and TOML file;
@@ -18,3 +20,4 @@ pub mod dataplane;
 #[cfg(test)]
 mod layers;
 pub mod maglev;
+pub mod metrics;

@@ -23,6 +23,7 @@ pub mod netns;
 pub mod packets;
 pub mod pcap;
 pub mod process;
+pub mod prometheus;
 pub mod reference;
 pub mod rng;
 pub mod testrun;

@@ -22,6 +22,8 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("tcpdump", "tcpdump"),
     ("iputils-ping", "ping"),
     ("procps", "sysctl"),
+    // The metrics test scrapes lbx with a real Prometheus and checks with its promtool.
+    ("prometheus", "promtool"),
 ];
 
 /// Debian packages `vm-test` needs on the host, with a command each provides: qemu, a

@@ -576,6 +576,13 @@ fn summary(runs: &[KernelRun], accel: Accel) {
     println!("VMs: {} in all", minutes(total));
 }
 
+/// Test binaries that run on the host tier only, and why.
+pub const HOST_ONLY: &[(&str, &str)] = &[(
+    "metrics",
+    "it runs a real Prometheus server and promtool (two 50 MB Go programs with their \
+     libraries), which the guests' initramfs does not carry",
+)];
+
 /// The integration test executables of lbx-tests, built like the kernel tier builds them:
 /// (target name, path).
 fn test_executables(ws: &Workspace, profile: Profile) -> Result<Vec<(String, PathBuf)>> {
@@ -608,6 +615,10 @@ fn test_executables(ws: &Workspace, profile: Profile) -> Result<Vec<(String, Pat
         };
         let exe = PathBuf::from(exe);
         let name = target_name(&exe);
+        if let Some((_, why)) = HOST_ONLY.iter().find(|(h, _)| *h == name) {
+            println!("   {name}: host tier only: {why}");
+            continue;
+        }
         if !found.iter().any(|(n, _)| n == &name) {
             found.push((name, exe));
         }

@@ -7,8 +7,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lbx_common::Counters;
-
 use super::{Agent, Signals};
 use crate::{
     balance::{
@@ -84,14 +82,9 @@ impl Agent {
         let mut signals = BTreeMap::new();
         let mut counters = BTreeMap::new();
         for (key, slot) in &self.slots.backends {
-            let Ok(values) = self.bal.backend_stats.get(&slot.slot, 0) else {
+            let Ok(c) = self.bal.backend_counters(slot.slot) else {
                 continue;
             };
-            let c = values.iter().fold(Counters::default(), |a, c| Counters {
-                packets: a.packets + c.packets,
-                bytes: a.bytes + c.bytes,
-                new_flows: a.new_flows + c.new_flows,
-            });
             if let Some((prev, at)) = self.last_counters.get(&slot.slot) {
                 let dt = now.saturating_duration_since(*at).as_secs_f64();
                 if dt > 0.0 {
@@ -170,6 +163,8 @@ impl Agent {
         }
         self.models.retain(|k, _| keep.contains_key(k));
         self.reports.retain(|k, _| keep.contains_key(k));
+        self.weight_changes.retain(|k, _| keep.contains_key(k));
+        self.count_weight_changes(&keep);
         self.adaptive = keep;
     }
 
@@ -271,10 +266,21 @@ impl Agent {
         let Some(v) = self.config.vip(vip).cloned() else {
             return;
         };
-        let moved = self.reweigh(&v);
+        let moved: BTreeMap<_, _> = self.reweigh(&v).into_iter().collect();
+        self.count_weight_changes(&moved);
         self.adaptive.extend(moved);
         if self.effective(&self.config, now) != self.published {
             self.republish("an overloaded backend");
+        }
+    }
+
+    /// Counts the backends whose adaptive weight `next` moves (for the metrics).
+    fn count_weight_changes(&mut self, next: &BTreeMap<(VipId, IpAddr), (u32, String)>) {
+        for (key, (weight, _)) in next {
+            let changes = self.weight_changes.entry(*key).or_default();
+            if self.adaptive.get(key).is_some_and(|(old, _)| old != weight) {
+                *changes += 1;
+            }
         }
     }
 
@@ -287,8 +293,7 @@ impl Agent {
         if dt < MIN_RATE_WINDOW.as_secs_f64() {
             return None;
         }
-        let values = self.bal.backend_stats.get(&slot, 0).ok()?;
-        let flows: u64 = values.iter().map(|c| c.new_flows).sum();
+        let flows = self.bal.backend_counters(slot).ok()?.new_flows;
         Some(flows.saturating_sub(prev.new_flows) as f64 / dt)
     }
 

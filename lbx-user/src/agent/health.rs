@@ -47,6 +47,13 @@ impl Agent {
         {
             return;
         }
+        self.live.probe(
+            &vip.to_string(),
+            &backend.to_string(),
+            result.ok,
+            result.timed_out,
+            result.latency.as_secs_f64(),
+        );
         let now = Instant::now();
         let h = self
             .health

@@ -4,14 +4,16 @@
 mod adapt;
 pub mod api;
 mod health;
+mod metrics;
 mod requests;
 pub mod run;
 pub mod socket;
 
 use std::{
     collections::BTreeMap,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -30,6 +32,7 @@ use crate::{
         slots::Slots,
         sys,
     },
+    metrics::{Live, ScrapeRequest},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +60,8 @@ pub struct Options {
     pub flows: u32,
     /// How often the agent measures, runs the models and revisits weights.
     pub control_interval: Duration,
+    /// Where to serve Prometheus metrics; none: not served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub struct Agent {
@@ -87,6 +92,12 @@ pub struct Agent {
     churn_spent: BTreeMap<VipId, f64>,
     /// Backends whose overload was acted on between ticks this interval (once each).
     relieved: std::collections::BTreeSet<(VipId, IpAddr)>,
+    /// Ring slots per backend in the published generation, for the metrics.
+    ring_shares: metrics::RingShares,
+    /// Times each adaptive backend's weight moved.
+    weight_changes: BTreeMap<(VipId, IpAddr), u64>,
+    /// The metrics counted as things happen, shared with the metrics endpoint.
+    live: Arc<Live>,
     started: Instant,
 }
 
@@ -102,7 +113,14 @@ pub struct Signals {
 pub enum Event {
     Api(api::Job),
     Probe(Probed),
+    Scrape(ScrapeRequest),
     Tick,
+}
+
+impl From<ScrapeRequest> for Event {
+    fn from(s: ScrapeRequest) -> Self {
+        Event::Scrape(s)
+    }
 }
 
 impl From<Probed> for Event {
@@ -164,6 +182,9 @@ impl Agent {
             reports: BTreeMap::new(),
             churn_spent: BTreeMap::new(),
             relieved: Default::default(),
+            ring_shares: Default::default(),
+            weight_changes: BTreeMap::new(),
+            live: Arc::new(Live::default()),
             started: Instant::now(),
         };
         // The first generation is in place before the program sees a packet.
@@ -177,11 +198,38 @@ impl Agent {
         self.bal.mode.expect("attached in start()")
     }
 
+    /// The metrics the agent counts as things happen, for the metrics endpoint.
+    pub fn live_metrics(&self) -> Arc<Live> {
+        self.live.clone()
+    }
+
     pub fn generation(&self) -> u64 {
         self.publisher.generation()
     }
 
     fn publish(
+        &mut self,
+        config: Config,
+        macs: BTreeMap<IpAddr, MacAddr>,
+    ) -> Result<u64, AgentError> {
+        let started = Instant::now();
+        let result = self.switch_to(config, macs);
+        match &result {
+            Ok(_) => {
+                self.live.publications.inc();
+                self.live
+                    .publication_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            Err(_) => {
+                self.live.publication_failures.inc();
+            }
+        }
+        result
+    }
+
+    /// Builds the generation of `config` and switches the data plane to it.
+    fn switch_to(
         &mut self,
         config: Config,
         macs: BTreeMap<IpAddr, MacAddr>,
@@ -198,6 +246,12 @@ impl Agent {
         self.publisher
             .reset_counters(&mut self.bal, &fresh.vips, &fresh.backends)?;
         let generation = self.publisher.publish(&mut self.bal, &plan)?;
+        for (vip, backend) in self.slots.backends.keys() {
+            if !slots.backends.contains_key(&(*vip, *backend)) {
+                self.live
+                    .forget_backend(&vip.to_string(), &backend.to_string());
+            }
+        }
         self.config = config;
         self.slots = slots;
         self.macs = macs;
@@ -232,9 +286,13 @@ impl Agent {
         f: impl FnOnce(&mut Config) -> Result<(), ConfigError>,
     ) -> Result<Value, AgentError> {
         let mut new = self.config.clone();
-        f(&mut new)?;
-        let generation = self.apply(new)?;
-        Ok(json!({ "generation": generation }))
+        let applied = f(&mut new)
+            .map_err(AgentError::from)
+            .and_then(|()| self.apply(new));
+        if applied.is_err() {
+            self.live.config_change_errors.inc();
+        }
+        Ok(json!({ "generation": applied? }))
     }
 
     fn republish(&mut self, why: &str) {

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use lbx_common::{Counters, FlowKey, Reason, hash::flow_hash};
+use lbx_common::{FlowKey, Reason, hash::flow_hash};
 use serde_json::{Value, json};
 
 use super::{Agent, AgentError, api::Request};
@@ -173,21 +173,14 @@ impl Agent {
     }
 
     pub(super) fn stats(&self) -> Result<Value, AgentError> {
-        let sum = |v: aya::maps::PerCpuValues<Counters>| {
-            v.iter().fold(Counters::default(), |a, c| Counters {
-                packets: a.packets + c.packets,
-                bytes: a.bytes + c.bytes,
-                new_flows: a.new_flows + c.new_flows,
-            })
-        };
         let mut vips = Vec::new();
         for v in &self.config.vips {
             let id = v.id();
-            let c = sum(self.bal.vip_stats.get(&self.slots.vips[&id], 0)?);
+            let c = self.bal.vip_counters(self.slots.vips[&id])?;
             let mut backends = Vec::new();
             for b in &v.backends {
                 let slot = self.slots.backends[&(id, b.address)].slot;
-                let bc = sum(self.bal.backend_stats.get(&slot, 0)?);
+                let bc = self.bal.backend_counters(slot)?;
                 backends.push(json!({
                     "address": b.address,
                     "packets": bc.packets,
@@ -205,7 +198,7 @@ impl Agent {
         }
         let mut reasons = serde_json::Map::new();
         for r in Reason::ALL {
-            let n: u64 = self.bal.reasons.get(&(*r as u32), 0)?.iter().sum();
+            let n = self.bal.reason_count(*r)?;
             reasons.insert(r.label().to_string(), n.into());
         }
         Ok(json!({ "generation": self.publisher.generation(), "vips": vips, "reasons": reasons }))

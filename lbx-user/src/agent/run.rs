@@ -12,7 +12,10 @@ use super::{
     api::{Job, Response},
     socket,
 };
-use crate::balance::probe;
+use crate::{
+    balance::probe,
+    metrics::{self, ScrapeRequest},
+};
 
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
@@ -41,13 +44,22 @@ pub fn run(opts: Options) -> Result<()> {
     let config_path = opts.config_path.clone();
     let pin_dir = opts.pin_dir.clone();
     let interval = opts.control_interval;
+    let metrics_listen = opts.metrics_listen;
     let rt = runtime()?;
     // Bind before attaching: a second agent on the same socket fails before it touches
     // the interface.
     let listener = rt
         .block_on(async { socket::bind(&socket) })
         .with_context(|| format!("cannot serve the control socket {}", socket.display()))?;
+    let metrics_listener = match metrics_listen {
+        Some(addr) => Some(
+            rt.block_on(tokio::net::TcpListener::bind(addr))
+                .with_context(|| format!("cannot serve metrics on {addr} (--metrics-listen)"))?,
+        ),
+        None => None,
+    };
     let mut agent = Agent::start(opts).with_context(|| format!("lbx run --iface {iface}"))?;
+    let live = agent.live_metrics();
     println!(
         "lbx attached to {} ({} mode), generation {}, config {}, socket {}, maps pinned under {}",
         iface,
@@ -57,6 +69,12 @@ pub fn run(opts: Options) -> Result<()> {
         socket.display(),
         pin_dir.as_deref().unwrap_or(Path::new("(none)")).display()
     );
+    if let Some(l) = &metrics_listener {
+        let addr = l
+            .local_addr()
+            .map_or_else(|_| "?".into(), |a| a.to_string());
+        println!("lbx serves Prometheus metrics at http://{addr}/metrics");
+    }
 
     // The agent lives on its own thread: its map updates and grace-period waits block.
     // Requests, probe results and control ticks reach it through one queue, in order.
@@ -79,6 +97,9 @@ pub fn run(opts: Options) -> Result<()> {
                     });
                 }
                 Event::Probe(p) => agent.on_probe(p.vip, p.backend, &p.result),
+                Event::Scrape(ScrapeRequest(reply)) => {
+                    let _ = reply.send(agent.scrape());
+                }
                 Event::Tick => agent.on_tick(),
             }
         }
@@ -109,9 +130,19 @@ pub fn run(opts: Options) -> Result<()> {
                 }
             }
         };
+        let metrics = {
+            let tx = tx.clone();
+            async move {
+                match metrics_listener {
+                    Some(l) => metrics::server::serve(l, tx, live).await,
+                    None => std::future::pending().await,
+                }
+            }
+        };
         tokio::select! {
             r = stop_signal() => r,
             () = socket::serve(listener, api_tx) => Ok(()),
+            () = metrics => Ok(()),
             () = forward => Ok(()),
             () = ticks => Ok(()),
             () = probe::run_probes(targets_rx, tx) => Ok(()),

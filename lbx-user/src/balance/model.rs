@@ -100,6 +100,20 @@ pub enum Evidence {
     Quiet,
 }
 
+impl Evidence {
+    /// The kind alone, without its figures: a label with a handful of values.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Evidence::Unmeasured => "unmeasured",
+            Evidence::Saturated { .. } => "saturated",
+            Evidence::Congested { .. } => "congested",
+            Evidence::Queueing { .. } => "queueing",
+            Evidence::Held => "held",
+            Evidence::Quiet => "quiet",
+        }
+    }
+}
+
 impl fmt::Display for Evidence {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {

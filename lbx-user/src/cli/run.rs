@@ -1,7 +1,11 @@
 //! The long-running commands' arguments: the agent (`lbx run`), and the backend-side
 //! programs `lbx decap` and `lbx pass`.
 
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use aya::maps::HashMap;
@@ -46,6 +50,11 @@ pub struct RunArgs {
     #[arg(long, default_value_t = DEFAULT_CONTROL_INTERVAL_MS,
           value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub control_interval_ms: u64,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (and /healthz), e.g.
+    /// 127.0.0.1:9101. Off unless given: the endpoint has no authentication, so bind it to
+    /// an address only the monitoring system reaches.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -88,6 +97,7 @@ pub fn run(args: RunArgs, socket: Option<PathBuf>) -> Result<()> {
         pin_dir: Some(pin_dir),
         flows: args.flows,
         control_interval: Duration::from_millis(args.control_interval_ms),
+        metrics_listen: args.metrics_listen,
     })
 }
 

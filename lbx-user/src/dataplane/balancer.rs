@@ -8,11 +8,11 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, Map, MapData, PerCpuArray},
+    maps::{Array, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{Xdp, XdpMode},
 };
 use lbx_common::{
-    Active, Backend, Counters, FlowEntry, FlowKey, MAX_VIPS, Settings, VipTable,
+    Active, Backend, Counters, FlowEntry, FlowKey, MAX_VIPS, Reason, Settings, VipTable,
     flows::{self, FLOW_WAYS},
     hash::flow_hash,
     maps, programs,
@@ -200,6 +200,14 @@ macro_rules! typed {
     };
 }
 
+fn sum_cpus(values: &PerCpuValues<Counters>) -> Counters {
+    values.iter().fold(Counters::default(), |a, c| Counters {
+        packets: a.packets + c.packets,
+        bytes: a.bytes + c.bytes,
+        new_flows: a.new_flows + c.new_flows,
+    })
+}
+
 /// The balancer program attached to an interface, and its maps.
 pub struct Balancer {
     pub active: Array<MapData, Active>,
@@ -288,6 +296,21 @@ impl Balancer {
             _flows_map: flows_map,
             ebpf,
         })
+    }
+
+    /// VIP `number`'s counters, summed over CPUs.
+    pub fn vip_counters(&self, number: u32) -> Result<Counters, MapError> {
+        self.vip_stats.get(&number, 0).map(|v| sum_cpus(&v))
+    }
+
+    /// The counters of the backend in `slot`, summed over CPUs.
+    pub fn backend_counters(&self, slot: u32) -> Result<Counters, MapError> {
+        self.backend_stats.get(&slot, 0).map(|v| sum_cpus(&v))
+    }
+
+    /// Packets counted under `reason`, summed over CPUs.
+    pub fn reason_count(&self, reason: Reason) -> Result<u64, MapError> {
+        Ok(self.reasons.get(&(reason as u32), 0)?.iter().sum())
     }
 
     /// The connection table's entry for `key`, as a packet of that flow finds it (`seed`:

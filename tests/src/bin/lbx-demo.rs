@@ -9,7 +9,20 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use lbx_tests::{CLIENT_V4, Topology, VIP_V4, backend_name, tally};
+use lbx_tests::{CLIENT_V4, Topology, VIP_V4, backend_name, prometheus, tally};
+
+/// Where the agent serves Prometheus metrics, inside the lb's namespace.
+const METRICS: &str = "127.0.0.1:9101";
+/// Families whose lines the demo shows from a scrape.
+const SHOWN: &[&str] = &[
+    "lbx_build_info",
+    "lbx_generation",
+    "lbx_packets_total{reason=\"forwarded\"}",
+    "lbx_vip_new_flows_total",
+    "lbx_backend_new_flows_total",
+    "lbx_backend_effective_weight",
+    "lbx_backend_ring_slots",
+];
 
 /// Connections per round of traffic.
 const CONNECTIONS: u16 = 300;
@@ -27,7 +40,12 @@ fn main() {
     println!("Building a test network of namespaces joined by a bridge:");
     println!("  client 10.77.0.1 --> lb 10.77.0.2 (lbx run, XDP) --> backends 10.77.0.11-13");
     println!("  backends answer the client directly (DSR); VIP {vip} lives on their lo\n");
-    let mut topo = match Topology::builder().backends(3).vip(vip).build() {
+    let mut topo = match Topology::builder()
+        .backends(3)
+        .vip(vip)
+        .agent_args(&["--metrics-listen", METRICS])
+        .build()
+    {
         Ok(topo) => topo,
         Err(e) => {
             eprintln!("error: failed to build the demo network: {e:#}");
@@ -152,5 +170,20 @@ fn demo(topo: &Topology, vip: SocketAddr) -> anyhow::Result<()> {
     )?;
     println!("   (port 20000 was used above, so the connection table answers; 29999 never was,");
     println!("   so its Maglev slot decides)\n");
+
+    println!("6. What Prometheus scrapes (`lbx run --metrics-listen {METRICS}`), a few lines:");
+    let addr = METRICS.parse().expect("an address");
+    let (status, _, body) = prometheus::http(&topo.lb.netns, addr, "GET", "/metrics", &[])?;
+    anyhow::ensure!(status == 200, "GET /metrics answered {status}");
+    for line in body
+        .lines()
+        .filter(|l| SHOWN.iter().any(|s| l.starts_with(s)))
+    {
+        println!("     {line}");
+    }
+    println!(
+        "   ({} lines in all; deploy/grafana/lbx.json graphs them)\n",
+        body.lines().filter(|l| !l.starts_with('#')).count()
+    );
     Ok(())
 }
