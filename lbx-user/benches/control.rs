@@ -4,6 +4,10 @@
 //! - `publish_generation/4x10`: publishing a whole new generation (4 VIPs of 10 backends,
 //!   M = 65537; one weight changed, so every ring is rewritten) into a loaded balancer,
 //!   including the wait for in-flight packets. Needs root; skipped (said so) otherwise.
+//! - `scrape/64x64`: one Prometheus scrape of an agent with 64 VIPs of 64 backends (M =
+//!   65537), attached in generic mode to the loopback of a network namespace of its own:
+//!   reading every counter and the connection-table sample (`maps`), and encoding the
+//!   families in the text format (`encode`), apart and together. Needs root.
 
 use std::{collections::BTreeMap, hint::black_box, time::Duration};
 
@@ -83,5 +87,86 @@ fn publish_generation(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, maglev_build, publish_generation);
+/// 64 VIPs of 64 backends each, 4,096 backends in all (lbx's limit).
+fn scrape_config() -> String {
+    let mut text = format!("table_size = {M}\nmtu = 1500\n");
+    for v in 0..64u32 {
+        text.push_str(&format!(
+            "[[vip]]\naddress = \"192.0.2.{}\"\nport = {}\nprotocol = \"tcp\"\n",
+            1 + v / 8,
+            80 + v % 8
+        ));
+        for b in 0..64u32 {
+            text.push_str(&format!(
+                "[[vip.backend]]\naddress = \"10.{v}.{b}.1\"\nweight = {}\nmac = \"02:00:00:00:{v:02x}:{b:02x}\"\n",
+                1 + b % 7
+            ));
+        }
+    }
+    text
+}
+
+fn scrape(c: &mut Criterion) {
+    use lbx::{agent, metrics::exposition};
+    if !lbx::dataplane::sys::is_root() {
+        eprintln!("scrape: skipped, it attaches the balancer and needs root");
+        return;
+    }
+    // A network namespace of the benchmark's own: the balancer goes on its loopback.
+    // SAFETY: unshare affects only this process, before it starts any thread that cares.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        eprintln!(
+            "scrape: skipped, no network namespace: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    let up = std::process::Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status();
+    assert!(up.is_ok_and(|s| s.success()), "ip link set lo up");
+    let dir = std::env::temp_dir().join(format!("lbx-bench-scrape-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary folder");
+    let config_path = dir.join("lbx.toml");
+    std::fs::write(&config_path, scrape_config()).expect("write the configuration");
+    lbx::dataplane::sys::raise_memlock_limit();
+    let mut agent = agent::Agent::start(agent::Options {
+        iface: "lo".into(),
+        config_path,
+        mode: lbx::dataplane::Mode::Generic,
+        socket: dir.join("lbx.sock"),
+        pin_dir: None,
+        flows: 1 << 20,
+        control_interval: Duration::from_secs(1),
+        metrics_listen: None,
+    })
+    .expect("start an agent on lo");
+    let live = agent.live_metrics();
+    let snapshot = std::sync::Arc::new(agent.scrape());
+    assert_eq!(snapshot.vips.len(), 64, "every VIP in the scrape");
+    let mut group = c.benchmark_group("scrape");
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(5));
+    group.bench_function("64x64", |b| {
+        b.iter(|| {
+            let s = std::sync::Arc::new(agent.scrape());
+            exposition::encode(&live, s, exposition::Format::Text)
+        });
+    });
+    group.bench_function("64x64_maps", |b| b.iter(|| agent.scrape()));
+    group.bench_function("64x64_encode", |b| {
+        b.iter(|| exposition::encode(&live, snapshot.clone(), exposition::Format::Text));
+    });
+    group.finish();
+    let lines = exposition::encode(&live, snapshot, exposition::Format::Text)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .count();
+    eprintln!("scrape/64x64: {lines} samples per scrape");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, maglev_build, publish_generation, scrape);
 criterion_main!(benches);
