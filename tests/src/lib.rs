@@ -17,6 +17,7 @@
 pub mod bench_adaptive;
 pub mod capture;
 pub mod client;
+pub mod dashboard_png;
 pub mod ethtool;
 pub mod fixture;
 pub mod netns;

@@ -220,6 +220,7 @@ fn metrics_feed_the_dashboard_and_the_alerts() {
         &rules,
     )
     .expect("Prometheus");
+    let started = Instant::now();
 
     let dead = topo.backend_addr(2, vip).to_string();
     let down = prom
@@ -315,6 +316,8 @@ fn metrics_feed_the_dashboard_and_the_alerts() {
         failures.join("\n"),
         prom.tail()
     );
+
+    draw_dashboard(&topo, &prom, started.elapsed());
 
     // `promtool check metrics` on a scrape in the text format.
     let (head, text) = scrape(&topo, None);
@@ -424,6 +427,62 @@ fn metrics_feed_the_dashboard_and_the_alerts() {
     scrape(&topo, None);
     drop(prom);
     topo.check_processes().expect("every process still runs");
+}
+
+/// Panels the picture shows, by title.
+const PICTURED: &[&str] = &[
+    "New flows per second by backend",
+    "Actual vs predicted load per backend",
+    "Weights: effective and operator's",
+    "Backend health",
+    "Passed and dropped packets by reason",
+    "Predicted utilisation across backends",
+];
+
+/// Draws the main panels over the run into $LBX_DASHBOARD_PNG (the README's picture), else
+/// into the test's folder.
+fn draw_dashboard(topo: &Topology, prom: &Prometheus, span: Duration) {
+    let path = std::env::var_os("LBX_DASHBOARD_PNG")
+        .map_or_else(|| topo.dir().join("dashboard.png"), PathBuf::from);
+    let queries = dashboard_queries();
+    let mut panels = Vec::new();
+    for title in PICTURED {
+        let mut series = Vec::new();
+        for (_, expr) in queries.iter().filter(|(t, _)| t == title) {
+            for s in prom
+                .query_range(expr, span, Duration::from_secs(1))
+                .expect("a range query")
+            {
+                let m = &s["metric"];
+                let name = m["__name__"].as_str().map(|n| {
+                    n.trim_start_matches("lbx_backend_")
+                        .trim_end_matches("_flows_per_second")
+                        .to_owned()
+                });
+                let label = [
+                    name,
+                    m["backend"].as_str().map(str::to_owned),
+                    m["reason"].as_str().map(str::to_owned),
+                ]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" ");
+                let values = s["values"].as_array().cloned().unwrap_or_default();
+                let t0 = values.first().and_then(|v| v[0].as_f64()).unwrap_or(0.0);
+                let points = values
+                    .iter()
+                    .filter_map(|v| {
+                        Some((v[0].as_f64()? - t0, v[1].as_str()?.parse::<f64>().ok()?))
+                    })
+                    .collect();
+                series.push((label, points));
+            }
+        }
+        panels.push(((*title).to_owned(), series));
+    }
+    lbx_tests::dashboard_png::draw(&path, &panels).expect("the dashboard's picture");
+    eprintln!("the dashboard's main panels: {}", path.display());
 }
 
 /// Runs `cmd` with `input` on its stdin.

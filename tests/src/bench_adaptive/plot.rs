@@ -19,7 +19,7 @@ const SIZE: (u32, u32) = (1200, 1050);
 /// Latency axis: 1 ms to the request timeout.
 const LATENCY_MIN_MS: f64 = 1.0;
 
-fn register_font() {
+pub fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_err()
