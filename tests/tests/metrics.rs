@@ -136,20 +136,16 @@ fn stats_counters(stats: &Value) -> BTreeMap<(String, Vec<(String, String)>), f6
     }
     for v in stats["vips"].as_array().expect("vips") {
         let vip = v["vip"].as_str().expect("vip");
-        for (field, family) in [
-            ("packets", "packets"),
-            ("bytes", "bytes"),
-            ("new_flows", "new_flows"),
-        ] {
+        for field in ["packets", "bytes", "new_flows"] {
             put(
-                &format!("lbx_vip_{family}_total"),
+                &format!("lbx_vip_{field}_total"),
                 vec![("vip", vip)],
                 &v[field],
             );
             for b in v["backends"].as_array().expect("backends") {
                 let backend = b["address"].as_str().expect("address");
                 put(
-                    &format!("lbx_backend_{family}_total"),
+                    &format!("lbx_backend_{field}_total"),
                     vec![("vip", vip), ("backend", backend)],
                     &b[field],
                 );

@@ -3,14 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use lbx_common::{Counters, Reason};
+use lbx_common::Reason;
 
 use super::Agent;
 use crate::{
     balance::health::State,
     config::VipId,
     dataplane::plan,
-    metrics::snapshot::{BackendFigures, FlowTable, LoadFigures, Snapshot, Traffic, VipFigures},
+    metrics::snapshot::{BackendFigures, FlowTable, LoadFigures, Snapshot, VipFigures},
 };
 
 /// Connection-table slots read for the occupancy estimate: a few hundred kilobytes of
@@ -22,14 +22,6 @@ const FLOW_SAMPLE: usize = 4096;
 pub(super) struct RingShares {
     generation: u64,
     counts: BTreeMap<(VipId, u32), u64>,
-}
-
-fn traffic(c: Counters) -> Traffic {
-    Traffic {
-        packets: c.packets,
-        bytes: c.bytes,
-        new_flows: c.new_flows,
-    }
 }
 
 impl Agent {
@@ -72,15 +64,12 @@ impl Agent {
                 let model = self.models.get(&key);
                 backends.push(BackendFigures {
                     backend: b.address.to_string(),
-                    traffic: traffic(bc),
+                    traffic: bc,
                     healthy: health.is_none_or(|h| h.state == State::Up),
                     drained: b.drain,
                     slow_start: eff.is_some_and(|e| !e.down && e.permille < plan::FULL),
                     operator_weight: b.weight,
-                    effective_weight: eff.map_or(f64::from(b.weight), |e| {
-                        f64::from(e.weight.unwrap_or(b.weight)) * f64::from(e.permille)
-                            / f64::from(plan::FULL)
-                    }),
+                    effective_weight: plan::effective_weight(eff, b.weight),
                     ring_slots: shares.get(&(id, slot)).copied().unwrap_or(0),
                     measured_flows_per_s: self.signals.get(&key).map(|s| s.new_flows_per_s),
                     probe_latency_s: health.and_then(|h| h.latency_ewma),
@@ -96,7 +85,7 @@ impl Agent {
             }
             vips.push(VipFigures {
                 vip: id.to_string(),
-                traffic: traffic(c),
+                traffic: c,
                 backends,
             });
         }

@@ -127,10 +127,7 @@ impl Agent {
                             "mac": self.mac_of(b.address, b.mac).map(|m| m.to_string()),
                             "mac_source": if b.mac.is_some() { "configured" } else { "neighbour table" },
                             "table_slots": share,
-                            "effective_weight": eff.map_or(f64::from(b.weight), |e| {
-                                f64::from(e.weight.unwrap_or(b.weight)) * f64::from(e.permille)
-                                    / f64::from(plan::FULL)
-                            }),
+                            "effective_weight": plan::effective_weight(eff, b.weight),
                             "signals": self.signals.get(&(id, b.address)),
                             "report": self.reports.get(&(id, b.address)),
                             "adaptive": self.adaptive.get(&(id, b.address)).map(|(w, why)| {

@@ -49,6 +49,14 @@ pub struct Effective {
 /// A backend's whole weight, in `Effective::permille`.
 pub const FULL: u32 = 1000;
 
+/// The weight in the ring of a backend configured with `configured`: the agent's weight, if
+/// any, times the slow start's share; the configured weight without an override.
+pub fn effective_weight(effective: Option<&Effective>, configured: u32) -> f64 {
+    effective.map_or(f64::from(configured), |e| {
+        f64::from(e.weight.unwrap_or(configured)) * f64::from(e.permille) / f64::from(FULL)
+    })
+}
+
 /// Effective weights and health by (VIP, backend); a backend not in it runs as configured.
 pub type Overrides = BTreeMap<(VipId, IpAddr), Effective>;
 

@@ -149,8 +149,8 @@ fn single(
     gauge.encode(enc.encode_descriptor(name, help, unit, MetricType::Gauge)?)
 }
 
-fn bool_gauge(b: bool) -> ConstGauge<f64> {
-    ConstGauge::new(if b { 1.0 } else { 0.0 })
+fn one_if(b: bool) -> f64 {
+    if b { 1.0 } else { 0.0 }
 }
 
 impl SnapshotFamilies {
@@ -190,7 +190,7 @@ impl SnapshotFamilies {
     /// The three traffic counters of VIPs (`scope` "vip") or backends ("backend").
     fn traffic(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
         let vips = &self.snapshot.vips;
-        type Pick = fn(&super::snapshot::Traffic) -> u64;
+        type Pick = fn(&lbx_common::Counters) -> u64;
         let kinds: [(&str, &str, Pick); 3] = [
             ("packets", "Packets balanced", |t| t.packets),
             ("bytes", "Bytes balanced (the packets as received)", |t| {
@@ -291,25 +291,19 @@ impl Collector for SnapshotFamilies {
             &mut enc,
             "lbx_backend_healthy",
             "1 while the backend passes its health checks (or has none), 0 while it is down",
-            |b| Some(if b.healthy { 1.0 } else { 0.0 }),
+            |b| Some(one_if(b.healthy)),
         )?;
-        family(
+        self.backend_gauge(
             &mut enc,
             "lbx_backend_drained",
             "1 while the backend is drained: no new flows, open ones keep going",
-            None,
-            MetricType::Gauge,
-            self.backends()
-                .map(|(v, b)| (Self::label(v, b), bool_gauge(b.drained))),
+            |b| Some(one_if(b.drained)),
         )?;
-        family(
+        self.backend_gauge(
             &mut enc,
             "lbx_backend_slow_start",
             "1 while a recovered backend's weight ramps up",
-            None,
-            MetricType::Gauge,
-            self.backends()
-                .map(|(v, b)| (Self::label(v, b), bool_gauge(b.slow_start))),
+            |b| Some(one_if(b.slow_start)),
         )?;
         self.backend_gauge(
             &mut enc,
@@ -417,7 +411,9 @@ impl Collector for SnapshotFamilies {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::snapshot::{LoadFigures, Traffic};
+    use lbx_common::Counters;
+
+    use crate::metrics::snapshot::LoadFigures;
 
     fn snapshot() -> Snapshot {
         Snapshot {
@@ -425,14 +421,14 @@ mod tests {
             reasons: vec![("forwarded", 10), ("drop_too_big", 1)],
             vips: vec![VipFigures {
                 vip: "10.0.0.1:80/tcp".into(),
-                traffic: Traffic {
+                traffic: Counters {
                     packets: 11,
                     bytes: 1100,
                     new_flows: 3,
                 },
                 backends: vec![BackendFigures {
                     backend: "10.1.0.1".into(),
-                    traffic: Traffic {
+                    traffic: Counters {
                         packets: 11,
                         bytes: 1100,
                         new_flows: 3,

@@ -2,13 +2,7 @@
 //! counters, each backend's state and weights, and the load model's figures. The agent
 //! fills it; the exposition turns it into metric families.
 
-/// Packets, bytes and new flows, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Traffic {
-    pub packets: u64,
-    pub bytes: u64,
-    pub new_flows: u64,
-}
+use lbx_common::Counters;
 
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -23,7 +17,8 @@ pub struct Snapshot {
 pub struct VipFigures {
     /// The VIP in its display form, `10.0.0.100:80/tcp`.
     pub vip: String,
-    pub traffic: Traffic,
+    /// Packets, bytes and new flows, summed over CPUs.
+    pub traffic: Counters,
     pub backends: Vec<BackendFigures>,
 }
 
@@ -38,7 +33,7 @@ impl VipFigures {
 pub struct BackendFigures {
     /// The backend's address.
     pub backend: String,
-    pub traffic: Traffic,
+    pub traffic: Counters,
     /// Passing its health checks, or not checked.
     pub healthy: bool,
     pub drained: bool,
