@@ -64,6 +64,8 @@ fn expand(tree: &str) -> Vec<String> {
 
 /// Every crate-relative path `text` names, as module segments from the crate root.
 fn paths(text: &str, module: &[String]) -> Vec<Vec<String>> {
+    // A file's unit tests are not an import of it: their `super` is the file itself.
+    let text = text.split("#[cfg(test)]\nmod tests").next().unwrap_or(text);
     // Drop comments, so prose that mentions a path does not count.
     let code: String = text
         .lines()

@@ -11,6 +11,16 @@
 //! - [`maglev`] and [`addr`]: the Maglev table and the data plane's address form, used by
 //!   all of the above.
 
+/// `println!` for the commands that serve until stopped: a line nobody reads any more (the
+/// log pipe closed) is dropped, and the command goes on serving instead of panicking.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub mod addr;
 pub mod agent;
 pub mod balance;

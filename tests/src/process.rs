@@ -47,9 +47,19 @@ fn signal_group(pid: u32, signal: libc::c_int) {
 
 /// Runs `cmd` to completion with stdout and stderr captured, killing it (and its process
 /// group) if it takes longer than `timeout`.
-pub fn run_bounded(mut cmd: Command, timeout: Duration) -> anyhow::Result<Output> {
+pub fn run_bounded(cmd: Command, timeout: Duration) -> anyhow::Result<Output> {
+    run_bounded_to(cmd, Stdio::piped(), timeout)
+}
+
+/// Like [`run_bounded`], with stdout going to `stdout` (captured only if that is
+/// `Stdio::piped()`), e.g. a pipe whose reader is gone.
+pub fn run_bounded_to(
+    mut cmd: Command,
+    stdout: Stdio,
+    timeout: Duration,
+) -> anyhow::Result<Output> {
     cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::piped());
     isolate(&mut cmd);
     let program = format!("{:?}", cmd.get_program());

@@ -630,7 +630,7 @@ mod tests {
             ]
             [[vip]]
             address = "2001:db8::10"
-            port = 0
+            port = "*"
             protocol = "udp"
             backend = [{ address = "2001:db8:1::11", mac = "02:00:00:00:01:21" }]
             [[vip]]

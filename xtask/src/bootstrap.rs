@@ -24,6 +24,8 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("procps", "sysctl"),
     // The metrics test scrapes lbx with a real Prometheus and checks with its promtool.
     ("prometheus", "promtool"),
+    // The CLI test checks the generated zsh completions with `zsh -n`.
+    ("zsh", "zsh"),
 ];
 
 /// Debian packages `vm-test` needs on the host, with a command each provides: qemu, a

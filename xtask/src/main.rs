@@ -9,6 +9,7 @@ mod bootstrap;
 mod bpf_linker;
 mod build;
 mod demo;
+mod install;
 mod process;
 mod test;
 mod vm;
@@ -46,6 +47,23 @@ enum Task {
     /// bpf-linker, and embedded in the `lbx` binary.
     Build {
         /// Build the dev profile (target/debug) instead of release.
+        #[arg(long)]
+        debug: bool,
+    },
+
+    /// Build `lbx` and install it with its shell completions and man pages.
+    ///
+    /// Under PREFIX: bin/lbx, share/bash-completion/completions/lbx,
+    /// share/zsh/site-functions/_lbx, share/fish/vendor_completions.d/lbx.fish and
+    /// share/man/man1/lbx*.1 (one page per command). The systemd unit and the monitoring
+    /// files are under deploy/.
+    Install {
+        #[arg(long, default_value = "/usr/local")]
+        prefix: std::path::PathBuf,
+        /// Stage the files under DIR (DIR/PREFIX/...), e.g. for a package.
+        #[arg(long, value_name = "DIR")]
+        destdir: Option<std::path::PathBuf>,
+        /// Install the dev-profile build instead of release.
         #[arg(long)]
         debug: bool,
     },
@@ -194,6 +212,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Build { debug } => build::run(debug).map(|()| 0),
+        Task::Install {
+            prefix,
+            destdir,
+            debug,
+        } => install::run(&install::Options {
+            prefix,
+            destdir,
+            debug,
+        })
+        .map(|()| 0),
         Task::Test { only, filter } => test::run(&only, &filter),
         Task::Demo { args } => demo::run(&args),
         Task::VmTest(args) => vm::run(&args),

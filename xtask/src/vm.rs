@@ -577,11 +577,18 @@ fn summary(runs: &[KernelRun], accel: Accel) {
 }
 
 /// Test binaries that run on the host tier only, and why.
-pub const HOST_ONLY: &[(&str, &str)] = &[(
-    "metrics",
-    "it runs a real Prometheus server and promtool (two 50 MB Go programs with their \
-     libraries), which the guests' initramfs does not carry",
-)];
+pub const HOST_ONLY: &[(&str, &str)] = &[
+    (
+        "metrics",
+        "it runs a real Prometheus server and promtool (two 50 MB Go programs with their \
+         libraries), which the guests' initramfs does not carry",
+    ),
+    (
+        "cli_docs",
+        "it checks the generated completions with bash and zsh and runs `cargo xtask \
+         install`, none of which the guests' busybox initramfs carries",
+    ),
+];
 
 /// The integration test executables of lbx-tests, built like the kernel tier builds them:
 /// (target name, path).

@@ -60,7 +60,94 @@ pub enum Request {
 #[serde(rename_all = "lowercase")]
 pub enum Response {
     Ok(Value),
-    Error(String),
+    Error(Failure),
+}
+
+/// What went wrong, in a form a script can act on: `lbx --json` prints it as
+/// `{"error": {"kind": ..., "message": ..., "hint": ...}}` and exits with the kind's code.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// What to do about it, when there is more to say than the message does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl Failure {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Failure {
+        Failure {
+            kind,
+            message: message.into(),
+            hint: None,
+        }
+    }
+}
+
+/// The kinds of failure, each with its own exit status. The codes are stable: scripts may
+/// rely on them (README, "Exit status").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Something unforeseen; the message says what.
+    Internal,
+    /// The command line is wrong: an unknown flag, a missing argument, a value that does
+    /// not parse or is out of range.
+    Usage,
+    /// The request is well-formed, but the configuration it would make is refused (a
+    /// backend of the other address family, a limit, a health check without a port).
+    Invalid,
+    /// The VIP, backend, interface or file named does not exist.
+    NotFound,
+    /// It exists already, or someone else holds it (a VIP or backend that is there, an
+    /// interface an agent or another XDP program holds, a socket in use).
+    Conflict,
+    /// No agent answers on the control socket.
+    AgentUnreachable,
+    /// Not allowed: the control socket and the data plane are for root.
+    Permission,
+    /// The kernel refused: loading, verifying or attaching the program, a map update.
+    Kernel,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 8] = [
+        ErrorKind::Internal,
+        ErrorKind::Usage,
+        ErrorKind::Invalid,
+        ErrorKind::NotFound,
+        ErrorKind::Conflict,
+        ErrorKind::AgentUnreachable,
+        ErrorKind::Permission,
+        ErrorKind::Kernel,
+    ];
+
+    /// The process's exit status for a failure of this kind (2 is clap's for usage).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorKind::Internal => 1,
+            ErrorKind::Usage => 2,
+            ErrorKind::Invalid => 3,
+            ErrorKind::NotFound => 4,
+            ErrorKind::Conflict => 5,
+            ErrorKind::AgentUnreachable => 6,
+            ErrorKind::Permission => 7,
+            ErrorKind::Kernel => 8,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Internal => "internal",
+            ErrorKind::Usage => "usage",
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::AgentUnreachable => "agent_unreachable",
+            ErrorKind::Permission => "permission",
+            ErrorKind::Kernel => "kernel",
+        }
+    }
 }
 
 /// A request and where its answer goes, for the thread that owns the agent.

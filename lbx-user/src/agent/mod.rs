@@ -3,6 +3,7 @@
 
 mod adapt;
 pub mod api;
+pub mod failure;
 mod health;
 mod metrics;
 mod requests;
@@ -47,6 +48,12 @@ pub enum AgentError {
     Publish(#[from] PublishError),
     #[error("reading counters: {0}")]
     Counters(#[from] MapError),
+    /// A request about something that is not there (a flow that matches no VIP).
+    #[error("{0}")]
+    NotFound(String),
+    /// A request the agent refuses as it stands (a change that needs a restart).
+    #[error("{0}")]
+    Invalid(String),
     #[error("{0}")]
     Other(String),
 }
@@ -147,7 +154,7 @@ impl Agent {
             // Syntax and I/O errors name the file already; validation errors do not.
             Err(e @ (ConfigError::Parse { .. } | ConfigError::Io { .. })) => return Err(e.into()),
             Err(e) => {
-                return Err(AgentError::Other(format!(
+                return Err(AgentError::Invalid(format!(
                     "{}: {e}; nothing was loaded",
                     opts.config_path.display()
                 )));
@@ -264,7 +271,7 @@ impl Agent {
     fn apply(&mut self, new: Config) -> Result<u64, AgentError> {
         new.validate()?;
         if new.table_size != self.config.table_size {
-            return Err(AgentError::Other(format!(
+            return Err(AgentError::Invalid(format!(
                 "table_size changes from {} to {} need a restart of the agent",
                 self.config.table_size, new.table_size
             )));

@@ -209,7 +209,7 @@ impl Agent {
         dst: SocketAddr,
     ) -> Result<Value, AgentError> {
         if src.is_ipv4() != dst.is_ipv4() {
-            return Err(AgentError::Other(format!(
+            return Err(AgentError::Invalid(format!(
                 "source {src} and destination {dst} are of different address families"
             )));
         }
@@ -226,7 +226,7 @@ impl Agent {
                 })
             })
             .ok_or_else(|| {
-                AgentError::Other(format!(
+                AgentError::NotFound(format!(
                     "no VIP matches {dst}/{protocol}: lbx passes this flow to the kernel"
                 ))
             })?;

@@ -86,7 +86,7 @@ pub fn run(opts: Options) -> Result<()> {
                 Event::Api((req, reply)) => {
                     let answer = match agent.handle(req) {
                         Ok(v) => Response::Ok(v),
-                        Err(e) => Response::Error(e.to_string()),
+                        Err(e) => Response::Error(e.failure()),
                     };
                     let _ = reply.send(answer);
                     targets_tx.send_if_modified(|t| {

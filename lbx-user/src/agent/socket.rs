@@ -15,7 +15,7 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use super::api::{Job, Request, Response};
+use super::api::{ErrorKind, Failure, Job, Request, Response};
 
 /// Where `lbx run --iface IF` listens unless told otherwise.
 pub fn default_socket(iface: &str) -> PathBuf {
@@ -55,19 +55,25 @@ pub async fn serve(listener: UnixListener, jobs: mpsc::Sender<Job>) {
             let mut lines = tokio::io::BufReader::new(rd).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let resp = if !root {
-                    Response::Error(
-                        "permission denied: the lbx control socket is for root only".into(),
-                    )
+                    Response::Error(Failure::new(
+                        ErrorKind::Permission,
+                        "permission denied: the lbx control socket is for root only",
+                    ))
                 } else {
                     match serde_json::from_str::<Request>(&line) {
-                        Err(e) => Response::Error(format!("malformed request: {e}")),
+                        Err(e) => Response::Error(Failure::new(
+                            ErrorKind::Usage,
+                            format!("malformed request: {e}"),
+                        )),
                         Ok(req) => {
                             let (tx, rx) = oneshot::channel();
                             if jobs.send((req, tx)).await.is_err() {
                                 return;
                             }
-                            rx.await
-                                .unwrap_or(Response::Error("the agent is shutting down".into()))
+                            rx.await.unwrap_or(Response::Error(Failure::new(
+                                ErrorKind::AgentUnreachable,
+                                "the agent is shutting down",
+                            )))
                         }
                     }
                 };
@@ -94,8 +100,20 @@ pub enum ClientError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Agent(String),
+    #[error("{}", .0.message)]
+    Agent(Failure),
+}
+
+impl ClientError {
+    pub fn failure(&self) -> Failure {
+        match self {
+            ClientError::Agent(f) => f.clone(),
+            ClientError::Permission(_) => Failure::new(ErrorKind::Permission, self.to_string()),
+            ClientError::NoAgent(_) | ClientError::Io { .. } => {
+                Failure::new(ErrorKind::AgentUnreachable, self.to_string())
+            }
+        }
+    }
 }
 
 /// The socket to use: the one given, or the only agent's under /run/lbx.

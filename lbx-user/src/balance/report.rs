@@ -97,7 +97,7 @@ pub fn serve(listen: SocketAddr, service_port: Option<u16>) -> Result<()> {
             last = now;
         }
     });
-    println!("lbx report listening on {listen}");
+    crate::say!("lbx report listening on {listen}");
     for stream in listener.incoming() {
         let Ok(mut s) = stream else { continue };
         let u = busy_permille.load(Ordering::Relaxed) as f64 / 1000.0;

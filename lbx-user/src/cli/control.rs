@@ -9,11 +9,12 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 
-use super::output;
+use super::{output, values};
 use crate::{
     agent::{api::Request, socket},
     config::{
-        Adaptive, BackendConfig, CheckKind, DEFAULT_WEIGHT, HealthCheck, MacAddr, Protocol, VipId,
+        Adaptive, BackendConfig, CheckKind, DEFAULT_WEIGHT, Endpoint, EndpointError, HealthCheck,
+        MacAddr, Protocol, VipId,
     },
 };
 
@@ -33,20 +34,30 @@ pub enum ControlCmd {
     Flow(FlowArgs),
 }
 
-/// A VIP: ADDR:PORT (IPv6 as [ADDR]:PORT); port 0 or a bare address means all ports.
+/// A VIP: ADDR:PORT, IPv6 as [ADDR]:PORT; every port of the address as ADDR:* or with
+/// --all-ports.
 #[derive(Args, Clone)]
 pub struct VipArg {
-    /// The VIP, e.g. 10.0.0.100:80 or [2001:db8::1]:443.
+    /// The VIP, e.g. 10.0.0.100:80, [2001:db8::1]:443, or 10.0.0.100:* for every port.
+    #[arg(value_name = "VIP")]
     vip: String,
+    /// The VIP takes every port of its address (then VIP may be the address alone).
+    #[arg(long)]
+    all_ports: bool,
     /// The VIP's protocol.
     #[arg(long = "proto", default_value = "tcp")]
     protocol: Protocol,
 }
 
 impl VipArg {
-    fn id(&self) -> Result<VipId> {
-        Ok(VipId::parse(&self.vip, self.protocol)?)
+    fn id(&self) -> Result<VipId, EndpointError> {
+        vip_id(&self.vip, self.all_ports, self.protocol)
     }
+}
+
+/// Every command reads a VIP through this one function.
+pub fn vip_id(text: &str, all_ports: bool, protocol: Protocol) -> Result<VipId, EndpointError> {
+    Ok(VipId::new(Endpoint::parse_vip(text, all_ports)?, protocol))
 }
 
 #[derive(Subcommand)]
@@ -74,9 +85,9 @@ pub struct AdaptiveArgs {
     #[arg(long)]
     off: bool,
     /// Smallest weight a backend gets (the largest capacity gets --max-weight).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = values::weight, allow_negative_numbers = true)]
     min_weight: u32,
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = values::weight, allow_negative_numbers = true)]
     max_weight: u32,
     /// A weight moves only if it would change by more than this many percent.
     #[arg(long, default_value_t = 10)]
@@ -85,7 +96,7 @@ pub struct AdaptiveArgs {
     #[arg(long, default_value_t = 10)]
     churn_budget_percent: u32,
     /// Port of `lbx report` on each backend's own address (optional load signal).
-    #[arg(long)]
+    #[arg(long, value_parser = values::port, allow_negative_numbers = true)]
     report_port: Option<u16>,
 }
 
@@ -99,14 +110,14 @@ pub struct HealthArgs {
     /// tcp: the connection opens; http: a GET answers with the expected status.
     #[arg(long, value_enum, default_value = "tcp")]
     kind: CheckKind,
-    /// Port to probe (default: the VIP's port).
-    #[arg(long)]
+    /// Port to probe (default: the VIP's port; required for an all-ports VIP).
+    #[arg(long, value_parser = values::port, allow_negative_numbers = true)]
     port: Option<u16>,
     /// HTTP path to GET.
     #[arg(long, default_value = "/")]
     path: String,
     /// HTTP status a healthy backend answers.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = values::http_status, allow_negative_numbers = true)]
     expect_status: u16,
     /// Text the HTTP body must contain.
     #[arg(long)]
@@ -133,10 +144,12 @@ pub enum BackendCmd {
     Add {
         #[command(flatten)]
         vip: VipArg,
-        /// The backend's address (same family as the VIP).
+        /// The backend's address, without a port (same family as the VIP).
+        #[arg(value_parser = values::host)]
         address: IpAddr,
         /// Share of new flows relative to the VIP's other backends, 1 to 65535.
-        #[arg(long, default_value_t = DEFAULT_WEIGHT)]
+        #[arg(long, default_value_t = DEFAULT_WEIGHT, value_parser = values::weight,
+              allow_negative_numbers = true)]
         weight: u32,
         /// Ethernet address to send its packets to (the backend or its gateway);
         /// resolved from the neighbour table when omitted.
@@ -147,20 +160,24 @@ pub enum BackendCmd {
     Del {
         #[command(flatten)]
         vip: VipArg,
+        #[arg(value_parser = values::host)]
         address: IpAddr,
     },
     /// Change a backend's weight; established flows keep their backend.
     Weight {
         #[command(flatten)]
         vip: VipArg,
+        #[arg(value_parser = values::host)]
         address: IpAddr,
         /// The new weight, 1 to 65535.
+        #[arg(value_parser = values::weight, allow_negative_numbers = true)]
         weight: u32,
     },
     /// Stop sending new flows to a backend while its open flows keep working.
     Drain {
         #[command(flatten)]
         vip: VipArg,
+        #[arg(value_parser = values::host)]
         address: IpAddr,
         /// Take new flows again.
         #[arg(long)]
@@ -168,8 +185,12 @@ pub enum BackendCmd {
     },
     /// List backends, of one VIP or of all.
     List {
-        /// Only this VIP's backends (ADDR:PORT).
+        /// Only this VIP's backends (ADDR:PORT, [ADDR]:PORT or ADDR:*).
+        #[arg(value_name = "VIP")]
         vip: Option<String>,
+        /// The VIP takes every port of its address (then VIP may be the address alone).
+        #[arg(long, requires = "vip")]
+        all_ports: bool,
         #[arg(long = "proto", default_value = "tcp")]
         protocol: Protocol,
     },
@@ -177,15 +198,17 @@ pub enum BackendCmd {
 
 #[derive(Args)]
 pub struct FlowArgs {
-    /// The client's address and port, e.g. 192.0.2.7:40000.
-    src: SocketAddr,
-    /// The VIP address and port the flow goes to.
-    dst: SocketAddr,
+    /// The client's address and port, e.g. 192.0.2.7:40000 or [2001:db8::7]:40000.
+    #[arg(value_parser = values::flow_source)]
+    src: Endpoint,
+    /// The VIP address and the port the flow goes to, e.g. 10.0.0.100:80.
+    #[arg(value_parser = values::flow_destination)]
+    dst: Endpoint,
     #[arg(long = "proto", default_value = "tcp")]
     protocol: Protocol,
 }
 
-fn request(cmd: ControlCmd) -> Result<Request> {
+pub(super) fn request(cmd: ControlCmd) -> Result<Request, EndpointError> {
     Ok(match cmd {
         ControlCmd::Vip(VipCmd::Add(v)) => Request::VipAdd { vip: v.id()? },
         ControlCmd::Vip(VipCmd::Del(v)) => Request::VipDel { vip: v.id()? },
@@ -247,15 +270,19 @@ fn request(cmd: ControlCmd) -> Result<Request> {
             address,
             drain: !undo,
         },
-        ControlCmd::Backend(BackendCmd::List { vip, protocol }) => Request::BackendList {
-            vip: vip.map(|v| VipId::parse(&v, protocol)).transpose()?,
+        ControlCmd::Backend(BackendCmd::List {
+            vip,
+            all_ports,
+            protocol,
+        }) => Request::BackendList {
+            vip: vip.map(|v| vip_id(&v, all_ports, protocol)).transpose()?,
         },
         ControlCmd::Status => Request::Status,
         ControlCmd::Stats => Request::Stats,
         ControlCmd::Flow(f) => Request::Flow {
             protocol: f.protocol,
-            src: f.src,
-            dst: f.dst,
+            src: SocketAddr::new(f.src.address, f.src.port),
+            dst: SocketAddr::new(f.dst.address, f.dst.port),
         },
     })
 }

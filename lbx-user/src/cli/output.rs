@@ -108,7 +108,12 @@ fn status(v: &Value) {
     );
     for vip in arr(&v["vips"]) {
         println!();
-        println!("VIP {}", s(&vip["vip"]));
+        let id = s(&vip["vip"]);
+        if id.contains(":*/") {
+            println!("VIP {id} (every port of the address)");
+        } else {
+            println!("VIP {id}");
+        }
         table(
             &[
                 "  BACKEND",

@@ -4,7 +4,9 @@ use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use super::{MAX_MTU, MAX_TABLE_SIZE, MAX_WEIGHT, MIN_TABLE_SIZE, MIN_WEIGHT, Prefix, VipId};
+use super::{
+    EndpointError, MAX_MTU, MAX_TABLE_SIZE, MAX_WEIGHT, MIN_TABLE_SIZE, MIN_WEIGHT, Prefix, VipId,
+};
 
 fn family(addr: IpAddr) -> &'static str {
     if addr.is_ipv4() { "IPv4" } else { "IPv6" }
@@ -62,6 +64,8 @@ pub enum ConfigError {
     BadAdaptive { vip: VipId, reason: String },
     #[error("health check of VIP {vip}: {reason}")]
     BadHealthCheck { vip: VipId, reason: String },
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
     #[error("invalid address {value}: {reason}")]
     BadAddress { value: String, reason: String },
     #[error("unknown protocol \"{value}\": use tcp or udp")]

@@ -11,7 +11,7 @@
 //!
 //! [[vip]]
 //! address = "10.0.0.100"
-//! port = 80                # 0 = all ports
+//! port = 80                # 1..=65535, or "*" for every port of the address
 //! protocol = "tcp"         # tcp | udp
 //!
 //! [[vip.backend]]
@@ -26,6 +26,7 @@
 //! publishing a config.
 
 mod change;
+pub mod endpoint;
 mod error;
 mod file;
 #[cfg(test)]
@@ -34,6 +35,7 @@ mod types;
 mod validate;
 mod values;
 
+pub use endpoint::{ALL_PORTS, Endpoint, EndpointError};
 pub use error::ConfigError;
 pub use types::{Adaptive, BackendConfig, CheckKind, Config, Encap, HealthCheck, VipConfig};
 pub use values::{MacAddr, Prefix, Protocol, VipId};

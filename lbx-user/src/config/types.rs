@@ -65,7 +65,9 @@ impl Default for Encap {
 #[serde(deny_unknown_fields)]
 pub struct VipConfig {
     pub address: IpAddr,
-    /// 0 means every port of `address` and `protocol`.
+    /// 1 to 65535, or [`ALL_PORTS`](super::ALL_PORTS) for every port of `address` and
+    /// `protocol` (`port = "*"` in the file).
+    #[serde(with = "super::endpoint::port_field")]
     pub port: u16,
     pub protocol: Protocol,
     /// How the agent checks this VIP's backends; none: they are assumed healthy.
@@ -278,7 +280,35 @@ mod tests {
         assert_eq!((c.seed, c.table_size, c.mtu), (0, 65537, None));
         assert_eq!(c.encap.source_v4.to_string(), "172.16.0.0/16");
         assert_eq!(c.encap.source_v6.to_string(), "100::/64");
-        let c = Config::from_toml("[[vip]]\naddress = \"10.0.0.1\"\nport = 0\nprotocol = \"udp\"\n[[vip.backend]]\naddress = \"10.0.0.2\"\n").unwrap();
+        let c = Config::from_toml("[[vip]]\naddress = \"10.0.0.1\"\nport = \"*\"\nprotocol = \"udp\"\n[[vip.backend]]\naddress = \"10.0.0.2\"\n").unwrap();
         assert_eq!(c.vips[0].backends[0], BackendConfig::new(ip("10.0.0.2")));
+        assert_eq!(c.vips[0].port, super::super::ALL_PORTS);
+    }
+
+    #[test]
+    fn vip_ports_in_the_file() {
+        let vip = |port: &str| {
+            Config::from_toml(&format!(
+                "[[vip]]\naddress = \"10.0.0.1\"\nport = {port}\nprotocol = \"tcp\"\n"
+            ))
+        };
+        assert_eq!(vip("80").unwrap().vips[0].port, 80);
+        assert_eq!(vip("\"443\"").unwrap().vips[0].port, 443);
+        for (bad, words) in [
+            ("0", &["port 0", "1-65535", "\"*\""][..]),
+            ("70000", &["70000", "1-65535"]),
+            ("-1", &["-1", "1-65535"]),
+            ("\"any\"", &["any", "1-65535"]),
+        ] {
+            let e = vip(bad).unwrap_err().to_string();
+            for w in words {
+                assert!(e.contains(w), "port = {bad}: {e:?} should mention {w:?}");
+            }
+        }
+        // Every port is written back as "*", and reads back as itself.
+        let c = vip("\"*\"").unwrap();
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("port = \"*\""), "{text}");
+        assert_eq!(Config::from_toml(&text).unwrap(), c);
     }
 }

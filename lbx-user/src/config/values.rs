@@ -3,13 +3,16 @@
 //! the control API.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use lbx_common::VipKey;
 use serde::{Deserialize, Serialize};
 
-use super::ConfigError;
+use super::{
+    ConfigError,
+    endpoint::{ALL_PORTS, Endpoint},
+};
 use crate::addr;
 
 /// An IP prefix such as `172.16.0.0/16`; written as that string in TOML.
@@ -199,8 +202,9 @@ impl From<MacAddr> for String {
     }
 }
 
-/// Identity of a VIP: address, port, protocol. Displayed `10.0.0.100:80/tcp`,
-/// `[fd00::1]:80/udp`; [`FromStr`] reads that form back.
+/// Identity of a VIP: address, port ([`ALL_PORTS`] for every port), protocol. Displayed
+/// `10.0.0.100:80/tcp`, `[fd00::1]:80/udp`, `10.0.0.1:*/tcp`; [`FromStr`] reads that form
+/// back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VipId {
     pub address: IpAddr,
@@ -209,32 +213,29 @@ pub struct VipId {
 }
 
 impl VipId {
-    /// Parses `10.0.0.1:80`, `[fd00::1]:443`, or a bare address (`10.0.0.1`, `fd00::1`,
-    /// `[fd00::1]`), which means port 0: every port.
+    /// Reads the VIP's address and port in the one endpoint syntax ([`Endpoint::parse`]):
+    /// `10.0.0.1:80`, `[fd00::1]:443`, `10.0.0.1:*` for every port.
     pub fn parse(addr_port: &str, protocol: Protocol) -> Result<VipId, ConfigError> {
-        let s = addr_port.trim();
-        if let Ok(sa) = s.parse::<SocketAddr>() {
-            return Ok(VipId {
-                address: sa.ip(),
-                port: sa.port(),
-                protocol,
-            });
+        Ok(VipId::new(Endpoint::parse(addr_port)?, protocol))
+    }
+
+    pub fn new(endpoint: Endpoint, protocol: Protocol) -> VipId {
+        VipId {
+            address: endpoint.address,
+            port: endpoint.port,
+            protocol,
         }
-        let bare = s.strip_prefix('[').and_then(|r| r.strip_suffix(']'));
-        let address = match bare {
-            Some(inner) => inner.parse::<Ipv6Addr>().ok().map(IpAddr::V6),
-            None => s.parse::<IpAddr>().ok(),
-        };
-        address
-            .map(|address| VipId {
-                address,
-                port: 0,
-                protocol,
-            })
-            .ok_or_else(|| ConfigError::BadAddress {
-                value: addr_port.to_owned(),
-                reason: VIP_FORMS.to_owned(),
-            })
+    }
+
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            address: self.address,
+            port: self.port,
+        }
+    }
+
+    pub fn all_ports(&self) -> bool {
+        self.port == ALL_PORTS
     }
 
     /// The VIP's key in the data plane's VIP table.
@@ -250,17 +251,14 @@ impl VipId {
 
 impl fmt::Display for VipId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.address {
-            IpAddr::V4(a) => write!(f, "{a}:{}/{}", self.port, self.protocol),
-            IpAddr::V6(a) => write!(f, "[{a}]:{}/{}", self.port, self.protocol),
-        }
+        write!(f, "{}/{}", self.endpoint(), self.protocol)
     }
 }
 
 impl FromStr for VipId {
     type Err = ConfigError;
 
-    /// `address[:port]/protocol`, the [`Display`](fmt::Display) form.
+    /// `address:port/protocol`, the [`Display`](fmt::Display) form.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (addr, proto) = s.rsplit_once('/').ok_or_else(|| ConfigError::BadAddress {
             value: s.to_owned(),
@@ -270,8 +268,6 @@ impl FromStr for VipId {
         VipId::parse(addr, proto.parse()?)
     }
 }
-
-const VIP_FORMS: &str = "not an address or address:port: use 10.0.0.1:80, [fd00::1]:443, or a bare address for all ports";
 
 // VIPs travel in their display form, "10.0.0.100:80/tcp".
 impl Serialize for VipId {
@@ -313,33 +309,21 @@ mod tests {
             }
         );
         assert_eq!(
-            p("10.0.0.1"),
+            p("10.0.0.1:*"),
             VipId {
                 address: ip("10.0.0.1"),
-                port: 0,
-                protocol: tcp
-            }
-        );
-        assert_eq!(
-            p("fd00::1"),
-            VipId {
-                address: ip("fd00::1"),
-                port: 0,
-                protocol: tcp
-            }
-        );
-        assert_eq!(
-            p("[fd00::1]"),
-            VipId {
-                address: ip("fd00::1"),
-                port: 0,
+                port: ALL_PORTS,
                 protocol: tcp
             }
         );
         for bad in [
             "",
             "garbage",
+            "10.0.0.1",
+            "fd00::1",
+            "[fd00::1]",
             "10.0.0.1:",
+            "10.0.0.1:0",
             "10.0.0.1:99999",
             "10.0.0.256:80",
             "fd00::1:80:x",
@@ -347,18 +331,17 @@ mod tests {
             "[fd00::1]:",
         ] {
             let e = VipId::parse(bad, tcp).unwrap_err();
-            assert!(matches!(e, ConfigError::BadAddress { .. }), "{bad}: {e:?}");
-            assert!(e.to_string().contains(&format!("address {bad}:")), "{e}");
+            assert!(matches!(e, ConfigError::Endpoint(_)), "{bad}: {e:?}");
         }
         // Display and FromStr agree.
-        for s in ["10.0.0.100:80/tcp", "[fd00::1]:80/udp", "10.0.0.1:0/udp"] {
+        for s in ["10.0.0.100:80/tcp", "[fd00::1]:80/udp", "10.0.0.1:*/udp"] {
             assert_eq!(vid(s).to_string(), s);
         }
         assert_eq!(
-            vid("10.0.0.1/UDP"),
+            vid("10.0.0.1:*/UDP"),
             VipId {
                 address: ip("10.0.0.1"),
-                port: 0,
+                port: ALL_PORTS,
                 protocol: Protocol::Udp
             }
         );
