@@ -77,7 +77,12 @@ impl RConfig {
                 s,
                 "[[vip]]\naddress = \"{}\"\nport = {}\nprotocol = \"{}\"",
                 v.addr,
-                v.port,
+                // Every port is written "*" in the file.
+                if v.port == 0 {
+                    "\"*\"".to_owned()
+                } else {
+                    v.port.to_string()
+                },
                 if v.tcp { "tcp" } else { "udp" }
             );
             for b in &v.backends {

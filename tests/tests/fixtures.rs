@@ -65,7 +65,12 @@ fn vip_toml(id: VipId, backends: &[String]) -> String {
     format!(
         "[[vip]]\naddress = \"{}\"\nport = {}\nprotocol = \"{}\"\nbackend = [{}]\n",
         id.address,
-        id.port,
+        // Every port is written "*" in the file.
+        if id.all_ports() {
+            "\"*\"".to_owned()
+        } else {
+            id.port.to_string()
+        },
         id.protocol,
         backends.join(", ")
     )
