@@ -135,19 +135,6 @@ impl ErrorKind {
             ErrorKind::Kernel => 8,
         }
     }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ErrorKind::Internal => "internal",
-            ErrorKind::Usage => "usage",
-            ErrorKind::Invalid => "invalid",
-            ErrorKind::NotFound => "not_found",
-            ErrorKind::Conflict => "conflict",
-            ErrorKind::AgentUnreachable => "agent_unreachable",
-            ErrorKind::Permission => "permission",
-            ErrorKind::Kernel => "kernel",
-        }
-    }
 }
 
 /// A request and where its answer goes, for the thread that owns the agent.

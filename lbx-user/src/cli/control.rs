@@ -14,7 +14,7 @@ use crate::{
     agent::{api::Request, socket},
     config::{
         Adaptive, BackendConfig, CheckKind, DEFAULT_WEIGHT, Endpoint, EndpointError, HealthCheck,
-        MacAddr, Protocol, VipId,
+        MacAddr, Protocol, VipId, endpoint,
     },
 };
 
@@ -145,7 +145,7 @@ pub enum BackendCmd {
         #[command(flatten)]
         vip: VipArg,
         /// The backend's address, without a port (same family as the VIP).
-        #[arg(value_parser = values::host)]
+        #[arg(value_parser = endpoint::parse_host)]
         address: IpAddr,
         /// Share of new flows relative to the VIP's other backends, 1 to 65535.
         #[arg(long, default_value_t = DEFAULT_WEIGHT, value_parser = values::weight,
@@ -160,14 +160,14 @@ pub enum BackendCmd {
     Del {
         #[command(flatten)]
         vip: VipArg,
-        #[arg(value_parser = values::host)]
+        #[arg(value_parser = endpoint::parse_host)]
         address: IpAddr,
     },
     /// Change a backend's weight; established flows keep their backend.
     Weight {
         #[command(flatten)]
         vip: VipArg,
-        #[arg(value_parser = values::host)]
+        #[arg(value_parser = endpoint::parse_host)]
         address: IpAddr,
         /// The new weight, 1 to 65535.
         #[arg(value_parser = values::weight, allow_negative_numbers = true)]
@@ -177,7 +177,7 @@ pub enum BackendCmd {
     Drain {
         #[command(flatten)]
         vip: VipArg,
-        #[arg(value_parser = values::host)]
+        #[arg(value_parser = endpoint::parse_host)]
         address: IpAddr,
         /// Take new flows again.
         #[arg(long)]

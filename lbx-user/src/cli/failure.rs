@@ -145,10 +145,10 @@ mod tests {
         assert_eq!(codes.len(), ErrorKind::ALL.len());
         assert!(!codes.contains(&0));
         for k in ErrorKind::ALL {
-            let line = format!("  {}  {}:", k.exit_code(), k.name());
+            // The help names each kind as the wire does.
+            let name = serde_json::to_value(k).unwrap();
+            let line = format!("  {}  {}:", k.exit_code(), name.as_str().unwrap());
             assert!(EXIT_STATUS_HELP.contains(&line), "{line:?} missing");
-            // The wire name is the one the help names.
-            assert_eq!(serde_json::to_value(k).unwrap(), k.name());
         }
     }
 

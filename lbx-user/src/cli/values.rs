@@ -1,11 +1,9 @@
 //! The command line's value parsers: each names the valid range in the field's own words,
 //! so that `--weight 70000` says "a weight is 1-65535", not a machine type's range.
 
-use std::net::IpAddr;
-
 use crate::config::{
     MAX_WEIGHT, MIN_WEIGHT,
-    endpoint::{self, Endpoint, EndpointError},
+    endpoint::{self, Endpoint, EndpointError, whole_number},
 };
 
 /// A backend's weight: 1 to 65535.
@@ -48,11 +46,6 @@ pub fn http_status(text: &str) -> Result<u16, String> {
     }
 }
 
-/// A backend's address, without a port.
-pub fn host(text: &str) -> Result<IpAddr, EndpointError> {
-    endpoint::parse_host(text)
-}
-
 /// A flow's source: the client's address and port.
 pub fn flow_source(text: &str) -> Result<Endpoint, EndpointError> {
     Endpoint::parse_one_port(text, "the flow's source")
@@ -68,14 +61,6 @@ pub fn flow_destination(text: &str) -> Result<Endpoint, EndpointError> {
 pub fn listen_address(text: &str) -> Result<std::net::SocketAddr, EndpointError> {
     let e = Endpoint::parse_one_port(text, "the address to listen on")?;
     Ok(std::net::SocketAddr::new(e.address, e.port))
-}
-
-/// Digits only, so that "-1" and "+1" are refused by the same message as "abc".
-fn whole_number(text: &str) -> Option<u64> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some(text.parse::<u64>().unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

@@ -207,16 +207,21 @@ pub fn parse_port(text: &str) -> Result<u16, EndpointError> {
     if text == "*" {
         return Ok(ALL_PORTS);
     }
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(EndpointError::PortNotANumber {
-            text: text.to_owned(),
-        });
-    }
-    // Digits only: a parse failure can only be an overflow.
-    let n = text.parse::<u64>().unwrap_or(u64::MAX);
+    let n = whole_number(text).ok_or_else(|| EndpointError::PortNotANumber {
+        text: text.to_owned(),
+    })?;
     port_number(n).map_err(|_| EndpointError::PortOutOfRange {
         text: text.to_owned(),
     })
+}
+
+/// Digits only (no sign, so "-1" and "+1" are refused like "abc"); too many digits read
+/// as `u64::MAX`, which every range refuses.
+pub fn whole_number(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(text.parse::<u64>().unwrap_or(u64::MAX))
 }
 
 /// A port given as a number (the configuration file's `port = 80`): 1 to 65535.
