@@ -21,14 +21,21 @@ use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-/// What must not change when a command fails: the agent's status (but its uptime) and the
-/// saved configuration file.
+/// What must not change when a command fails: the agent's status and the saved
+/// configuration file. The status loses what the agent measures on its own clock (uptime,
+/// each backend's traffic signals and report), which its control loop may fill in between
+/// the two reads.
 fn state(topo: &Topology) -> (String, Option<Vec<u8>>) {
     let mut status = topo.lbx_json(&["status"]).expect("lbx status");
-    status
-        .as_object_mut()
-        .expect("status is an object")
-        .remove("uptime_seconds");
+    let top = status.as_object_mut().expect("status is an object");
+    top.remove("uptime_seconds");
+    for vip in top["vips"].as_array_mut().expect("status lists VIPs") {
+        for backend in vip["backends"].as_array_mut().expect("a VIP lists backends") {
+            let backend = backend.as_object_mut().expect("a backend is an object");
+            backend.remove("signals");
+            backend.remove("report");
+        }
+    }
     (status.to_string(), std::fs::read(topo.config_path()).ok())
 }
 
