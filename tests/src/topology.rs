@@ -422,6 +422,19 @@ impl Topology {
         self.processes.iter().map(Process::pid).collect()
     }
 
+    /// The running agent's process id.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.processes
+            .iter()
+            .find(|p| p.label() == "lb-agent")
+            .map(Process::pid)
+    }
+
+    /// The load-balancer host, whose interface [`IFACE`] the agent balances on.
+    pub fn lb(&self) -> &Host {
+        &self.lb
+    }
+
     /// The temporary directory holding the socket, config and process logs.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -30,7 +30,10 @@ fn state(topo: &Topology) -> (String, Option<Vec<u8>>) {
     let top = status.as_object_mut().expect("status is an object");
     top.remove("uptime_seconds");
     for vip in top["vips"].as_array_mut().expect("status lists VIPs") {
-        for backend in vip["backends"].as_array_mut().expect("a VIP lists backends") {
+        for backend in vip["backends"]
+            .as_array_mut()
+            .expect("a VIP lists backends")
+        {
             let backend = backend.as_object_mut().expect("a backend is an object");
             backend.remove("signals");
             backend.remove("report");

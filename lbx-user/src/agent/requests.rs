@@ -158,6 +158,8 @@ impl Agent {
             "mode": self.bal.mode,
             "generation": self.publisher.generation(),
             "uptime_seconds": self.started.elapsed().as_secs(),
+            "pid": std::process::id(),
+            "prog_id": self.bal.program_id(),
             "control_interval_ms": self.opts.control_interval.as_millis(),
             "config": self.opts.config_path,
             "socket": self.opts.socket,

@@ -48,7 +48,7 @@ pub fn run(opts: Options) -> Result<()> {
     let rt = runtime()?;
     // Bind before attaching: a second agent on the same socket fails before it touches
     // the interface.
-    let listener = rt
+    let (listener, _socket_file) = rt
         .block_on(async { socket::bind(&socket) })
         .with_context(|| format!("cannot serve the control socket {}", socket.display()))?;
     let metrics_listener = match metrics_listen {
@@ -60,7 +60,7 @@ pub fn run(opts: Options) -> Result<()> {
     };
     let mut agent = Agent::start(opts).with_context(|| format!("lbx run --iface {iface}"))?;
     let live = agent.live_metrics();
-    println!(
+    crate::say!(
         "lbx attached to {} ({} mode), generation {}, config {}, socket {}, maps pinned under {}",
         iface,
         agent.mode(),
@@ -73,7 +73,7 @@ pub fn run(opts: Options) -> Result<()> {
         let addr = l
             .local_addr()
             .map_or_else(|_| "?".into(), |a| a.to_string());
-        println!("lbx serves Prometheus metrics at http://{addr}/metrics");
+        crate::say!("lbx serves Prometheus metrics at http://{addr}/metrics");
     }
 
     // The agent lives on its own thread: its map updates and grace-period waits block.
@@ -151,7 +151,6 @@ pub fn run(opts: Options) -> Result<()> {
     // The server task (holding the last sender) is gone: the worker drains and exits.
     drop(rt);
     let _ = worker.join();
-    let _ = std::fs::remove_file(&socket);
-    println!("lbx detached from {iface}");
+    crate::say!("lbx detached from {iface}");
     result
 }

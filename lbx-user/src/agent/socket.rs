@@ -23,7 +23,17 @@ pub fn default_socket(iface: &str) -> PathBuf {
 }
 
 /// Binds the socket, root-only: mode 0600 and a peer-credential check.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+/// The socket file a bound listener made: removed when this is dropped, so that an agent
+/// that fails to start, or stops, leaves no file behind.
+pub struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+pub fn bind(path: &Path) -> std::io::Result<(UnixListener, SocketFile)> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -38,8 +48,9 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
         std::fs::remove_file(path)?;
     }
     let listener = UnixListener::bind(path)?;
+    let file = SocketFile(path.to_path_buf());
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    Ok((listener, file))
 }
 
 /// Accepts connections until the task is dropped, passing requests to `jobs`.

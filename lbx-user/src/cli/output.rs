@@ -88,11 +88,13 @@ fn arr(v: &Value) -> Vec<Value> {
 
 fn status(v: &Value) {
     println!(
-        "interface {} ({} XDP), generation {}, up {} s",
+        "interface {} ({} XDP, program {}), generation {}, up {} s, pid {}",
         s(&v["iface"]),
         s(&v["mode"]),
+        s(&v["prog_id"]),
         s(&v["generation"]),
-        s(&v["uptime_seconds"])
+        s(&v["uptime_seconds"]),
+        s(&v["pid"])
     );
     println!(
         "config {}, socket {}, maps {}",

@@ -53,7 +53,7 @@ pub struct RunArgs {
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (and /healthz), e.g.
     /// 127.0.0.1:9101. Off unless given: the endpoint has no authentication, so bind it to
     /// an address only the monitoring system reaches.
-    #[arg(long, value_name = "ADDR:PORT")]
+    #[arg(long, value_name = "ADDR:PORT", value_parser = super::values::listen_address)]
     pub metrics_listen: Option<SocketAddr>,
 }
 
@@ -86,8 +86,7 @@ pub fn run(args: RunArgs, socket: Option<PathBuf>) -> Result<()> {
     let config_path = args
         .config
         .unwrap_or_else(|| PathBuf::from(format!("/etc/lbx/{}.toml", args.iface)));
-    sys::ensure_bpffs(&args.bpffs)
-        .with_context(|| format!("cannot mount a BPF filesystem at {}", args.bpffs.display()))?;
+    sys::ensure_bpffs(&args.bpffs).with_context(|| format!("--bpffs {}", args.bpffs.display()))?;
     let pin_dir = args.bpffs.join("lbx").join(&args.iface);
     agent::run::run(Options {
         iface: args.iface,
@@ -115,23 +114,23 @@ pub fn decap(args: DecapArgs) -> Result<()> {
         vips.insert(key, 1, 0)?;
     }
     let list: Vec<String> = args.vips.iter().map(ToString::to_string).collect();
-    println!(
+    crate::say!(
         "lbx decap attached to {} ({mode} mode) for VIPs {}",
         args.iface,
         list.join(", ")
     );
     runtime()?.block_on(stop_signal())?;
     drop(ebpf);
-    println!("lbx decap detached from {}", args.iface);
+    crate::say!("lbx decap detached from {}", args.iface);
     Ok(())
 }
 
 pub fn pass(args: PassArgs) -> Result<()> {
     dataplane::preflight("lbx pass", &args.iface)?;
     let (ebpf, mode) = dataplane::load_and_attach(programs::PASS, &args.iface, args.xdp_mode)?;
-    println!("lbx pass attached to {} ({mode} mode)", args.iface);
+    crate::say!("lbx pass attached to {} ({mode} mode)", args.iface);
     runtime()?.block_on(stop_signal())?;
     drop(ebpf);
-    println!("lbx pass detached from {}", args.iface);
+    crate::say!("lbx pass detached from {}", args.iface);
     Ok(())
 }

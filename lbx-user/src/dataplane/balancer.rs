@@ -18,7 +18,10 @@ use lbx_common::{
     maps, programs,
 };
 
-use super::sys::{self, MappedFlows, MappedRings};
+use super::{
+    holder::{self, Attached},
+    sys::{self, MappedFlows, MappedRings},
+};
 
 /// The XDP programs, built by build.rs from lbx-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lbx-xdp"));
@@ -36,14 +39,21 @@ pub enum DataPlaneError {
         program: String,
         source: aya::programs::ProgramError,
     },
-    #[error(
-        "failed to attach XDP to {iface} in {mode} mode: {source}; try --xdp-mode generic \
-         (or auto), or detach the program already there (`ip link set dev {iface} xdp off`)"
-    )]
+    #[error("failed to attach XDP to {iface} in {mode} mode: {source}{}", attach_advice(*.mode))]
     Attach {
         iface: String,
         mode: Mode,
         source: aya::programs::ProgramError,
+    },
+    #[error(
+        "{iface} already has an XDP program: {attached}; {}",
+        held_advice(iface, attached)
+    )]
+    Held { iface: String, attached: Attached },
+    #[error("cannot ask the kernel which XDP program {iface} has: {source}")]
+    Query {
+        iface: String,
+        source: std::io::Error,
     },
     #[error("map {map}: {source}")]
     Map {
@@ -57,6 +67,33 @@ pub enum DataPlaneError {
     },
     #[error("{0}")]
     Sys(#[from] std::io::Error),
+}
+
+/// Generic mode is the fallback for drivers without native XDP; advising it after generic
+/// failed would send the operator in a circle.
+fn attach_advice(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Native => "; the driver may lack native XDP: try --xdp-mode auto or generic",
+        Mode::Generic | Mode::Auto => "",
+    }
+}
+
+fn held_advice(iface: &str, attached: &Attached) -> String {
+    match attached.agent() {
+        Some(agent) => {
+            let status = match agent.sockets.first() {
+                Some(socket) => format!("`lbx --socket {} status`", socket.display()),
+                None => "`lbx status`".to_owned(),
+            };
+            format!(
+                "stop that agent first ({status} shows what it serves), or balance on another \
+                 interface"
+            )
+        }
+        None => format!(
+            "detach it first (`ip link set dev {iface} xdp off`), or stop the process that holds it"
+        ),
+    }
 }
 
 /// How the program runs on the interface.
@@ -88,10 +125,27 @@ pub fn preflight(what: &str, iface: &str) -> Result<(), DataPlaneError> {
             what: what.to_string(),
         });
     }
-    if sys::if_index(iface).is_none() {
+    let Some(index) = sys::if_index(iface) else {
         return Err(DataPlaneError::NoInterface {
             iface: iface.to_string(),
         });
+    };
+    // Before anything is created: a hook that is taken would fail the attach only after
+    // the maps are made and pinned, with the kernel's bare "device busy".
+    match holder::attached(index) {
+        Ok(None) => {}
+        Ok(Some(attached)) => {
+            return Err(DataPlaneError::Held {
+                iface: iface.to_string(),
+                attached,
+            });
+        }
+        Err(source) => {
+            return Err(DataPlaneError::Query {
+                iface: iface.to_string(),
+                source,
+            });
+        }
     }
     sys::raise_memlock_limit();
     Ok(())
@@ -330,6 +384,11 @@ impl Balancer {
         let used = attach(xdp_mut(&mut self.ebpf, programs::BALANCER)?, iface, mode)?;
         self.mode = Some(used);
         Ok(used)
+    }
+
+    /// The kernel's id of the balancer program (what `bpftool prog` and `ip link` show).
+    pub fn program_id(&self) -> Option<u32> {
+        self.program().info().ok().map(|i| i.id())
     }
 
     /// The balancer program, e.g. to run packets through it with `TestRun`.

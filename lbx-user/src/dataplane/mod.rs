@@ -4,6 +4,7 @@
 
 mod balancer;
 pub mod generation;
+pub mod holder;
 pub mod neighbour;
 pub mod plan;
 pub mod slots;

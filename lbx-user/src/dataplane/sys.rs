@@ -188,22 +188,75 @@ fn pack_lanes(lanes: &[u32]) -> u64 {
     })
 }
 
-/// Mounts a BPF filesystem at `dir` unless one is there (a fresh mount namespace, such
-/// as `ip netns exec` makes, has none).
-pub fn ensure_bpffs(dir: &Path) -> io::Result<()> {
-    let c = CString::new(dir.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = c_path(path) else { return false };
     // SAFETY: statfs on a valid C string into a zeroed struct.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
-        return Ok(());
-    }
-    std::fs::create_dir_all(dir)?;
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+fn mount_bpffs(at: &Path) -> io::Result<()> {
+    let c = c_path(at)?;
     let fs = CString::new("bpf").expect("no NUL");
     // SAFETY: mount(2) with valid C strings and no data.
     if unsafe { libc::mount(fs.as_ptr(), c.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) } != 0 {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!(
+                "cannot mount a BPF filesystem on {}: {e} (as root: `mount -t bpf bpf {0}`)",
+                at.display()
+            ),
+        ));
     }
     Ok(())
+}
+
+/// Makes `dir` a directory on a BPF filesystem, as bpftool and Cilium do. Nothing to do if
+/// it is on one; a directory that exists or can be made gets a BPF filesystem mounted on
+/// it. Where it cannot be made, because its nearest existing ancestor is on a filesystem
+/// that refuses new directories (the fresh sysfs that `ip netns exec` mounts, whose
+/// /sys/fs/bpf is empty and not mounted), a BPF filesystem goes on that ancestor if it is
+/// an empty directory, and `dir` is made inside it. lbx never mounts over a directory
+/// that holds anything.
+pub fn ensure_bpffs(dir: &Path) -> io::Result<()> {
+    if is_bpffs(dir) {
+        return Ok(());
+    }
+    if dir.is_dir() {
+        return mount_bpffs(dir);
+    }
+    let ancestor = dir
+        .ancestors()
+        .skip(1)
+        .find(|a| a.is_dir())
+        .unwrap_or(Path::new("/"));
+    if is_bpffs(ancestor) {
+        return std::fs::create_dir_all(dir);
+    }
+    let refused = match std::fs::create_dir_all(dir) {
+        Ok(()) => return mount_bpffs(dir),
+        Err(e) => e,
+    };
+    let empty = std::fs::read_dir(ancestor).is_ok_and(|mut d| d.next().is_none());
+    if !empty || ancestor == Path::new("/") {
+        return Err(io::Error::new(
+            refused.kind(),
+            format!(
+                "cannot create {}: {refused}; {} is not a BPF filesystem and is not empty, so \
+                 lbx will not mount one over it: give --bpffs a directory on a BPF filesystem \
+                 (e.g. /sys/fs/bpf, after `mount -t bpf bpf /sys/fs/bpf`)",
+                dir.display(),
+                ancestor.display()
+            ),
+        ));
+    }
+    mount_bpffs(ancestor)?;
+    std::fs::create_dir_all(dir)
 }
 
 /// The interface's index, or None if there is no such interface.
