@@ -1,10 +1,12 @@
 //! `lbx run` where the interface or the BPF filesystem is not as it expects: a second agent
-//! on an interface an agent holds, an interface with another XDP program, and `--bpffs`
-//! below the /sys/fs/bpf that `ip netns exec` leaves unmounted. A refused start names what
+//! on an interface an agent holds, or on pins a running balancer uses, an interface with
+//! another XDP program, and `--bpffs` below the /sys/fs/bpf that `ip netns exec` leaves
+//! unmounted. A refused start names what
 //! holds the interface and creates nothing; the agent that holds it goes on serving.
 
 use std::{
     net::SocketAddr,
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -152,6 +154,47 @@ fn a_second_agent_names_the_agent_that_holds_the_interface() {
         );
     }
     assert_eq!(entries(topo.dir()), before, "the refused agents left files");
+
+    // An agent on another `eth0`, in a namespace of its own, whose --bpffs is the first
+    // agent's (reached through its mount namespace): the pins there are in use, so it is
+    // refused and they stay.
+    let pins = PathBuf::from(format!("/proc/{pid}/root/sys/fs/bpf/lbx/eth0"));
+    // By inode: a pin replaced by one of the same name is another file.
+    let pinned_files = || -> Vec<(String, u64)> {
+        entries(&pins)
+            .into_iter()
+            .map(|name| {
+                let ino = std::fs::metadata(pins.join(&name))
+                    .expect("stat a pin")
+                    .ino();
+                (name, ino)
+            })
+            .collect()
+    };
+    let pinned = pinned_files();
+    assert!(pinned.iter().any(|(p, _)| p == "FLOWS"), "{pinned:?}");
+    let other = Netns::create("other").expect("create a namespace");
+    other
+        .ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "vb"])
+        .expect("create a veth pair");
+    other.ip(&["link", "set", "eth0", "up"]).expect("eth0 up");
+    let bpffs = format!("/proc/{pid}/root/sys/fs/bpf");
+    let (code, stderr) = fails(lbx_run(
+        &other,
+        &topo.binaries().lbx,
+        (&socket, &config),
+        "eth0",
+        &["--xdp-mode", "generic", "--bpffs", &bpffs],
+    ));
+    assert_eq!(code, 5, "a conflict: {stderr}");
+    must_mention(
+        "pins in use",
+        &stderr,
+        &[&format!("XDP program {prog_id}"), "another --bpffs"],
+    );
+    assert_eq!(pinned_files(), pinned, "the first agent's pins changed");
+    assert_eq!(xdp_prog_id(&other, "eth0"), None);
+    assert_eq!(entries(topo.dir()), before, "the refused agent left files");
 
     // The agent that holds the interface is untouched: same program, same generation.
     assert_eq!(xdp_prog_id(&topo.lb().netns, "eth0"), Some(prog_id));

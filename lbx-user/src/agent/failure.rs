@@ -54,7 +54,7 @@ pub fn dataplane_kind(e: &DataPlaneError) -> ErrorKind {
     match e {
         DataPlaneError::NoInterface { .. } => ErrorKind::NotFound,
         DataPlaneError::NotRoot { .. } => ErrorKind::Permission,
-        DataPlaneError::Held { .. } => ErrorKind::Conflict,
+        DataPlaneError::Held { .. } | DataPlaneError::PinsInUse { .. } => ErrorKind::Conflict,
         DataPlaneError::Sys(e) => io_kind(e),
         _ => ErrorKind::Kernel,
     }

@@ -60,6 +60,13 @@ pub enum DataPlaneError {
         map: &'static str,
         source: aya::maps::MapError,
     },
+    #[error(
+        "the maps pinned under {} belong to a running balancer (XDP program {id}, {name}), \
+         maybe an agent on an interface of the same name in another network namespace: \
+         give this agent another --bpffs",
+        .dir.display()
+    )]
+    PinsInUse { dir: PathBuf, id: u32, name: String },
     #[error("cannot pin maps under {dir}: {source}")]
     Pin {
         dir: PathBuf,
@@ -314,7 +321,14 @@ impl Balancer {
             &[("FLOW_SET_MASK", sets - 1)],
         )?;
         if let Some(dir) = &pin_dir {
-            // A previous run that died leaves its pins; they name maps no longer in use.
+            if let Some((id, name)) = holder::program_using_pin(&dir.join(maps::ACTIVE)) {
+                return Err(DataPlaneError::PinsInUse {
+                    dir: dir.clone(),
+                    id,
+                    name,
+                });
+            }
+            // A previous run that died leaves its pins; no program uses their maps.
             let _ = std::fs::remove_dir_all(dir);
             std::fs::create_dir_all(dir).map_err(|source| DataPlaneError::Pin {
                 dir: dir.clone(),

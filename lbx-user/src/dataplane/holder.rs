@@ -99,6 +99,22 @@ pub fn attached(ifindex: u32) -> io::Result<Option<Attached>> {
     }))
 }
 
+/// The loaded program (id, name) that uses the map pinned at `pin`, if the pin exists and
+/// a program uses it: pins that a running balancer still serves from, which a new agent
+/// must not replace.
+pub fn program_using_pin(pin: &Path) -> Option<(u32, String)> {
+    let map = aya::maps::MapInfo::from_pin(pin).ok()?.id();
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| {
+            p.map_ids()
+                .ok()
+                .flatten()
+                .is_some_and(|ids| ids.contains(&map))
+        })
+        .map(|p| (p.id(), p.name_as_str().unwrap_or("unnamed").to_owned()))
+}
+
 // From linux/netlink.h, linux/rtnetlink.h and linux/if_link.h.
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 1;
