@@ -178,7 +178,9 @@ pub struct Backend {
     /// Unique per backend instance; a connection-table entry that names a slot whose
     /// uid changed belongs to a backend that was removed, and is treated as a miss.
     pub uid: u32,
-    pub pad: u32,
+    /// The id of the VIP the slot serves. The program never reads it; an agent that
+    /// adopts the maps of the one before it learns from it which VIP each slot is of.
+    pub vip: u32,
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 32);
 

@@ -15,6 +15,7 @@
 //! addresses inside these namespaces are ever sent to.
 
 pub mod bench_adaptive;
+pub mod bpffs;
 pub mod capture;
 pub mod client;
 pub mod dashboard_png;

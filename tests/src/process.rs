@@ -186,6 +186,16 @@ impl Process {
         }
     }
 
+    /// Kills the process group outright (SIGKILL, as a crash would end it) and returns how
+    /// the leader exited.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            signal_group(self.child.id(), libc::SIGKILL);
+            self.exited = self.child.wait().ok();
+        }
+        self.exited
+    }
+
     /// Stops the process group (SIGTERM, SIGKILL after a grace period) and returns how the
     /// leader exited.
     pub fn stop(&mut self) -> Option<ExitStatus> {

@@ -12,16 +12,19 @@ use std::time::Duration;
 use anyhow::{Context as _, bail, ensure};
 
 use crate::capture::format_mac;
-use crate::client::Client;
+use crate::client::{Client, Connection};
 use crate::netns::{self, Netns};
 use crate::process::{Process, run_bounded};
 use crate::{
     Binaries, CLIENT_V4, CLIENT_V6, DIRECT_PORT, LB_V4, LB_V6, MAX_BACKENDS, VIP_PREFIX_V4,
-    VIP_PREFIX_V6, backend_name, backend_v4, backend_v6, ethtool,
+    VIP_PREFIX_V6, backend_name, backend_v4, backend_v6, bpffs, ethtool,
 };
 
 /// Every host's interface toward the switch has this name inside the host's namespace.
 pub const IFACE: &str = "eth0";
+
+/// The topology's own BPF filesystem, under its directory (see [`Topology::bpffs`]).
+const BPFFS_DIR: &str = "bpf";
 /// The bridge in the switch namespace.
 const BRIDGE: &str = "br0";
 /// The client keeps the usual MTU; everything behind the lb has room for the 20-byte IPIP
@@ -352,6 +355,7 @@ fn remove_stale_temp_dirs() {
             continue;
         };
         if !Path::new(&format!("/proc/{pid}")).exists() {
+            bpffs::unmount(&entry.path().join(BPFFS_DIR));
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -428,11 +432,6 @@ impl Topology {
             .iter()
             .find(|p| p.label() == "lb-agent")
             .map(Process::pid)
-    }
-
-    /// The load-balancer host, whose interface [`IFACE`] the agent balances on.
-    pub fn lb(&self) -> &Host {
-        &self.lb
     }
 
     /// The temporary directory holding the socket, config and process logs.
@@ -720,6 +719,7 @@ impl Topology {
         self.processes.push(pass);
         ready?;
 
+        bpffs::mount(&self.bpffs())?;
         self.start_agent()
     }
 
@@ -736,6 +736,8 @@ impl Topology {
             self.config_path().display().to_string(),
             "--xdp-mode".to_owned(),
             "native".to_owned(),
+            "--bpffs".to_owned(),
+            self.bpffs().display().to_string(),
         ];
         args.extend(self.agent_args.iter().cloned());
         let mut agent = self.start("lb-agent", &self.lb.netns, &lbx, &args)?;
@@ -836,26 +838,98 @@ impl Topology {
         ready
     }
 
+    /// The BPF filesystem the agents pin under (`--bpffs`), shared by every agent of this
+    /// topology, so that one adopts what the one before it left serving.
+    pub fn bpffs(&self) -> PathBuf {
+        self.dir.join(BPFFS_DIR)
+    }
+
+    /// Every open connection still answers, from the backend it first reached, after
+    /// `after` (what the test did meanwhile).
+    pub fn assert_unmoved(conns: &mut [Connection], after: &str) {
+        for conn in conns.iter_mut() {
+            let was = conn.first_answer().expect("asked once").to_owned();
+            let now = conn.ask().unwrap_or_else(|e| {
+                panic!(
+                    "after {after}: the connection from port {} to {} broke: {e:#}",
+                    conn.src_port(),
+                    conn.dst()
+                )
+            });
+            assert_eq!(
+                now,
+                was,
+                "after {after}: the connection from port {} to {} moved from {was} to {now}",
+                conn.src_port(),
+                conn.dst()
+            );
+        }
+    }
+
+    /// `lbx flow` says each open connection is answered from the connection table, by the
+    /// backend it first reached.
+    pub fn assert_held_by_table(&self, conns: &[Connection]) {
+        for conn in conns {
+            let client: IpAddr = match conn.dst() {
+                SocketAddr::V4(_) => CLIENT_V4.into(),
+                SocketAddr::V6(_) => CLIENT_V6.into(),
+            };
+            let flow = self
+                .flow(SocketAddr::new(client, conn.src_port()), conn.dst())
+                .expect("lbx flow");
+            let name = &self.backend_at(flow.backend).expect("a backend").name;
+            assert_eq!(
+                (flow.source.as_str(), name.as_str()),
+                ("connection table", conn.first_answer().expect("asked")),
+                "lbx flow for the open connection from port {} to {}",
+                conn.src_port(),
+                conn.dst()
+            );
+        }
+    }
+
     /// The agent's configuration file.
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("lbx.toml")
     }
 
-    /// Stops the agent (SIGTERM: it detaches) and starts it again on the same
-    /// configuration file.
+    /// Stops the agent (SIGTERM: the balancer it attached goes on serving) and starts
+    /// another on the same configuration file, which takes the balancer over.
     pub fn restart_agent(&mut self) -> anyhow::Result<()> {
+        self.stop_agent()?;
+        self.start_agent()
+    }
+
+    /// Stops the agent (SIGTERM) and starts none: the balancer serves on without one.
+    pub fn stop_agent(&mut self) -> anyhow::Result<()> {
+        let status = self.take_agent()?.stop();
+        ensure!(
+            status.is_some_and(|s| s.success()),
+            "lbx run did not exit cleanly on SIGTERM: {status:?}"
+        );
+        Ok(())
+    }
+
+    /// Kills the agent with SIGKILL, as a crash would, and starts another, which takes the
+    /// balancer over.
+    pub fn crash_agent(&mut self) -> anyhow::Result<()> {
+        let status = self.take_agent()?.kill();
+        ensure!(
+            status.is_some_and(
+                |s| std::os::unix::process::ExitStatusExt::signal(&s) == Some(libc::SIGKILL)
+            ),
+            "lbx run did not die of SIGKILL: {status:?}"
+        );
+        self.start_agent()
+    }
+
+    fn take_agent(&mut self) -> anyhow::Result<Process> {
         let at = self
             .processes
             .iter()
             .position(|p| p.label() == "lb-agent")
             .ok_or_else(|| anyhow::anyhow!("no running lb-agent"))?;
-        let mut p = self.processes.remove(at);
-        let status = p.stop();
-        ensure!(
-            status.is_some_and(|s| s.success()),
-            "lbx run did not exit cleanly on SIGTERM: {status:?}"
-        );
-        self.start_agent()
+        Ok(self.processes.remove(at))
     }
 
     /// Stops backend `i`'s server, as if its service died (its address still answers).
@@ -983,7 +1057,8 @@ impl Drop for Topology {
                 ));
             }
         }
-        // Stop the agent first, so it detaches its programs while the namespaces still exist.
+        // Stop the agents first; unmounting the BPF filesystem then releases the balancer
+        // they leave serving, while the namespaces still exist.
         for p in self.processes.iter_mut().rev() {
             p.stop();
         }
@@ -991,6 +1066,7 @@ impl Drop for Topology {
             text.push_str(&self.log_tails());
         }
         self.processes.clear();
+        bpffs::unmount(&self.bpffs());
         if std::env::var_os("LBX_TEST_KEEP_DIR").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {

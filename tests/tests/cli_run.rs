@@ -130,7 +130,7 @@ fn a_second_agent_names_the_agent_that_holds_the_interface() {
     let config = topo.dir().join("second.toml");
     for mode in ["native", "auto", "generic"] {
         let (code, stderr) = fails(lbx_run(
-            &topo.lb().netns,
+            &topo.lb.netns,
             &topo.binaries().lbx,
             (&socket, &config),
             "eth0",
@@ -155,10 +155,9 @@ fn a_second_agent_names_the_agent_that_holds_the_interface() {
     }
     assert_eq!(entries(topo.dir()), before, "the refused agents left files");
 
-    // An agent on another `eth0`, in a namespace of its own, whose --bpffs is the first
-    // agent's (reached through its mount namespace): the pins there are in use, so it is
-    // refused and they stay.
-    let pins = PathBuf::from(format!("/proc/{pid}/root/sys/fs/bpf/lbx/eth0"));
+    // An agent on another `eth0`, in a network namespace of its own, with the first
+    // agent's --bpffs: the pins there are in use, so it is refused and they stay.
+    let pins = topo.bpffs().join("lbx/eth0");
     // By inode: a pin replaced by one of the same name is another file.
     let pinned_files = || -> Vec<(String, u64)> {
         entries(&pins)
@@ -178,7 +177,7 @@ fn a_second_agent_names_the_agent_that_holds_the_interface() {
         .ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "vb"])
         .expect("create a veth pair");
     other.ip(&["link", "set", "eth0", "up"]).expect("eth0 up");
-    let bpffs = format!("/proc/{pid}/root/sys/fs/bpf");
+    let bpffs = topo.bpffs().display().to_string();
     let (code, stderr) = fails(lbx_run(
         &other,
         &topo.binaries().lbx,
@@ -190,14 +189,14 @@ fn a_second_agent_names_the_agent_that_holds_the_interface() {
     must_mention(
         "pins in use",
         &stderr,
-        &[&format!("XDP program {prog_id}"), "another --bpffs"],
+        &["in use by a running lbx agent", "another --bpffs"],
     );
     assert_eq!(pinned_files(), pinned, "the first agent's pins changed");
     assert_eq!(xdp_prog_id(&other, "eth0"), None);
     assert_eq!(entries(topo.dir()), before, "the refused agent left files");
 
     // The agent that holds the interface is untouched: same program, same generation.
-    assert_eq!(xdp_prog_id(&topo.lb().netns, "eth0"), Some(prog_id));
+    assert_eq!(xdp_prog_id(&topo.lb.netns, "eth0"), Some(prog_id));
     let again = topo.lbx_json(&["status"]).expect("lbx status");
     assert_eq!(again["generation"], status["generation"]);
     assert_eq!(again["prog_id"], status["prog_id"]);

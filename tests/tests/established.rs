@@ -1,32 +1,12 @@
 //! Open TCP connections keep their backend while the configuration changes under them:
 //! drastic weight changes and new backends move new flows, never established ones.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
-use lbx_tests::{CLIENT_V4, CLIENT_V6, Connection, Topology, VIP_V4, VIP_V6, backend_name, tally};
+use lbx_tests::{Topology, VIP_V4, VIP_V6, backend_name, tally};
 
 /// Open connections per family.
 const OPEN: u16 = 20;
-
-fn check_unchanged(conns: &mut [Connection], after: &str) {
-    for conn in conns.iter_mut() {
-        let was = conn.first_answer().expect("asked once").to_owned();
-        let now = conn.ask().unwrap_or_else(|e| {
-            panic!(
-                "after {after}: the connection from port {} to {} broke: {e:#}",
-                conn.src_port(),
-                conn.dst()
-            )
-        });
-        assert_eq!(
-            now,
-            was,
-            "after {after}: the connection from port {} to {} moved from {was} to {now}",
-            conn.src_port(),
-            conn.dst()
-        );
-    }
-}
 
 #[test]
 fn open_connections_survive_weight_changes_and_new_backends_v4_and_v6() {
@@ -73,7 +53,7 @@ fn open_connections_survive_weight_changes_and_new_backends_v4_and_v6() {
     };
 
     set_weight(1, 100);
-    check_unchanged(&mut conns, "backend-1's weight 1 -> 100");
+    Topology::assert_unmoved(&mut conns, "backend-1's weight 1 -> 100");
 
     for vip in vips {
         topo.lbx(&[
@@ -86,12 +66,12 @@ fn open_connections_survive_weight_changes_and_new_backends_v4_and_v6() {
         ])
         .expect("backend add");
     }
-    check_unchanged(&mut conns, "adding backend-4 with weight 200");
+    Topology::assert_unmoved(&mut conns, "adding backend-4 with weight 200");
 
     set_weight(2, 65_535);
     set_weight(3, 1);
     set_weight(1, 1);
-    check_unchanged(&mut conns, "weights 1 / 65535 / 1 / 200");
+    Topology::assert_unmoved(&mut conns, "weights 1 / 65535 / 1 / 200");
 
     // The changes did take effect for new flows: backend-2 now holds 65535 / 65737 of the
     // table, so new connections land on it (all but about 0.3% of them; 45 of 50 leaves room).
@@ -116,25 +96,5 @@ fn open_connections_survive_weight_changes_and_new_backends_v4_and_v6() {
          to mean anything",
         first.len()
     );
-    for conn in &conns {
-        let client: IpAddr = match conn.dst() {
-            SocketAddr::V4(_) => CLIENT_V4.into(),
-            SocketAddr::V6(_) => CLIENT_V6.into(),
-        };
-        let flow = topo
-            .flow(SocketAddr::new(client, conn.src_port()), conn.dst())
-            .expect("lbx flow");
-        let name = topo
-            .backend_at(flow.backend)
-            .expect("a backend")
-            .name
-            .clone();
-        assert_eq!(
-            (flow.source.as_str(), name.as_str()),
-            ("connection table", conn.first_answer().expect("asked")),
-            "lbx flow for the open connection from port {} to {}",
-            conn.src_port(),
-            conn.dst()
-        );
-    }
+    topo.assert_held_by_table(&conns);
 }

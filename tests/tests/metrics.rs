@@ -376,9 +376,18 @@ fn metrics_feed_the_dashboard_and_the_alerts() {
         assert_eq!(got, status, "{method} {target}: {body}");
     }
 
-    // A second agent whose metrics address is taken fails before it touches the interface.
+    // A second agent (on an interface of its own) whose metrics address is taken fails
+    // before it touches the interface.
     let other = topo.dir().join("other");
     std::fs::create_dir_all(&other).expect("dir");
+    topo.lb
+        .netns
+        .ip(&["link", "add", "mx0", "type", "veth", "peer", "name", "mx1"])
+        .expect("a second interface");
+    topo.lb
+        .netns
+        .ip(&["link", "set", "mx0", "up"])
+        .expect("mx0 up");
     let lbx = topo.binaries().lbx.clone();
     let run = |listen: &str| {
         topo.run_in(
@@ -387,7 +396,7 @@ fn metrics_feed_the_dashboard_and_the_alerts() {
             &[
                 "run",
                 "--iface",
-                "eth0",
+                "mx0",
                 "--socket",
                 other.join("lbx.sock").to_str().expect("utf-8"),
                 "--config",

@@ -141,7 +141,7 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 impl Agent {
     /// Loads the configuration, publishes it as generation 1 and attaches to the interface.
     pub fn start(opts: Options) -> Result<Self, AgentError> {
-        crate::dataplane::preflight("lbx run", &opts.iface)?;
+        crate::dataplane::preflight("lbx run", &opts.iface, opts.pin_dir.as_deref())?;
         let config = match Config::load(&opts.config_path) {
             Ok(c) => c,
             Err(ConfigError::NotFound { .. }) => {
@@ -166,11 +166,22 @@ impl Agent {
         };
         let macs = resolve_macs(&config, &BTreeMap::new(), &opts.iface)?;
         let bal = Balancer::load(config.table_size, opts.flows, opts.pin_dir.clone())?;
-        let publisher = Publisher::new().map_err(PublishError::Barrier)?;
+        // Maps an agent before this one published into: its generation, numbers and
+        // counters go on, so established flows keep their backends.
+        let (publisher, slots) = if bal.inherited {
+            let publisher = Publisher::resume(&bal)?;
+            let (table, backends) = publisher.active_contents(&bal)?;
+            (publisher, Slots::recover(&table, &backends))
+        } else {
+            (
+                Publisher::new().map_err(PublishError::Barrier)?,
+                Slots::default(),
+            )
+        };
         let mut agent = Agent {
             opts,
             config: Config::default(),
-            slots: Slots::default(),
+            slots,
             macs: BTreeMap::new(),
             mtu,
             bal,
@@ -199,6 +210,11 @@ impl Agent {
         let iface = agent.opts.iface.clone();
         agent.bal.attach(&iface, agent.opts.mode)?;
         Ok(agent)
+    }
+
+    /// Whether this agent took over the data plane of one before it.
+    pub fn adopted(&self) -> bool {
+        self.bal.inherited
     }
 
     pub fn mode(&self) -> Mode {

@@ -61,7 +61,12 @@ pub fn run(opts: Options) -> Result<()> {
     let mut agent = Agent::start(opts).with_context(|| format!("lbx run --iface {iface}"))?;
     let live = agent.live_metrics();
     crate::say!(
-        "lbx attached to {} ({} mode), generation {}, config {}, socket {}, maps pinned under {}",
+        "lbx {} {} ({} mode), generation {}, config {}, socket {}, maps pinned under {}",
+        if agent.adopted() {
+            "took over the balancer serving"
+        } else {
+            "attached to"
+        },
         iface,
         agent.mode(),
         agent.generation(),
@@ -103,7 +108,8 @@ pub fn run(opts: Options) -> Result<()> {
                 Event::Tick => agent.on_tick(),
             }
         }
-        // Dropping the agent detaches the program and removes the pins.
+        // Dropping the agent closes the maps; a program serving through a pinned link
+        // goes on.
         drop(agent);
     });
     let (api_tx, mut api_rx) = mpsc::channel::<Job>(64);
@@ -151,6 +157,13 @@ pub fn run(opts: Options) -> Result<()> {
     // The server task (holding the last sender) is gone: the worker drains and exits.
     drop(rt);
     let _ = worker.join();
-    crate::say!("lbx detached from {iface}");
+    match &pin_dir {
+        Some(dir) => crate::say!(
+            "lbx stopped; the balancer goes on serving {iface} from {} for the next agent \
+             (`lbx detach --iface {iface}` stops it)",
+            dir.display()
+        ),
+        None => crate::say!("lbx detached from {iface}"),
+    }
     result
 }

@@ -19,7 +19,7 @@ use self::{
     control::ControlCmd,
     docs::DocsCmd,
     model::ModelCmd,
-    run::{DecapArgs, PassArgs, RunArgs},
+    run::{DecapArgs, DetachArgs, PassArgs, RunArgs},
 };
 use crate::balance::report;
 
@@ -47,9 +47,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the agent: attach the balancer to IFACE and serve the control socket until
-    /// SIGTERM or Ctrl-C, which detach it.
+    /// Run the agent: attach the balancer to IFACE (or take over the one an agent before
+    /// it left serving there) and serve the control socket until SIGTERM or Ctrl-C. The
+    /// balancer outlives the agent: the next `lbx run` on IFACE adopts it with its
+    /// connection table; `lbx detach` removes it for good.
     Run(RunArgs),
+    /// Remove the balancer that goes on serving IFACE after its agent stopped (its pinned
+    /// link and maps, the connection table with them): traffic passes to the kernel again.
+    /// Refused while an agent runs on IFACE: stop it first.
+    Detach(DetachArgs),
     /// On a backend: remove lbx's IPIP / IPv6-in-IPv6 header from packets for the given
     /// local VIPs (for hosts without an ipip/ip6tnl device). Runs until SIGTERM.
     Decap(DecapArgs),
@@ -106,6 +112,7 @@ pub fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => run::run(args, cli.socket),
+        Command::Detach(args) => run::detach(args),
         Command::Decap(args) => run::decap(args),
         Command::Pass(args) => run::pass(args),
         Command::Model(cmd) => model::run(cmd, cli.json),

@@ -58,6 +58,16 @@ pub struct RunArgs {
 }
 
 #[derive(Args)]
+pub struct DetachArgs {
+    /// The interface whose balancer to remove.
+    #[arg(long)]
+    pub iface: String,
+    /// The BPF filesystem the agent pinned under (its --bpffs).
+    #[arg(long, default_value = "/sys/fs/bpf")]
+    pub bpffs: PathBuf,
+}
+
+#[derive(Args)]
 pub struct DecapArgs {
     /// The backend's interface that receives encapsulated packets.
     #[arg(long)]
@@ -81,13 +91,13 @@ pub struct PassArgs {
 const DEFAULT_CONTROL_INTERVAL_MS: u64 = 1000;
 
 pub fn run(args: RunArgs, socket: Option<PathBuf>) -> Result<()> {
-    dataplane::preflight("lbx run", &args.iface)?;
+    let pin_dir = args.bpffs.join("lbx").join(&args.iface);
+    dataplane::preflight("lbx run", &args.iface, Some(&pin_dir))?;
     let socket = socket.unwrap_or_else(|| socket::default_socket(&args.iface));
     let config_path = args
         .config
         .unwrap_or_else(|| PathBuf::from(format!("/etc/lbx/{}.toml", args.iface)));
     sys::ensure_bpffs(&args.bpffs).with_context(|| format!("--bpffs {}", args.bpffs.display()))?;
-    let pin_dir = args.bpffs.join("lbx").join(&args.iface);
     agent::run::run(Options {
         iface: args.iface,
         config_path,
@@ -100,8 +110,27 @@ pub fn run(args: RunArgs, socket: Option<PathBuf>) -> Result<()> {
     })
 }
 
+pub fn detach(args: DetachArgs) -> Result<()> {
+    let pin_dir = args.bpffs.join("lbx").join(&args.iface);
+    // Refuses while an agent holds the balancer, or another program is on the interface.
+    dataplane::preflight("lbx detach", &args.iface, Some(&pin_dir))?;
+    if dataplane::remove_pins(&pin_dir)? {
+        crate::say!(
+            "lbx detached the balancer from {} (pins under {} removed)",
+            args.iface,
+            pin_dir.display()
+        );
+    } else {
+        crate::say!(
+            "no balancer pinned under {}: nothing to detach",
+            pin_dir.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn decap(args: DecapArgs) -> Result<()> {
-    dataplane::preflight("lbx decap", &args.iface)?;
+    dataplane::preflight("lbx decap", &args.iface, None)?;
     let (mut ebpf, mode) = dataplane::load_and_attach(programs::DECAP, &args.iface, args.xdp_mode)?;
     let mut vips: HashMap<_, AddrKey, u32> =
         HashMap::try_from(ebpf.map_mut(maps::DECAP_VIPS).expect("map in object"))?;
@@ -126,7 +155,7 @@ pub fn decap(args: DecapArgs) -> Result<()> {
 }
 
 pub fn pass(args: PassArgs) -> Result<()> {
-    dataplane::preflight("lbx pass", &args.iface)?;
+    dataplane::preflight("lbx pass", &args.iface, None)?;
     let (ebpf, mode) = dataplane::load_and_attach(programs::PASS, &args.iface, args.xdp_mode)?;
     crate::say!("lbx pass attached to {} ({mode} mode)", args.iface);
     runtime()?.block_on(stop_signal())?;

@@ -239,6 +239,20 @@ impl VipId {
     }
 
     /// The VIP's key in the data plane's VIP table.
+    /// The VIP a data-plane key names, if its protocol is one lbx balances.
+    pub fn from_key(key: &VipKey) -> Option<VipId> {
+        let protocol = match key.proto {
+            lbx_common::PROTO_TCP => Protocol::Tcp,
+            lbx_common::PROTO_UDP => Protocol::Udp,
+            _ => return None,
+        };
+        Some(VipId {
+            address: addr::from_words(key.addr, key.family),
+            port: u16::from_be(key.port_be),
+            protocol,
+        })
+    }
+
     pub fn key(&self) -> VipKey {
         VipKey {
             addr: addr::to_words(self.address),

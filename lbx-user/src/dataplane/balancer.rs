@@ -9,7 +9,11 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, Map, MapData, MapError, PerCpuArray, PerCpuValues},
-    programs::{Xdp, XdpMode},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use lbx_common::{
     Active, Backend, Counters, FlowEntry, FlowKey, MAX_VIPS, Reason, Settings, VipTable,
@@ -20,6 +24,7 @@ use lbx_common::{
 
 use super::{
     holder::{self, Attached},
+    layout,
     sys::{self, MappedFlows, MappedRings},
 };
 
@@ -61,12 +66,36 @@ pub enum DataPlaneError {
         source: aya::maps::MapError,
     },
     #[error(
-        "the maps pinned under {} belong to a running balancer (XDP program {id}, {name}), \
-         maybe an agent on an interface of the same name in another network namespace: \
-         give this agent another --bpffs",
+        "the maps pinned under {} are in use by {by}, maybe for an interface of the same \
+         name in another network namespace: give this agent another --bpffs",
         .dir.display()
     )]
-    PinsInUse { dir: PathBuf, id: u32, name: String },
+    PinsInUse { dir: PathBuf, by: String },
+    #[error(
+        "the maps pinned under {} do not fit this build of lbx: {}; keep the build that \
+         made them, or drop them with their flows (`lbx detach`)",
+        .dir.display(),
+        .differences.join(", ")
+    )]
+    Layout {
+        dir: PathBuf,
+        differences: Vec<String>,
+    },
+    #[error(
+        "the balancer on {iface} serves in {serving} mode, --xdp-mode {asked} was asked: \
+         adopting it keeps its mode; `lbx detach --iface {iface}` first to change it (the \
+         connection table goes with it)"
+    )]
+    ModeMismatch {
+        iface: String,
+        serving: Mode,
+        asked: Mode,
+    },
+    #[error("the link pinned at {} does not hold lbx's balancer: {source}", .path.display())]
+    Link {
+        path: PathBuf,
+        source: aya::programs::links::LinkError,
+    },
     #[error("cannot pin maps under {dir}: {source}")]
     Pin {
         dir: PathBuf,
@@ -125,8 +154,12 @@ impl fmt::Display for Mode {
     }
 }
 
-/// Checks what every attaching command needs before it touches the kernel.
-pub fn preflight(what: &str, iface: &str) -> Result<(), DataPlaneError> {
+/// Checks what every attaching command needs before it touches the kernel. `pins` is
+/// the balancer's pin directory: a balancer that serves on `iface` from those pins, with
+/// no process holding it (its agent stopped or died), is there to be adopted; any other
+/// program on the interface, or pins a program elsewhere uses, are refused before
+/// anything is created.
+pub fn preflight(what: &str, iface: &str, pins: Option<&Path>) -> Result<(), DataPlaneError> {
     if !sys::is_root() {
         return Err(DataPlaneError::NotRoot {
             what: what.to_string(),
@@ -137,22 +170,47 @@ pub fn preflight(what: &str, iface: &str) -> Result<(), DataPlaneError> {
             iface: iface.to_string(),
         });
     };
-    // Before anything is created: a hook that is taken would fail the attach only after
-    // the maps are made and pinned, with the kernel's bare "device busy".
-    match holder::attached(index) {
-        Ok(None) => {}
-        Ok(Some(attached)) => {
-            return Err(DataPlaneError::Held {
-                iface: iface.to_string(),
-                attached,
-            });
+    let attached = holder::attached(index).map_err(|source| DataPlaneError::Query {
+        iface: iface.to_string(),
+        source,
+    })?;
+    let held = |attached| DataPlaneError::Held {
+        iface: iface.to_string(),
+        attached,
+    };
+    let Some(dir) = pins else {
+        return match attached {
+            None => {
+                sys::raise_memlock_limit();
+                Ok(())
+            }
+            Some(a) => Err(held(a)),
+        };
+    };
+    let in_use = |by: String| DataPlaneError::PinsInUse {
+        dir: dir.to_path_buf(),
+        by,
+    };
+    // The agent that serves from these pins holds their directory's lock while it runs.
+    if dir.is_dir()
+        && sys::DirLock::try_lock(dir)
+            .map_err(DataPlaneError::Sys)?
+            .is_none()
+    {
+        return Err(match attached {
+            Some(a) => held(a),
+            None => in_use("a running lbx agent".to_owned()),
+        });
+    }
+    match (attached, sys::pinned_xdp_link(&dir.join(LINK)).ok()) {
+        // Nothing there; or a link whose interface went away (its maps are taken over).
+        (None, None | Some((_, 0))) => {}
+        (None, Some((prog, _))) => {
+            return Err(in_use(format!("XDP program {prog} on another interface")));
         }
-        Err(source) => {
-            return Err(DataPlaneError::Query {
-                iface: iface.to_string(),
-                source,
-            });
-        }
+        // The balancer an agent before this one left serving here: adopted.
+        (Some(a), Some((prog, _))) if a.id == prog => {}
+        (Some(a), _) => return Err(held(a)),
     }
     sys::raise_memlock_limit();
     Ok(())
@@ -169,10 +227,15 @@ fn load(
     program: &str,
     sizes: &[(&'static str, u32)],
     globals: &[(&'static str, u32)],
+    pins: Option<&Path>,
 ) -> Result<Ebpf, DataPlaneError> {
     let mut l = loader();
     for (name, size) in sizes {
         l.map_max_entries(name, *size);
+    }
+    // A map pinned there already is used as it is; one that is not is made and pinned.
+    for name in pins.map_or(&[][..], |_| BALANCER_MAPS) {
+        l.map_pin_path(name, pins.expect("some").join(name));
     }
     for (name, value) in globals {
         l.override_global(name, value, true);
@@ -198,7 +261,7 @@ fn xdp_mut<'a>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut Xdp, DataPla
 }
 
 /// Attaches a loaded program in `mode`; `Auto` falls back from native to generic and says so.
-fn attach(prog: &mut Xdp, iface: &str, mode: Mode) -> Result<Mode, DataPlaneError> {
+fn attach(prog: &mut Xdp, iface: &str, mode: Mode) -> Result<(Mode, XdpLinkId), DataPlaneError> {
     let attach_err = |mode, source| DataPlaneError::Attach {
         iface: iface.to_string(),
         mode,
@@ -207,27 +270,28 @@ fn attach(prog: &mut Xdp, iface: &str, mode: Mode) -> Result<Mode, DataPlaneErro
     match mode {
         Mode::Native => prog
             .attach(iface, XdpMode::Driver)
-            .map_err(|e| attach_err(mode, e))?,
+            .map(|id| (mode, id))
+            .map_err(|e| attach_err(mode, e)),
         Mode::Generic => prog
             .attach(iface, XdpMode::Skb)
-            .map_err(|e| attach_err(mode, e))?,
+            .map(|id| (mode, id))
+            .map_err(|e| attach_err(mode, e)),
         Mode::Auto => match prog.attach(iface, XdpMode::Driver) {
-            Ok(_) => return Ok(Mode::Native),
+            Ok(id) => Ok((Mode::Native, id)),
             Err(e) => {
                 eprintln!("native XDP is not available on {iface} ({e}); using generic mode");
                 prog.attach(iface, XdpMode::Skb)
-                    .map_err(|e| attach_err(Mode::Generic, e))?;
-                return Ok(Mode::Generic);
+                    .map(|id| (Mode::Generic, id))
+                    .map_err(|e| attach_err(Mode::Generic, e))
             }
         },
-    };
-    Ok(mode)
+    }
 }
 
 /// Loads `program` (one of `lbx_common::programs`) without attaching it, e.g. to run
 /// packets through it with `TestRun` (the benchmark's floors).
 pub fn load_unattached(program: &str) -> Result<Ebpf, DataPlaneError> {
-    load(OBJECT, program, &[], &[])
+    load(OBJECT, program, &[], &[], None)
 }
 
 /// Loads `program` and attaches it to `iface`. Returns the object (dropping it detaches)
@@ -237,25 +301,18 @@ pub fn load_and_attach(
     iface: &str,
     mode: Mode,
 ) -> Result<(Ebpf, Mode), DataPlaneError> {
-    let mut ebpf = load(OBJECT, program, &[], &[])?;
-    let used = attach(xdp_mut(&mut ebpf, program)?, iface, mode)?;
+    let mut ebpf = load(OBJECT, program, &[], &[], None)?;
+    let (used, _) = attach(xdp_mut(&mut ebpf, program)?, iface, mode)?;
     Ok((ebpf, used))
 }
 
-fn take(ebpf: &mut Ebpf, name: &'static str, pin: Option<&Path>) -> Result<Map, DataPlaneError> {
-    let map = ebpf.take_map(name).expect("map is in the object");
-    if let Some(dir) = pin {
-        map.pin(dir.join(name)).map_err(|e| DataPlaneError::Pin {
-            dir: dir.to_path_buf(),
-            source: std::io::Error::other(e),
-        })?;
-    }
-    Ok(map)
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Map {
+    ebpf.take_map(name).expect("map is in the object")
 }
 
 macro_rules! typed {
-    ($ebpf:expr, $name:expr, $pin:expr) => {
-        take($ebpf, $name, $pin)?
+    ($ebpf:expr, $name:expr) => {
+        take($ebpf, $name)
             .try_into()
             .map_err(|source| DataPlaneError::Map { map: $name, source })?
     };
@@ -285,12 +342,38 @@ pub struct Balancer {
     /// How it is attached, if it is.
     pub mode: Option<Mode>,
     pub ring_size: u32,
+    /// The maps were pinned by an agent before this one, and are used as they are.
+    pub inherited: bool,
     pin_dir: Option<PathBuf>,
+    /// The link the program serves through, pinned under `pin_dir`: it outlives this
+    /// process, so the data plane goes on serving for the next agent.
+    link: Option<PinnedLink>,
+    /// Whether dropping this removes the pins: only those a start that failed made, or
+    /// after `detach`.
+    remove_pins: bool,
+    /// Held for this agent's life: the next one waits for it to end before it adopts.
+    _lock: Option<sys::DirLock>,
     _rings_map: Map,
     _flows_map: Map,
-    // Last: dropping the object detaches the program.
+    // Last: dropping the object detaches a program attached without a pinned link.
     ebpf: Ebpf,
 }
+
+/// The maps of the balancer, which a pin directory holds (with `LINK`).
+const BALANCER_MAPS: &[&str] = &[
+    maps::ACTIVE,
+    maps::SETTINGS,
+    maps::VIPS,
+    maps::BACKENDS,
+    maps::RINGS,
+    maps::FLOWS,
+    maps::VIP_STATS,
+    maps::BACKEND_STATS,
+    maps::REASONS,
+];
+
+/// The pinned XDP link under a pin directory.
+const LINK: &str = "link";
 
 impl Balancer {
     /// Loads the balancer (not attached to any interface yet) with rings of `ring_size`
@@ -314,52 +397,81 @@ impl Balancer {
         let ring_elems = 2 * MAX_VIPS * lbx_common::ring_elems(ring_size);
         let sets = flows::sets_for(flows);
         let flow_slots = sets * FLOW_WAYS;
-        let mut ebpf = load(
-            object,
-            programs::BALANCER,
-            &[(maps::RINGS, ring_elems), (maps::FLOWS, flow_slots)],
-            &[("FLOW_SET_MASK", sets - 1)],
-        )?;
+        let sizes = [(maps::RINGS, ring_elems), (maps::FLOWS, flow_slots)];
+        let inherited = pin_dir
+            .as_ref()
+            .is_some_and(|dir| dir.join(maps::ACTIVE).exists());
         if let Some(dir) = &pin_dir {
-            if let Some((id, name)) = holder::program_using_pin(&dir.join(maps::ACTIVE)) {
-                return Err(DataPlaneError::PinsInUse {
-                    dir: dir.clone(),
-                    id,
-                    name,
-                });
+            if inherited {
+                let differences = layout::compare(object, dir, BALANCER_MAPS, &sizes);
+                if !differences.is_empty() {
+                    return Err(DataPlaneError::Layout {
+                        dir: dir.clone(),
+                        differences: differences
+                            .into_iter()
+                            .map(|d| {
+                                let from = match d.map {
+                                    maps::RINGS => " (the configuration's table_size)",
+                                    maps::FLOWS => " (--flows)",
+                                    _ => "",
+                                };
+                                format!("{} {}{from}", d.map, d.what)
+                            })
+                            .collect(),
+                    });
+                }
             }
-            // A previous run that died leaves its pins; no program uses their maps.
-            let _ = std::fs::remove_dir_all(dir);
             std::fs::create_dir_all(dir).map_err(|source| DataPlaneError::Pin {
                 dir: dir.clone(),
                 source,
             })?;
         }
-        let pin = pin_dir.as_deref();
-        let rings_map = take(&mut ebpf, maps::RINGS, pin)?;
+        let lock = match &pin_dir {
+            Some(dir) => Some(
+                sys::DirLock::try_lock(dir)
+                    .map_err(DataPlaneError::Sys)?
+                    .ok_or_else(|| DataPlaneError::PinsInUse {
+                        dir: dir.clone(),
+                        by: "a running lbx agent".to_owned(),
+                    })?,
+            ),
+            None => None,
+        };
+        let mut ebpf = load(
+            object,
+            programs::BALANCER,
+            &sizes,
+            &[("FLOW_SET_MASK", sets - 1)],
+            pin_dir.as_deref(),
+        )?;
+        let rings_map = take(&mut ebpf, maps::RINGS);
         let rings = match &rings_map {
             Map::Array(data) => MappedRings::new(data.fd().as_fd(), ring_elems as usize)?,
             _ => unreachable!("RINGS is an array"),
         };
-        let flows_map = take(&mut ebpf, maps::FLOWS, pin)?;
+        let flows_map = take(&mut ebpf, maps::FLOWS);
         let flows = match &flows_map {
             Map::Array(data) => MappedFlows::new(data.fd().as_fd(), flow_slots as usize)?,
             _ => unreachable!("FLOWS is an array"),
         };
         Ok(Self {
-            active: typed!(&mut ebpf, maps::ACTIVE, pin),
-            settings: typed!(&mut ebpf, maps::SETTINGS, pin),
-            vips: typed!(&mut ebpf, maps::VIPS, pin),
-            backends: typed!(&mut ebpf, maps::BACKENDS, pin),
+            active: typed!(&mut ebpf, maps::ACTIVE),
+            settings: typed!(&mut ebpf, maps::SETTINGS),
+            vips: typed!(&mut ebpf, maps::VIPS),
+            backends: typed!(&mut ebpf, maps::BACKENDS),
             flows,
             flow_set_mask: sets - 1,
-            vip_stats: typed!(&mut ebpf, maps::VIP_STATS, pin),
-            backend_stats: typed!(&mut ebpf, maps::BACKEND_STATS, pin),
-            reasons: typed!(&mut ebpf, maps::REASONS, pin),
+            vip_stats: typed!(&mut ebpf, maps::VIP_STATS),
+            backend_stats: typed!(&mut ebpf, maps::BACKEND_STATS),
+            reasons: typed!(&mut ebpf, maps::REASONS),
             rings,
             mode: None,
             ring_size,
+            inherited,
+            remove_pins: pin_dir.is_some() && !inherited,
             pin_dir,
+            _lock: lock,
+            link: None,
             _rings_map: rings_map,
             _flows_map: flows_map,
             ebpf,
@@ -393,11 +505,72 @@ impl Balancer {
             .map(|s| s.entry)
     }
 
-    /// Attaches the balancer to `iface`; returns the mode used.
+    /// Attaches the balancer to `iface`; returns the mode used. With a pin directory the
+    /// program serves through a pinned link, which outlives this process: where a link is
+    /// pinned already (an agent before this one), this program replaces the one it
+    /// serves, atomically, and keeps its mode.
     pub fn attach(&mut self, iface: &str, mode: Mode) -> Result<Mode, DataPlaneError> {
-        let used = attach(xdp_mut(&mut self.ebpf, programs::BALANCER)?, iface, mode)?;
-        self.mode = Some(used);
-        Ok(used)
+        let Some(dir) = self.pin_dir.clone() else {
+            let (used, _) = attach(xdp_mut(&mut self.ebpf, programs::BALANCER)?, iface, mode)?;
+            self.mode = Some(used);
+            return Ok(used);
+        };
+        let path = dir.join(LINK);
+        let link_err = |source| DataPlaneError::Link {
+            path: path.clone(),
+            source,
+        };
+        // A link whose interface went away serves nothing: a new one replaces it.
+        if sys::pinned_xdp_link(&path).is_ok_and(|(_, ifindex)| ifindex == 0) {
+            std::fs::remove_file(&path).map_err(|source| DataPlaneError::Pin {
+                dir: dir.clone(),
+                source,
+            })?;
+        }
+        let prog = xdp_mut(&mut self.ebpf, programs::BALANCER)?;
+        if path.exists() {
+            let serving = serving_mode(iface)?;
+            if mode != Mode::Auto && mode != serving {
+                return Err(DataPlaneError::ModeMismatch {
+                    iface: iface.to_string(),
+                    serving,
+                    asked: mode,
+                });
+            }
+            let pinned = PinnedLink::from_pin(&path).map_err(link_err)?;
+            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(link_err)?;
+            prog.attach_to_link(link)
+                .map_err(|source| DataPlaneError::Attach {
+                    iface: iface.to_string(),
+                    mode: serving,
+                    source,
+                })?;
+            self.mode = Some(serving);
+        } else {
+            let (used, id) = attach(prog, iface, mode)?;
+            let link = prog
+                .take_link(id)
+                .map_err(|source| DataPlaneError::Program {
+                    program: programs::BALANCER.to_string(),
+                    source,
+                })?;
+            let fd = FdLink::try_from(link).map_err(link_err)?;
+            let pinned = fd.pin(&path).map_err(|e| DataPlaneError::Pin {
+                dir: dir.clone(),
+                source: std::io::Error::other(e),
+            })?;
+            self.link = Some(pinned);
+            self.mode = Some(used);
+        }
+        // Serving now: the pins are for the next agent to adopt.
+        self.remove_pins = false;
+        Ok(self.mode.expect("set above"))
+    }
+
+    /// Detaches for good: the pinned link and maps are removed, and the program stops
+    /// when this is dropped (the connection table goes with it).
+    pub fn detach(&mut self) {
+        self.remove_pins = self.pin_dir.is_some();
     }
 
     /// The kernel's id of the balancer program (what `bpftool prog` and `ip link` show).
@@ -431,8 +604,36 @@ impl Balancer {
 
 impl Drop for Balancer {
     fn drop(&mut self) {
-        if let Some(dir) = &self.pin_dir {
+        if let (true, Some(dir)) = (self.remove_pins, &self.pin_dir) {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// The mode the XDP program on `iface` runs in, from the kernel.
+fn serving_mode(iface: &str) -> Result<Mode, DataPlaneError> {
+    let index = sys::if_index(iface).ok_or_else(|| DataPlaneError::NoInterface {
+        iface: iface.to_string(),
+    })?;
+    let attached = holder::attached(index).map_err(|source| DataPlaneError::Query {
+        iface: iface.to_string(),
+        source,
+    })?;
+    Ok(match attached {
+        Some(a) if a.native => Mode::Native,
+        _ => Mode::Generic,
+    })
+}
+
+/// Removes the balancer that serves on an interface from `dir` (its pinned link and maps):
+/// the program detaches once no agent holds it. For `lbx detach` after an agent stopped.
+pub fn remove_pins(dir: &Path) -> Result<bool, DataPlaneError> {
+    if !dir.join(LINK).exists() && !dir.join(maps::ACTIVE).exists() {
+        return Ok(false);
+    }
+    std::fs::remove_dir_all(dir).map_err(|source| DataPlaneError::Pin {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(true)
 }

@@ -61,6 +61,42 @@ impl Publisher {
         })
     }
 
+    /// The publisher of an agent that adopts the maps another agent published into: the
+    /// active slot, its generation number, `ACTIVE` as it is, and what each slot's backend
+    /// region holds. Fresh if nothing was ever published there.
+    pub fn resume(bal: &Balancer) -> Result<Self, PublishError> {
+        let mut p = Self::new().map_err(PublishError::Barrier)?;
+        let active = bal.active.get(&0, 0).map_err(map_err("ACTIVE"))?;
+        let settings = bal
+            .settings
+            .get(&active.slot, 0)
+            .map_err(map_err("SETTINGS"))?;
+        if settings.ring_size == 0 {
+            return Ok(p);
+        }
+        p.active = active.slot;
+        p.generation = settings.generation;
+        p.in_map = active;
+        for (slot, shadow) in p.shadow.iter_mut().enumerate() {
+            for (i, b) in shadow.backends.iter_mut().enumerate() {
+                *b = bal
+                    .backends
+                    .get(&(slot as u32 * MAX_BACKENDS + i as u32), 0)
+                    .map_err(map_err("BACKENDS"))?;
+            }
+        }
+        Ok(p)
+    }
+
+    /// The active slot's VIP table and backend region, to recover the numbers in them.
+    pub fn active_contents(
+        &self,
+        bal: &Balancer,
+    ) -> Result<(VipTable, Vec<Backend>), PublishError> {
+        let table = bal.vips.get(&self.active, 0).map_err(map_err("VIPS"))?;
+        Ok((table, self.shadow[self.active as usize].backends.clone()))
+    }
+
     pub fn generation(&self) -> u64 {
         self.generation
     }

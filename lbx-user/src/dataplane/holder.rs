@@ -15,6 +15,8 @@ use lbx_common::programs;
 #[derive(Debug, Clone)]
 pub struct Attached {
     pub id: u32,
+    /// In the driver (native mode); else in the stack (generic) or offloaded.
+    pub native: bool,
     /// The program's name as the kernel has it (at most 15 bytes).
     pub name: String,
     pub holders: Vec<Process>,
@@ -84,7 +86,7 @@ impl fmt::Display for Attached {
 
 /// What holds the XDP hook of the interface with index `ifindex`, if anything does.
 pub fn attached(ifindex: u32) -> io::Result<Option<Attached>> {
-    let Some(id) = xdp_program_id(ifindex)? else {
+    let Some((id, mode)) = xdp_program(ifindex)? else {
         return Ok(None);
     };
     let name = aya::programs::loaded_programs()
@@ -94,25 +96,10 @@ pub fn attached(ifindex: u32) -> io::Result<Option<Attached>> {
         .unwrap_or_else(|| "unnamed".to_owned());
     Ok(Some(Attached {
         id,
+        native: mode == XDP_ATTACHED_DRV,
         name,
         holders: holders(id),
     }))
-}
-
-/// The loaded program (id, name) that uses the map pinned at `pin`, if the pin exists and
-/// a program uses it: pins that a running balancer still serves from, which a new agent
-/// must not replace.
-pub fn program_using_pin(pin: &Path) -> Option<(u32, String)> {
-    let map = aya::maps::MapInfo::from_pin(pin).ok()?.id();
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .find(|p| {
-            p.map_ids()
-                .ok()
-                .flatten()
-                .is_some_and(|ids| ids.contains(&map))
-        })
-        .map(|p| (p.id(), p.name_as_str().unwrap_or("unnamed").to_owned()))
 }
 
 // From linux/netlink.h, linux/rtnetlink.h and linux/if_link.h.
@@ -121,15 +108,17 @@ const NLM_F_REQUEST: u16 = 1;
 const RTM_GETLINK: u16 = 18;
 const RTM_NEWLINK: u16 = 16;
 const IFLA_XDP: u16 = 43;
+const IFLA_XDP_ATTACHED: u16 = 2;
 const IFLA_XDP_PROG_ID: u16 = 4;
+const XDP_ATTACHED_DRV: u8 = 1;
 /// Attribute types without the nested and byte-order flags.
 const NLA_TYPE_MASK: u16 = 0x3fff;
 const NLMSGHDR_LEN: usize = 16;
 const IFINFOMSG_LEN: usize = 16;
 
-/// The id of the XDP program attached to the interface (in any mode), by an RTM_GETLINK
-/// request for that one interface.
-fn xdp_program_id(ifindex: u32) -> io::Result<Option<u32>> {
+/// The id of the XDP program attached to the interface and how (`XDP_ATTACHED_*`), by an
+/// RTM_GETLINK request for that one interface.
+fn xdp_program(ifindex: u32) -> io::Result<Option<(u32, u8)>> {
     // SAFETY: socket(2) with constant arguments; the result is checked before use.
     let raw = unsafe {
         libc::socket(
@@ -177,9 +166,9 @@ fn malformed() -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, "malformed rtnetlink reply")
 }
 
-/// Reads IFLA_XDP / IFLA_XDP_PROG_ID out of an RTM_NEWLINK reply (0 or absent: nothing
-/// attached), or the error an NLMSG_ERROR reply carries.
-fn parse_link_reply(msg: &[u8]) -> io::Result<Option<u32>> {
+/// Reads IFLA_XDP's program id and attach mode out of an RTM_NEWLINK reply (id 0 or
+/// absent: nothing attached), or the error an NLMSG_ERROR reply carries.
+fn parse_link_reply(msg: &[u8]) -> io::Result<Option<(u32, u8)>> {
     let len = u32_at(msg, 0).ok_or_else(malformed)? as usize;
     let msg = msg.get(..len).ok_or_else(malformed)?;
     match u16_at(msg, 4).ok_or_else(malformed)? {
@@ -190,16 +179,19 @@ fn parse_link_reply(msg: &[u8]) -> io::Result<Option<u32>> {
         RTM_NEWLINK => {}
         _ => return Err(malformed()),
     }
-    let Some(xdp) = attribute(
-        msg.get(NLMSGHDR_LEN + IFINFOMSG_LEN..)
-            .ok_or_else(malformed)?,
-        IFLA_XDP,
-    ) else {
+    let attrs = msg
+        .get(NLMSGHDR_LEN + IFINFOMSG_LEN..)
+        .ok_or_else(malformed)?;
+    let Some(xdp) = attribute(attrs, IFLA_XDP) else {
         return Ok(None);
     };
+    let mode = attribute(xdp, IFLA_XDP_ATTACHED)
+        .and_then(|v| v.first().copied())
+        .unwrap_or(0);
     Ok(attribute(xdp, IFLA_XDP_PROG_ID)
         .and_then(|v| u32_at(v, 0))
-        .filter(|&id| id != 0))
+        .filter(|&id| id != 0)
+        .map(|id| (id, mode)))
 }
 
 /// The payload of the first attribute of `kind` in a run of rtattrs.
@@ -330,19 +322,19 @@ mod tests {
     fn reads_the_program_id_among_other_attributes() {
         let mut body = vec![0u8; IFINFOMSG_LEN];
         body.extend(rtattr(3, b"eth0\0"));
-        let mut xdp = rtattr(2, &[1]);
+        let mut xdp = rtattr(IFLA_XDP_ATTACHED, &[XDP_ATTACHED_DRV]);
         xdp.extend(rtattr(IFLA_XDP_PROG_ID, &57u32.to_ne_bytes()));
         body.extend(rtattr(IFLA_XDP | 0x8000, &xdp));
         assert_eq!(
             parse_link_reply(&reply(RTM_NEWLINK, &body)).unwrap(),
-            Some(57)
+            Some((57, XDP_ATTACHED_DRV))
         );
     }
 
     #[test]
     fn no_program_is_none_and_errors_carry_their_errno() {
         let mut body = vec![0u8; IFINFOMSG_LEN];
-        body.extend(rtattr(IFLA_XDP, &rtattr(2, &[0])));
+        body.extend(rtattr(IFLA_XDP, &rtattr(IFLA_XDP_ATTACHED, &[0])));
         assert_eq!(parse_link_reply(&reply(RTM_NEWLINK, &body)).unwrap(), None);
         let err = reply(NLMSG_ERROR, &(-libc::ENODEV).to_ne_bytes());
         assert_eq!(

@@ -5,9 +5,12 @@
 mod balancer;
 pub mod generation;
 pub mod holder;
+mod layout;
 pub mod neighbour;
 pub mod plan;
 pub mod slots;
 pub mod sys;
 
-pub use balancer::{Balancer, DataPlaneError, Mode, load_and_attach, load_unattached, preflight};
+pub use balancer::{
+    Balancer, DataPlaneError, Mode, load_and_attach, load_unattached, preflight, remove_pins,
+};

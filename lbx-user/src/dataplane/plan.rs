@@ -123,7 +123,7 @@ pub fn build(
                     family: addr::family(b.address),
                     flags: if eff.down { BACKEND_F_DOWN } else { 0 },
                     uid: s.uid,
-                    pad: 0,
+                    vip: slots.vips[&id],
                 },
             ));
             if !b.drain && !eff.down && eff.permille > 0 {

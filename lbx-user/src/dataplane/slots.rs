@@ -4,9 +4,12 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use lbx_common::{MAX_BACKENDS, MAX_VIPS};
+use lbx_common::{Backend, MAX_BACKENDS, MAX_VIPS, VipTable};
 
-use crate::config::{Config, VipId};
+use crate::{
+    addr,
+    config::{Config, VipId},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackendSlot {
@@ -15,7 +18,7 @@ pub struct BackendSlot {
     pub uid: u32,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Slots {
     pub vips: BTreeMap<VipId, u32>,
     pub backends: BTreeMap<(VipId, IpAddr), BackendSlot>,
@@ -75,6 +78,32 @@ impl Slots {
         }
         (next, fresh)
     }
+
+    /// The numbers of a generation in the maps, as an agent that adopts them finds them:
+    /// VIP ids from its VIP table; backend slots, their uids and (in `Backend::vip`) their
+    /// VIP's id from its backend region.
+    pub fn recover(vips: &VipTable, backends: &[Backend]) -> Slots {
+        let mut found = Slots::default();
+        let mut by_id = BTreeMap::new();
+        for e in vips.entries.iter().filter(|e| e.key.family != 0) {
+            if let Some(vip) = VipId::from_key(&e.key) {
+                found.vips.insert(vip, e.id);
+                by_id.insert(e.id, vip);
+            }
+        }
+        for (slot, b) in backends.iter().enumerate().filter(|(_, b)| b.family != 0) {
+            if let Some(vip) = by_id.get(&b.vip) {
+                let key = (*vip, addr::from_words(b.addr, b.family));
+                let slot = BackendSlot {
+                    slot: slot as u32,
+                    uid: b.uid,
+                };
+                found.backends.insert(key, slot);
+                found.next_uid = found.next_uid.max(b.uid);
+            }
+        }
+        found
+    }
 }
 
 #[cfg(test)]
@@ -129,5 +158,40 @@ mod tests {
         assert_eq!(fresh.vips, vec![2]);
         assert_eq!(fresh.backends, vec![0]);
         assert!(s3.backends.values().all(|b| b.uid > s1.backends[&kept].uid));
+    }
+
+    #[test]
+    fn recovered_from_the_maps_as_they_were_assigned() {
+        let c = config(&[
+            ("10.0.0.1:80", &["10.1.0.1", "10.1.0.2"]),
+            ("[fd00::1]:443", &["fd00::11"]),
+        ]);
+        let (s1, _) = Slots::default().assign(&config(&[("10.0.0.9:80", &["10.1.0.9"])]));
+        let (slots, _) = s1.assign(&c);
+        let mut table = VipTable::default();
+        let mut backends = vec![Backend::default(); MAX_BACKENDS as usize];
+        for (i, (vip, id)) in slots.vips.iter().enumerate() {
+            table.entries[i * 7].key = vip.key();
+            table.entries[i * 7].id = *id;
+        }
+        for ((vip, address), s) in &slots.backends {
+            backends[s.slot as usize] = Backend {
+                addr: addr::to_words(*address),
+                family: addr::family(*address),
+                uid: s.uid,
+                vip: slots.vips[vip],
+                ..Backend::default()
+            };
+        }
+        let found = Slots::recover(&table, &backends);
+        assert_eq!(found, slots);
+        // New numbers after recovery are new to the recovered generation too.
+        let (_, fresh) = found.assign(&config(&[("10.0.0.1:80", &["10.1.0.3"])]));
+        assert!(
+            fresh
+                .backends
+                .iter()
+                .all(|b| slots.backends.values().all(|s| s.slot != *b))
+        );
     }
 }

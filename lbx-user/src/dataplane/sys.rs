@@ -13,6 +13,9 @@ use lbx_common::{RING_LANES, flows::FlowSlot};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_TYPE_XDP: u32 = 6;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -77,6 +80,70 @@ fn map_update(map: RawFd, key: &u32, value: &u32) -> io::Result<()> {
     attr.put_u64(16, value as *const u32 as u64);
     attr.put_u64(24, 0); // BPF_ANY
     bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+}
+
+/// The XDP link pinned at `path`: its program's id and its interface's index (0 once the
+/// interface is gone). From the link's own descriptor, which needs no more privilege than
+/// the pin's file does.
+pub fn pinned_xdp_link(path: &Path) -> io::Result<(u32, u32)> {
+    let c = c_path(path)?;
+    let mut attr = BpfAttr::new();
+    attr.put_u64(0, c.as_ptr() as u64);
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: the kernel returned a new file descriptor we now own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    // struct bpf_link_info: type, id, prog_id, then an 8-aligned union whose XDP member
+    // starts with the ifindex.
+    #[repr(C, align(8))]
+    struct LinkInfo([u32; 16]);
+    let mut info = LinkInfo([0; 16]);
+    let mut attr = BpfAttr::new();
+    attr.put_u32(0, fd.as_raw_fd() as u32);
+    attr.put_u32(4, std::mem::size_of::<LinkInfo>() as u32);
+    attr.put_u64(8, info.0.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    if info.0[0] != BPF_LINK_TYPE_XDP {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not an XDP link", path.display()),
+        ));
+    }
+    Ok((info.0[2], info.0[4]))
+}
+
+/// An exclusive `flock` on a directory, held while this lives. The kernel lets go when the
+/// process ends, however it ends, so a lock that is held means a live holder.
+#[derive(Debug)]
+pub struct DirLock {
+    _fd: OwnedFd,
+}
+
+impl DirLock {
+    /// The lock, or None while another process holds it.
+    pub fn try_lock(dir: &Path) -> io::Result<Option<Self>> {
+        let c = c_path(dir)?;
+        // SAFETY: open(2) on a valid C string; the result is checked.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor we just opened and own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: flock(2) on a live descriptor.
+        if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EWOULDBLOCK) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        Ok(Some(Self { _fd: fd }))
+    }
 }
 
 /// Waits until every BPF program that was running when it was called has returned.

@@ -1,0 +1,250 @@
+//! The balancer outlives its agent: an agent stopped (SIGTERM) or killed (SIGKILL) leaves
+//! the program serving from its pinned link and maps, and the next agent takes them over
+//! with the connection table, the numbering and the counters. Long-lived connections and
+//! a steady stream of new ones go through both handovers without one failure, and no
+//! packet to a VIP is passed to the kernel or dropped meanwhile.
+
+use std::{
+    fs::File,
+    net::SocketAddr,
+    os::fd::AsRawFd as _,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use lbx_tests::{
+    Connection, Topology, VIP_V4, VIP_V6, backend_name, tally, topology::reason_count,
+};
+use serde_json::Value;
+
+/// Open connections per VIP.
+const OPEN: u16 = 12;
+/// Bounds of the stream of new connections: at most this many, for at most this long.
+const STREAM_MAX: usize = 3000;
+const STREAM_LIMIT: Duration = Duration::from_secs(180);
+/// Pause between two new connections of the stream.
+const STREAM_GAP: Duration = Duration::from_millis(5);
+
+/// One connection of the stream: when it started, and how it ended.
+struct Attempt {
+    at: Instant,
+    result: Result<String, String>,
+}
+
+/// New connections to `vip`, one after another from the client's namespace, until `stop`
+/// (or the bounds above).
+fn stream(netns: PathBuf, vip: SocketAddr, stop: Arc<AtomicBool>) -> Vec<Attempt> {
+    let file = File::open(&netns).expect("open the client's namespace");
+    // SAFETY: setns only reads the descriptor; it moves this thread alone, which ends here.
+    assert_eq!(
+        unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+        0,
+        "setns"
+    );
+    let started = Instant::now();
+    let mut out = Vec::new();
+    while !stop.load(Ordering::Relaxed)
+        && out.len() < STREAM_MAX
+        && started.elapsed() < STREAM_LIMIT
+    {
+        let at = Instant::now();
+        let result = Connection::open(vip, 0)
+            .and_then(|mut c| c.ask())
+            .map_err(|e| format!("{e:#}"));
+        out.push(Attempt { at, result });
+        std::thread::sleep(STREAM_GAP);
+    }
+    out
+}
+
+/// The counters of what must not happen to a packet of a VIP's flow.
+const MUST_STAY: &[&str] = &[
+    "pass_malformed",
+    "pass_no_config",
+    "drop_no_backend",
+    "drop_too_big",
+    "drop_bad_ring",
+    "drop_encap_failed",
+];
+
+#[test]
+fn the_balancer_serves_through_an_agent_restart_and_a_crash() {
+    let vip4 = SocketAddr::new(VIP_V4.into(), 80);
+    let vip6 = SocketAddr::new(VIP_V6.into(), 80);
+    let mut topo = Topology::builder()
+        .backends(3)
+        .vip(vip4)
+        .vip(vip6)
+        .build()
+        .expect("failed to build the test topology");
+    let vips = [vip4, vip6];
+    for vip in vips {
+        topo.add_vip(vip, &[(1, 1), (2, 1), (3, 1)])
+            .expect("configure the VIP");
+    }
+    let ports: Vec<u16> = (40_000..40_000 + OPEN).collect();
+    let mut conns = Vec::new();
+    for vip in vips {
+        conns.extend(
+            topo.client()
+                .open_many(vip, &ports)
+                .expect("open connections"),
+        );
+    }
+    // Backend-2 takes nearly the whole ring now: the open connections elsewhere stay only
+    // because the connection table holds them, so a table lost in a handover shows.
+    for vip in vips {
+        let b2 = topo.backend_addr(2, vip).to_string();
+        topo.lbx(&["backend", "weight", &vip.to_string(), &b2, "65535"])
+            .expect("weight");
+    }
+    let held = conns
+        .iter()
+        .filter(|c| c.first_answer() != Some(backend_name(2).as_str()))
+        .count();
+    assert!(
+        held >= 6,
+        "only {held} open connections off backend-2: too few to mean anything"
+    );
+    let stats_before = topo.lbx_json(&["stats"]).expect("stats");
+    let status_before = topo.lbx_json(&["status"]).expect("status");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let streams: Vec<_> = vips
+        .iter()
+        .map(|&vip| {
+            let (ns, stop) = (topo.client.netns.path(), stop.clone());
+            std::thread::spawn(move || stream(ns, vip, stop))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut windows = Vec::new();
+    for (what, handover) in [
+        (
+            "SIGTERM and a new agent",
+            Topology::restart_agent as fn(&mut Topology) -> _,
+        ),
+        ("SIGKILL and a new agent", Topology::crash_agent),
+    ] {
+        let from = Instant::now();
+        handover(&mut topo).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        let to = Instant::now();
+        eprintln!("{what}: the next agent answered after {:?}", to - from);
+        windows.push((what, from, to));
+        Topology::assert_unmoved(&mut conns, what);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let attempts: Vec<Attempt> = streams
+        .into_iter()
+        .flat_map(|t| t.join().expect("stream thread"))
+        .collect();
+
+    let failed: Vec<&String> = attempts
+        .iter()
+        .filter_map(|a| a.result.as_ref().err())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} new connections failed: {:?}",
+        failed.len(),
+        attempts.len(),
+        &failed[..failed.len().min(5)]
+    );
+    for (what, from, to) in &windows {
+        let during = attempts
+            .iter()
+            .filter(|a| a.at >= *from && a.at <= *to)
+            .count();
+        eprintln!("{what}: {during} new connections made during the handover, all answered");
+        assert!(
+            during > 0,
+            "{what}: no new connection was tried during the handover"
+        );
+    }
+    let answered: Vec<String> = attempts.into_iter().filter_map(|a| a.result.ok()).collect();
+    eprintln!("new connections by backend: {:?}", tally(&answered));
+
+    // The numbering, the generation and the counters went on.
+    let status = topo.lbx_json(&["status"]).expect("status");
+    assert_eq!(
+        status["generation"].as_u64(),
+        status_before["generation"].as_u64().map(|g| g + 2),
+        "each agent publishes once on top of what it took over"
+    );
+    let slots = |s: &Value| -> Vec<Value> {
+        s["vips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|v| v["backends"].as_array().unwrap().iter())
+            .map(|b| b["table_slots"].clone())
+            .collect()
+    };
+    assert_eq!(slots(&status), slots(&status_before), "the rings changed");
+    let stats = topo.lbx_json(&["stats"]).expect("stats");
+    for reason in MUST_STAY {
+        assert_eq!(
+            reason_count(&stats, reason).unwrap(),
+            reason_count(&stats_before, reason).unwrap(),
+            "{reason} counted packets across the handovers"
+        );
+    }
+    assert!(
+        reason_count(&stats, "forwarded").unwrap()
+            > reason_count(&stats_before, "forwarded").unwrap(),
+        "the forwarded counter started again instead of going on"
+    );
+
+    // The old flows are answered from the connection table, as lbx says.
+    topo.assert_held_by_table(&conns);
+}
+
+#[test]
+fn detach_removes_the_balancer_left_serving_and_is_refused_while_an_agent_runs() {
+    let vip = SocketAddr::new(VIP_V4.into(), 80);
+    let mut topo = Topology::builder()
+        .backends(1)
+        .vip(vip)
+        .build()
+        .expect("failed to build the test topology");
+    topo.add_vip(vip, &[(1, 1)]).expect("configure the VIP");
+    let bpffs = topo.bpffs().display().to_string();
+    let detach = ["detach", "--iface", "eth0", "--bpffs", bpffs.as_str()];
+
+    // While an agent runs, detach is refused and changes nothing.
+    let refused = topo.lbx_fails(&detach).expect("lbx detach");
+    assert!(refused.contains("an lbx agent holds it"), "{refused}");
+    topo.client().ask(vip, 40_100).expect("still balanced");
+
+    // Once it stopped, the balancer still serves; detach removes it, and a second detach
+    // has nothing to do.
+    topo.stop_agent().expect("stop the agent");
+    assert_eq!(
+        topo.client()
+            .ask(vip, 40_101)
+            .expect("served without an agent"),
+        backend_name(1)
+    );
+    assert!(topo.bpffs().join("lbx/eth0/link").exists());
+    let out = topo.lbx(&detach).expect("lbx detach");
+    assert!(out.contains("detached the balancer from eth0"), "{out}");
+    let link = topo
+        .lb
+        .netns
+        .ip(&["-j", "link", "show", "dev", "eth0"])
+        .expect("ip link");
+    let link: Value = serde_json::from_str(&link).expect("ip -j");
+    assert!(
+        link[0]["xdp"].is_null(),
+        "a program is still attached: {link}"
+    );
+    assert!(!topo.bpffs().join("lbx/eth0").exists(), "the pins stay");
+    let out = topo.lbx(&detach).expect("lbx detach again");
+    assert!(out.contains("nothing to detach"), "{out}");
+}
