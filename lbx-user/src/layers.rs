@@ -11,8 +11,9 @@ use std::{
 /// Areas from the top down, each with its rank: an area may use the areas of lower rank.
 /// Areas of one rank are independent of each other.
 const AREAS: &[(&str, u32)] = &[
-    ("cli", 4),
-    ("agent", 3),
+    ("cli", 5),
+    ("agent", 4),
+    ("restart", 3),
     ("balance", 2),
     ("dataplane", 2),
     ("metrics", 2),

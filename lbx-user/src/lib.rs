@@ -31,3 +31,4 @@ pub mod dataplane;
 mod layers;
 pub mod maglev;
 pub mod metrics;
+pub mod restart;

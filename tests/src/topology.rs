@@ -844,6 +844,19 @@ impl Topology {
         self.dir.join(BPFFS_DIR)
     }
 
+    /// The `lbx status` entry of backend `addr` of the TCP VIP `vip`.
+    pub fn backend_status(&self, vip: SocketAddr, addr: IpAddr) -> serde_json::Value {
+        let status = self.lbx_json(&["status"]).expect("lbx status");
+        let vip_name = format!("{vip}/tcp");
+        status["vips"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["vip"] == vip_name.as_str()))
+            .and_then(|v| v["backends"].as_array())
+            .and_then(|b| b.iter().find(|b| b["address"] == addr.to_string().as_str()))
+            .cloned()
+            .unwrap_or_else(|| panic!("no backend {addr} of {vip_name} in `lbx status`: {status}"))
+    }
+
     /// Every open connection still answers, from the backend it first reached, after
     /// `after` (what the test did meanwhile).
     pub fn assert_unmoved(conns: &mut [Connection], after: &str) {

@@ -13,18 +13,6 @@ const INTERVAL_MS: u64 = 200;
 const FALL: u32 = 2;
 const SLOW_START_S: u64 = 3;
 
-fn backend_status(topo: &Topology, vip: SocketAddr, addr: IpAddr) -> serde_json::Value {
-    let status = topo.lbx_json(&["status"]).expect("lbx status");
-    let vip_name = format!("{vip}/tcp");
-    status["vips"]
-        .as_array()
-        .and_then(|v| v.iter().find(|v| v["vip"] == vip_name.as_str()))
-        .and_then(|v| v["backends"].as_array())
-        .and_then(|b| b.iter().find(|b| b["address"] == addr.to_string().as_str()))
-        .cloned()
-        .unwrap_or_else(|| panic!("no backend {addr} of {vip_name} in `lbx status`: {status}"))
-}
-
 /// What [`wait_state`] saw.
 struct Reached {
     /// The backend's entry of the `lbx status` answer that showed the state.
@@ -52,7 +40,7 @@ fn wait_state(
     let mut not_before = Duration::ZERO;
     loop {
         let poll = start.elapsed();
-        let b = backend_status(topo, vip, addr);
+        let b = topo.backend_status(vip, addr);
         if b["health"]["state"] == state {
             return Reached {
                 backend: b,
@@ -129,7 +117,7 @@ fn run(vip: SocketAddr, first_port: u16) {
         down.not_before,
         down.by
     );
-    let b = backend_status(&topo, vip, dead);
+    let b = topo.backend_status(vip, dead);
     assert_eq!(b["state"], "down", "{b}");
     assert_eq!(
         b["table_slots"], 0,
@@ -176,7 +164,7 @@ fn run(vip: SocketAddr, first_port: u16) {
     let ramp_bound = Duration::from_secs(SLOW_START_S + 3);
     loop {
         let poll = start.elapsed();
-        let b = backend_status(&topo, vip, dead);
+        let b = topo.backend_status(vip, dead);
         if b["effective_weight"].as_f64() == b["weight"].as_f64() {
             break;
         }
@@ -252,14 +240,14 @@ fn most_backends_failing_keeps_the_table_whole() {
         topo.lbx_json(&["status"]).expect("status")["vips"][0]["health_panic"].clone()
     };
     assert_eq!(panic(&topo), false, "one of three down is no panic");
-    assert_eq!(backend_status(&topo, vip, one)["table_slots"], 0);
+    assert_eq!(topo.backend_status(vip, one)["table_slots"], 0);
 
     topo.stop_server(2).expect("stop backend-2");
     let two = topo.backend_addr(2, vip);
     wait_state(&topo, vip, two, "down", Duration::from_secs(5));
     assert_eq!(panic(&topo), true, "two of three down is panic");
     for i in 1..=3 {
-        let b = backend_status(&topo, vip, topo.backend_addr(i, vip));
+        let b = topo.backend_status(vip, topo.backend_addr(i, vip));
         assert!(
             b["table_slots"].as_u64().unwrap_or(0) > 0,
             "in panic every backend keeps its slots: {b}"

@@ -17,7 +17,8 @@ use std::{
 };
 
 use lbx_tests::{
-    Connection, Topology, VIP_V4, VIP_V6, backend_name, tally, topology::reason_count,
+    Connection, DIRECT_PORT, Topology, VIP_V4, VIP_V6, backend_name, tally,
+    topology::{patience, reason_count},
 };
 use serde_json::Value;
 
@@ -187,6 +188,21 @@ fn the_balancer_serves_through_an_agent_restart_and_a_crash() {
             .collect()
     };
     assert_eq!(slots(&status), slots(&status_before), "the rings changed");
+    // Each agent's own program serves now: swapped into the link, not a second attach.
+    let attached = topo
+        .lb
+        .netns
+        .ip(&["-j", "link", "show", "dev", "eth0"])
+        .expect("ip link");
+    let attached: Value = serde_json::from_str(&attached).expect("ip -j");
+    assert_eq!(
+        attached[0]["xdp"]["prog"]["id"], status["prog_id"],
+        "{attached}"
+    );
+    assert_ne!(
+        status["prog_id"], status_before["prog_id"],
+        "the program was not replaced"
+    );
     let stats = topo.lbx_json(&["stats"]).expect("stats");
     for reason in MUST_STAY {
         assert_eq!(
@@ -247,4 +263,68 @@ fn detach_removes_the_balancer_left_serving_and_is_refused_while_an_agent_runs()
     assert!(!topo.bpffs().join("lbx/eth0").exists(), "the pins stay");
     let out = topo.lbx(&detach).expect("lbx detach again");
     assert!(out.contains("nothing to detach"), "{out}");
+}
+
+#[test]
+fn a_backend_down_before_a_restart_stays_out_after_it() {
+    let vip = SocketAddr::new(VIP_V4.into(), 80);
+    let mut topo = Topology::builder()
+        .backends(3)
+        .vip(vip)
+        .build()
+        .expect("failed to build the test topology");
+    topo.add_vip(vip, &[(1, 1), (2, 1), (3, 1)])
+        .expect("configure the VIP");
+    let port = DIRECT_PORT.to_string();
+    topo.lbx(&[
+        "vip",
+        "health",
+        &vip.to_string(),
+        "--kind",
+        "tcp",
+        "--port",
+        &port,
+        "--interval-ms",
+        "200",
+        "--timeout-ms",
+        "100",
+        "--fall",
+        "2",
+        "--rise",
+        "2",
+    ])
+    .expect("lbx vip health");
+    let dead = topo.backend_addr(2, vip);
+    let wait_down = |topo: &Topology| {
+        let limit = patience(Duration::from_secs(10));
+        let start = Instant::now();
+        loop {
+            let b = topo.backend_status(vip, dead);
+            if b["health"]["state"] == "down" {
+                return b;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "backend-2 not down within {limit:?}: {b}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    topo.stop_server(2).expect("stop backend-2's server");
+    wait_down(&topo);
+
+    // The next agent knows at once, from the maps, that backend-2 is out: no new flow is
+    // sent to it while its probes are still to come, and every one is answered.
+    topo.restart_agent().expect("restart the agent");
+    let b = topo.backend_status(vip, dead);
+    assert_eq!(b["health"]["state"], "down", "{b}");
+    assert_eq!(b["table_slots"], 0, "{b}");
+    let names = topo
+        .client()
+        .ask_many(vip, &(41_000..41_060).collect::<Vec<_>>())
+        .expect("new connections right after the restart");
+    assert!(!names.contains(&backend_name(2)), "{:?}", tally(&names));
+    // And its probes keep it out.
+    std::thread::sleep(patience(Duration::from_secs(1)));
+    assert_eq!(wait_down(&topo)["table_slots"], 0);
 }

@@ -34,6 +34,7 @@ use crate::{
         sys,
     },
     metrics::{Live, ScrapeRequest},
+    restart::{self, Inherited},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -166,18 +167,13 @@ impl Agent {
         };
         let macs = resolve_macs(&config, &BTreeMap::new(), &opts.iface)?;
         let bal = Balancer::load(config.table_size, opts.flows, opts.pin_dir.clone())?;
-        // Maps an agent before this one published into: its generation, numbers and
-        // counters go on, so established flows keep their backends.
-        let (publisher, slots) = if bal.inherited {
-            let publisher = Publisher::resume(&bal)?;
-            let (table, backends) = publisher.active_contents(&bal)?;
-            (publisher, Slots::recover(&table, &backends))
-        } else {
-            (
-                Publisher::new().map_err(PublishError::Barrier)?,
-                Slots::default(),
-            )
-        };
+        // Maps an agent before this one published into: its generation, numbers,
+        // counters and health decisions go on, so established flows keep their backends.
+        let Inherited {
+            publisher,
+            slots,
+            health,
+        } = restart::inherit(&bal, &config)?;
         let mut agent = Agent {
             opts,
             config: Config::default(),
@@ -191,7 +187,7 @@ impl Agent {
                 vips: Vec::new(),
                 backends: Vec::new(),
             },
-            health: BTreeMap::new(),
+            health,
             published: Overrides::new(),
             signals: BTreeMap::new(),
             last_counters: BTreeMap::new(),

@@ -95,6 +95,17 @@ impl Health {
         }
     }
 
+    /// A backend the agent before this one had taken out: it stays out until `rise`
+    /// probes succeed, as if this agent had seen it fall, so a restart does not send new
+    /// flows to a backend known dead.
+    pub fn inherited_down(now: Instant) -> Self {
+        Health {
+            state: State::Down,
+            reason: "down when the previous agent stopped".into(),
+            ..Health::new(now)
+        }
+    }
+
     fn decayed_penalty(&self, now: Instant) -> f64 {
         let dt = now.saturating_duration_since(self.penalty_at).as_secs_f64();
         self.penalty * 0.5f64.powf(dt / PENALTY_HALF_LIFE.as_secs_f64())
