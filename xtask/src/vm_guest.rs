@@ -454,9 +454,15 @@ fn exit_vm(all_passed: bool) {
         fn ioperm(from: u64, num: u64, turn_on: i32) -> i32;
         fn sync();
         fn reboot(cmd: i32) -> i32;
+        fn tcdrain(fd: i32) -> i32;
     }
     const RB_POWER_OFF: i32 = 0x4321_fedc_u32 as i32;
     let _ = std::io::stdout().flush();
+    // The last marker must leave the serial line before the VM ends: a flush only hands
+    // it to the tty, which may still hold it when qemu exits.
+    // SAFETY: tcdrain on standard output; on a non-tty it fails harmlessly.
+    unsafe { tcdrain(1) };
+    std::thread::sleep(Duration::from_millis(200));
     // SAFETY: sync has no preconditions.
     unsafe { sync() };
     // SAFETY: ioperm only changes this process's I/O permission bitmap.
