@@ -92,6 +92,14 @@ impl Netns {
             .with_context(|| format!("failed to set {key}={value} in {}", self.name))
     }
 
+    /// The id of the XDP program attached to `iface`, as `ip` reports it.
+    pub fn xdp_prog_id(&self, iface: &str) -> anyhow::Result<Option<u64>> {
+        let out = self.ip(&["-j", "link", "show", "dev", iface])?;
+        let links: serde_json::Value =
+            serde_json::from_str(&out).context("`ip -j link` printed invalid JSON")?;
+        Ok(links[0]["xdp"]["prog"]["id"].as_u64())
+    }
+
     /// Reads one interface counter (`rx_packets`, `tx_packets`, ...) from /sys.
     pub fn link_counter(&self, iface: &str, counter: &str) -> anyhow::Result<u64> {
         let out = self.ip(&["-s", "-j", "link", "show", "dev", iface])?;

@@ -726,6 +726,24 @@ impl Topology {
     /// Starts `lbx run` in the lb namespace and waits until it answers.
     fn start_agent(&mut self) -> anyhow::Result<()> {
         let lbx = self.bins.lbx.clone();
+        let args = self.agent_args_with(&[]);
+        let mut agent = self.start("lb-agent", &self.lb.netns, &lbx, &args)?;
+        self.agent_started = true;
+        // Loading the balancer runs the verifier over it: seconds of an emulated CPU.
+        let ready = agent.wait_until(
+            "its socket answering `lbx status`",
+            patience(READY_TIMEOUT),
+            || {
+                run_bounded(self.lbx_command(&["status"]), patience(STATUS_TIMEOUT))
+                    .is_ok_and(|out| out.status.success())
+            },
+        );
+        self.processes.push(agent);
+        ready
+    }
+
+    /// The agent's `lbx run` arguments, then `extra`.
+    fn agent_args_with(&self, extra: &[&str]) -> Vec<String> {
         let mut args = vec![
             "run".to_owned(),
             "--iface".to_owned(),
@@ -740,19 +758,23 @@ impl Topology {
             self.bpffs().display().to_string(),
         ];
         args.extend(self.agent_args.iter().cloned());
-        let mut agent = self.start("lb-agent", &self.lb.netns, &lbx, &args)?;
-        self.agent_started = true;
-        // Loading the balancer runs the verifier over it: seconds of an emulated CPU.
-        let ready = agent.wait_until(
-            "its socket answering `lbx status`",
-            patience(READY_TIMEOUT),
-            || {
-                run_bounded(self.lbx_command(&["status"]), patience(STATUS_TIMEOUT))
-                    .is_ok_and(|out| out.status.success())
-            },
-        );
-        self.processes.push(agent);
-        ready
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        args
+    }
+
+    /// The agent's `lbx run` with `extra` arguments, in the lb namespace, not yet run (for
+    /// a start that must fail; [`Topology::start_agent_with`] starts one that serves).
+    pub fn agent_command(&self, extra: &[&str]) -> Command {
+        let mut cmd = self.lb.netns.command(&self.bins.lbx);
+        cmd.args(self.agent_args_with(extra));
+        cmd
+    }
+
+    /// Starts an agent (after [`Topology::stop_agent`]) with `extra` arguments from now on.
+    pub fn start_agent_with(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        self.agent_args
+            .extend(extra.iter().map(|a| (*a).to_owned()));
+        self.start_agent()
     }
 
     /// How backend `i` (1-based) decapsulates; None without lbx.

@@ -64,13 +64,9 @@ fn veth_namespace(role: &str) -> Netns {
     ns
 }
 
-/// The id of the XDP program on `iface` in `ns`, as `ip` reports it.
+/// The id of the XDP program on `iface` in `ns`.
 fn xdp_prog_id(ns: &Netns, iface: &str) -> Option<u64> {
-    let out = ns
-        .ip(&["-j", "link", "show", "dev", iface])
-        .expect("ip link");
-    let links: Value = serde_json::from_str(&out).expect("ip -j prints JSON");
-    links[0]["xdp"]["prog"]["id"].as_u64()
+    ns.xdp_prog_id(iface).expect("ip link")
 }
 
 /// `lbx --socket SOCKET run --iface IFACE --config CONFIG EXTRA...` in `ns`, not yet run.

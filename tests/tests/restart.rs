@@ -8,6 +8,7 @@ use std::{
     fs::File,
     net::SocketAddr,
     os::fd::AsRawFd as _,
+    os::unix::fs::MetadataExt as _,
     path::PathBuf,
     sync::{
         Arc,
@@ -16,6 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lbx_tests::process::run_bounded;
 use lbx_tests::{
     Connection, DIRECT_PORT, Topology, VIP_V4, VIP_V6, backend_name, tally,
     topology::{patience, reason_count},
@@ -72,6 +74,19 @@ const MUST_STAY: &[&str] = &[
     "drop_encap_failed",
 ];
 
+/// A topology with `backends` backends, all of them in one IPv4 VIP with weight 1.
+fn one_vip(backends: usize) -> (Topology, SocketAddr) {
+    let vip = SocketAddr::new(VIP_V4.into(), 80);
+    let topo = Topology::builder()
+        .backends(backends)
+        .vip(vip)
+        .build()
+        .expect("failed to build the test topology");
+    let all: Vec<(usize, u32)> = (1..=backends).map(|i| (i, 1)).collect();
+    topo.add_vip(vip, &all).expect("configure the VIP");
+    (topo, vip)
+}
+
 #[test]
 fn the_balancer_serves_through_an_agent_restart_and_a_crash() {
     let vip4 = SocketAddr::new(VIP_V4.into(), 80);
@@ -113,6 +128,9 @@ fn the_balancer_serves_through_an_agent_restart_and_a_crash() {
     );
     let stats_before = topo.lbx_json(&["stats"]).expect("stats");
     let status_before = topo.lbx_json(&["status"]).expect("status");
+    let link_pin = topo.bpffs().join("lbx/eth0/link");
+    let link_inode = || std::fs::metadata(&link_pin).expect("the pinned link").ino();
+    let link_before = link_inode();
 
     let stop = Arc::new(AtomicBool::new(false));
     let streams: Vec<_> = vips
@@ -189,15 +207,15 @@ fn the_balancer_serves_through_an_agent_restart_and_a_crash() {
     };
     assert_eq!(slots(&status), slots(&status_before), "the rings changed");
     // Each agent's own program serves now: swapped into the link, not a second attach.
-    let attached = topo
-        .lb
-        .netns
-        .ip(&["-j", "link", "show", "dev", "eth0"])
-        .expect("ip link");
-    let attached: Value = serde_json::from_str(&attached).expect("ip -j");
     assert_eq!(
-        attached[0]["xdp"]["prog"]["id"], status["prog_id"],
-        "{attached}"
+        link_inode(),
+        link_before,
+        "the link was replaced, not updated"
+    );
+    assert_eq!(
+        topo.lb.netns.xdp_prog_id("eth0").expect("ip link"),
+        status["prog_id"].as_u64(),
+        "the program attached is not the agent's"
     );
     assert_ne!(
         status["prog_id"], status_before["prog_id"],
@@ -223,13 +241,7 @@ fn the_balancer_serves_through_an_agent_restart_and_a_crash() {
 
 #[test]
 fn detach_removes_the_balancer_left_serving_and_is_refused_while_an_agent_runs() {
-    let vip = SocketAddr::new(VIP_V4.into(), 80);
-    let mut topo = Topology::builder()
-        .backends(1)
-        .vip(vip)
-        .build()
-        .expect("failed to build the test topology");
-    topo.add_vip(vip, &[(1, 1)]).expect("configure the VIP");
+    let (mut topo, vip) = one_vip(1);
     let bpffs = topo.bpffs().display().to_string();
     let detach = ["detach", "--iface", "eth0", "--bpffs", bpffs.as_str()];
 
@@ -250,15 +262,10 @@ fn detach_removes_the_balancer_left_serving_and_is_refused_while_an_agent_runs()
     assert!(topo.bpffs().join("lbx/eth0/link").exists());
     let out = topo.lbx(&detach).expect("lbx detach");
     assert!(out.contains("detached the balancer from eth0"), "{out}");
-    let link = topo
-        .lb
-        .netns
-        .ip(&["-j", "link", "show", "dev", "eth0"])
-        .expect("ip link");
-    let link: Value = serde_json::from_str(&link).expect("ip -j");
-    assert!(
-        link[0]["xdp"].is_null(),
-        "a program is still attached: {link}"
+    assert_eq!(
+        topo.lb.netns.xdp_prog_id("eth0").expect("ip link"),
+        None,
+        "a program is still attached"
     );
     assert!(!topo.bpffs().join("lbx/eth0").exists(), "the pins stay");
     let out = topo.lbx(&detach).expect("lbx detach again");
@@ -267,14 +274,7 @@ fn detach_removes_the_balancer_left_serving_and_is_refused_while_an_agent_runs()
 
 #[test]
 fn a_backend_down_before_a_restart_stays_out_after_it() {
-    let vip = SocketAddr::new(VIP_V4.into(), 80);
-    let mut topo = Topology::builder()
-        .backends(3)
-        .vip(vip)
-        .build()
-        .expect("failed to build the test topology");
-    topo.add_vip(vip, &[(1, 1), (2, 1), (3, 1)])
-        .expect("configure the VIP");
+    let (mut topo, vip) = one_vip(3);
     let port = DIRECT_PORT.to_string();
     topo.lbx(&[
         "vip",
@@ -327,4 +327,62 @@ fn a_backend_down_before_a_restart_stays_out_after_it() {
     // And its probes keep it out.
     std::thread::sleep(patience(Duration::from_secs(1)));
     assert_eq!(wait_down(&topo)["table_slots"], 0);
+}
+
+#[test]
+fn maps_of_another_size_are_refused_or_migrated_with_every_flow() {
+    let (mut topo, vip) = one_vip(3);
+    let ports: Vec<u16> = (40_000..40_000 + OPEN).collect();
+    let mut conns = topo
+        .client()
+        .open_many(vip, &ports)
+        .expect("open connections");
+    let b2 = topo.backend_addr(2, vip).to_string();
+    topo.lbx(&["backend", "weight", &vip.to_string(), &b2, "65535"])
+        .expect("weight");
+    let prog = topo.lbx_json(&["status"]).expect("status")["prog_id"].clone();
+    topo.stop_agent().expect("stop the agent");
+
+    // Another connection-table size: refused, naming the map, both sizes and the way out.
+    let out = run_bounded(
+        topo.agent_command(&["--flows", "65536"]),
+        patience(Duration::from_secs(30)),
+    )
+    .expect("lbx run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    for word in [
+        "FLOWS entries 1048576 pinned, 65536 in this build (--flows)",
+        "--migrate",
+    ] {
+        assert!(
+            stderr.contains(word),
+            "the refusal should name {word:?}: {stderr}"
+        );
+    }
+    assert_eq!(
+        topo.lb.netns.xdp_prog_id("eth0").expect("ip link"),
+        prog.as_u64(),
+        "the refused start changed the program"
+    );
+    Topology::assert_unmoved(&mut conns, "a refused start");
+
+    // With --migrate, every flow comes along into the smaller table.
+    topo.start_agent_with(&["--flows", "65536", "--migrate"])
+        .expect("an agent that migrates");
+    Topology::assert_unmoved(&mut conns, "a migration");
+    topo.assert_held_by_table(&conns);
+    let pins = topo.bpffs().join("lbx");
+    let left: Vec<_> = std::fs::read_dir(&pins)
+        .expect("pins")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(
+        left,
+        ["eth0"],
+        "the old maps stay beside the new ones: {left:?}"
+    );
+    // And the next start, with the new size, adopts without migrating.
+    topo.restart_agent().expect("restart with the new size");
+    Topology::assert_unmoved(&mut conns, "a restart after the migration");
 }

@@ -54,7 +54,9 @@ pub fn dataplane_kind(e: &DataPlaneError) -> ErrorKind {
     match e {
         DataPlaneError::NoInterface { .. } => ErrorKind::NotFound,
         DataPlaneError::NotRoot { .. } => ErrorKind::Permission,
-        DataPlaneError::Held { .. } | DataPlaneError::PinsInUse { .. } => ErrorKind::Conflict,
+        DataPlaneError::Held { .. }
+        | DataPlaneError::PinsInUse { .. }
+        | DataPlaneError::Layout { .. } => ErrorKind::Conflict,
         DataPlaneError::Sys(e) => io_kind(e),
         _ => ErrorKind::Kernel,
     }

@@ -26,7 +26,7 @@ use crate::{
     balance::{health::Health, model::BackendModel, probe::Probed, report::Report},
     config::{Config, ConfigError, MacAddr, VipId},
     dataplane::{
-        Balancer, DataPlaneError, Mode,
+        Balancer, DataPlaneError, Mode, Pins,
         generation::{PublishError, Publisher},
         neighbour::{self, ResolveError},
         plan::{self, Overrides, Plan},
@@ -65,6 +65,8 @@ pub struct Options {
     pub mode: Mode,
     pub socket: PathBuf,
     pub pin_dir: Option<PathBuf>,
+    /// Pinned maps of other sizes are migrated, not refused (`lbx run --migrate`).
+    pub migrate: bool,
     pub flows: u32,
     /// How often the agent measures, runs the models and revisits weights.
     pub control_interval: Duration,
@@ -166,7 +168,11 @@ impl Agent {
             None => sys::if_mtu(&opts.iface).map_err(DataPlaneError::Sys)?,
         };
         let macs = resolve_macs(&config, &BTreeMap::new(), &opts.iface)?;
-        let bal = Balancer::load(config.table_size, opts.flows, opts.pin_dir.clone())?;
+        let pins = opts.pin_dir.clone().map(|dir| Pins {
+            dir,
+            migrate: opts.migrate,
+        });
+        let bal = Balancer::load(config.table_size, opts.flows, pins)?;
         // Maps an agent before this one published into: its generation, numbers,
         // counters and health decisions go on, so established flows keep their backends.
         let Inherited {

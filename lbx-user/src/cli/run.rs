@@ -55,6 +55,11 @@ pub struct RunArgs {
     /// an address only the monitoring system reaches.
     #[arg(long, value_name = "ADDR:PORT", value_parser = super::values::listen_address)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Take over maps an agent before this one pinned with other sizes (another
+    /// table_size or --flows) by filling maps of the new sizes from them, the connection
+    /// table included. Without it such maps are refused and nothing changes.
+    #[arg(long)]
+    pub migrate: bool,
 }
 
 #[derive(Args)]
@@ -104,6 +109,7 @@ pub fn run(args: RunArgs, socket: Option<PathBuf>) -> Result<()> {
         mode: args.xdp_mode,
         socket,
         pin_dir: Some(pin_dir),
+        migrate: args.migrate,
         flows: args.flows,
         control_interval: Duration::from_millis(args.control_interval_ms),
         metrics_listen: args.metrics_listen,

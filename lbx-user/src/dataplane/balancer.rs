@@ -1,7 +1,6 @@
 //! Loads lbx's XDP programs, attaches them, and holds the balancer's maps.
 
 use std::{
-    fmt,
     os::fd::AsFd,
     path::{Path, PathBuf},
 };
@@ -23,136 +22,16 @@ use lbx_common::{
 };
 
 use super::{
-    holder::{self, Attached},
-    layout,
+    error::DataPlaneError,
+    holder, layout,
+    migrate::{self, Target},
+    mode::Mode,
+    pins::{BALANCER_MAPS, LINK, Pins},
     sys::{self, MappedFlows, MappedRings},
 };
 
 /// The XDP programs, built by build.rs from lbx-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lbx-xdp"));
-
-#[derive(Debug, thiserror::Error)]
-pub enum DataPlaneError {
-    #[error("no such interface: {iface} (see `ip link`)")]
-    NoInterface { iface: String },
-    #[error("{what} needs root (CAP_BPF and CAP_NET_ADMIN): run it as root")]
-    NotRoot { what: String },
-    #[error("failed to load the XDP programs: {0}")]
-    Load(#[from] aya::EbpfError),
-    #[error("the kernel rejected program {program}: {source}")]
-    Program {
-        program: String,
-        source: aya::programs::ProgramError,
-    },
-    #[error("failed to attach XDP to {iface} in {mode} mode: {source}{}", attach_advice(*.mode))]
-    Attach {
-        iface: String,
-        mode: Mode,
-        source: aya::programs::ProgramError,
-    },
-    #[error(
-        "{iface} already has an XDP program: {attached}; {}",
-        held_advice(iface, attached)
-    )]
-    Held { iface: String, attached: Attached },
-    #[error("cannot ask the kernel which XDP program {iface} has: {source}")]
-    Query {
-        iface: String,
-        source: std::io::Error,
-    },
-    #[error("map {map}: {source}")]
-    Map {
-        map: &'static str,
-        source: aya::maps::MapError,
-    },
-    #[error(
-        "the maps pinned under {} are in use by {by}, maybe for an interface of the same \
-         name in another network namespace: give this agent another --bpffs",
-        .dir.display()
-    )]
-    PinsInUse { dir: PathBuf, by: String },
-    #[error(
-        "the maps pinned under {} do not fit this build of lbx: {}; keep the build that \
-         made them, or drop them with their flows (`lbx detach`)",
-        .dir.display(),
-        .differences.join(", ")
-    )]
-    Layout {
-        dir: PathBuf,
-        differences: Vec<String>,
-    },
-    #[error(
-        "the balancer on {iface} serves in {serving} mode, --xdp-mode {asked} was asked: \
-         adopting it keeps its mode; `lbx detach --iface {iface}` first to change it (the \
-         connection table goes with it)"
-    )]
-    ModeMismatch {
-        iface: String,
-        serving: Mode,
-        asked: Mode,
-    },
-    #[error("the link pinned at {} does not hold lbx's balancer: {source}", .path.display())]
-    Link {
-        path: PathBuf,
-        source: aya::programs::links::LinkError,
-    },
-    #[error("cannot pin maps under {dir}: {source}")]
-    Pin {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Sys(#[from] std::io::Error),
-}
-
-/// Generic mode is the fallback for drivers without native XDP; advising it after generic
-/// failed would send the operator in a circle.
-fn attach_advice(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Native => "; the driver may lack native XDP: try --xdp-mode auto or generic",
-        Mode::Generic | Mode::Auto => "",
-    }
-}
-
-fn held_advice(iface: &str, attached: &Attached) -> String {
-    match attached.agent() {
-        Some(agent) => {
-            let status = match agent.sockets.first() {
-                Some(socket) => format!("`lbx --socket {} status`", socket.display()),
-                None => "`lbx status`".to_owned(),
-            };
-            format!(
-                "stop that agent first ({status} shows what it serves), or balance on another \
-                 interface"
-            )
-        }
-        None => format!(
-            "detach it first (`ip link set dev {iface} xdp off`), or stop the process that holds it"
-        ),
-    }
-}
-
-/// How the program runs on the interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// In the driver, before the kernel allocates a socket buffer: fastest.
-    Native,
-    /// In the kernel's receive path; works on any interface, slower.
-    Generic,
-    /// Native where the driver supports it, else generic (and says so).
-    Auto,
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Native => "native",
-            Mode::Generic => "generic",
-            Mode::Auto => "auto",
-        })
-    }
-}
 
 /// Checks what every attaching command needs before it touches the kernel. `pins` is
 /// the balancer's pin directory: a balancer that serves on `iface` from those pins, with
@@ -353,37 +232,20 @@ pub struct Balancer {
     remove_pins: bool,
     /// Held for this agent's life: the next one waits for it to end before it adopts.
     _lock: Option<sys::DirLock>,
+    /// The old maps this balancer's were filled from (`--migrate`), removed once its
+    /// program serves.
+    migrating_from: Option<PathBuf>,
     _rings_map: Map,
     _flows_map: Map,
     // Last: dropping the object detaches a program attached without a pinned link.
     ebpf: Ebpf,
 }
 
-/// The maps of the balancer, which a pin directory holds (with `LINK`).
-const BALANCER_MAPS: &[&str] = &[
-    maps::ACTIVE,
-    maps::SETTINGS,
-    maps::VIPS,
-    maps::BACKENDS,
-    maps::RINGS,
-    maps::FLOWS,
-    maps::VIP_STATS,
-    maps::BACKEND_STATS,
-    maps::REASONS,
-];
-
-/// The pinned XDP link under a pin directory.
-const LINK: &str = "link";
-
 impl Balancer {
     /// Loads the balancer (not attached to any interface yet) with rings of `ring_size`
-    /// and a connection table of `flows` entries, pinning its maps under `pin_dir`.
-    pub fn load(
-        ring_size: u32,
-        flows: u32,
-        pin_dir: Option<PathBuf>,
-    ) -> Result<Self, DataPlaneError> {
-        Self::load_object(OBJECT, ring_size, flows, pin_dir)
+    /// and a connection table of `flows` entries, its maps pinned as `pins` says.
+    pub fn load(ring_size: u32, flows: u32, pins: Option<Pins>) -> Result<Self, DataPlaneError> {
+        Self::load_object(OBJECT, ring_size, flows, pins)
     }
 
     /// As `load`, from another build of lbx-ebpf with the same map layouts (`lbx-bench
@@ -392,33 +254,38 @@ impl Balancer {
         object: &[u8],
         ring_size: u32,
         flows: u32,
-        pin_dir: Option<PathBuf>,
+        pins: Option<Pins>,
     ) -> Result<Self, DataPlaneError> {
         let ring_elems = 2 * MAX_VIPS * lbx_common::ring_elems(ring_size);
         let sets = flows::sets_for(flows);
         let flow_slots = sets * FLOW_WAYS;
         let sizes = [(maps::RINGS, ring_elems), (maps::FLOWS, flow_slots)];
+        let migrate = pins.as_ref().is_some_and(|p| p.migrate);
+        let pin_dir = pins.map(|p| p.dir);
         let inherited = pin_dir
             .as_ref()
             .is_some_and(|dir| dir.join(maps::ACTIVE).exists());
+        let mut migrating_from = None;
         if let Some(dir) = &pin_dir {
             if inherited {
                 let differences = layout::compare(object, dir, BALANCER_MAPS, &sizes);
-                if !differences.is_empty() {
+                let sizes_only = differences
+                    .iter()
+                    .all(|d| migrate::SIZED.contains(&d.map) && d.what.starts_with("entries"));
+                let fits = differences.is_empty();
+                let migrates = migrate && sizes_only;
+                if !fits && !migrates {
                     return Err(DataPlaneError::Layout {
                         dir: dir.clone(),
                         differences: differences
-                            .into_iter()
-                            .map(|d| {
-                                let from = match d.map {
-                                    maps::RINGS => " (the configuration's table_size)",
-                                    maps::FLOWS => " (--flows)",
-                                    _ => "",
-                                };
-                                format!("{} {}{from}", d.map, d.what)
-                            })
+                            .iter()
+                            .map(layout::Difference::explain)
                             .collect(),
+                        migratable: sizes_only,
                     });
+                }
+                if !fits {
+                    migrating_from = Some(migrate::set_aside(dir)?);
                 }
             }
             std::fs::create_dir_all(dir).map_err(|source| DataPlaneError::Pin {
@@ -454,7 +321,7 @@ impl Balancer {
             Map::Array(data) => MappedFlows::new(data.fd().as_fd(), flow_slots as usize)?,
             _ => unreachable!("FLOWS is an array"),
         };
-        Ok(Self {
+        let mut bal = Self {
             active: typed!(&mut ebpf, maps::ACTIVE),
             settings: typed!(&mut ebpf, maps::SETTINGS),
             vips: typed!(&mut ebpf, maps::VIPS),
@@ -475,7 +342,31 @@ impl Balancer {
             _rings_map: rings_map,
             _flows_map: flows_map,
             ebpf,
-        })
+            migrating_from: None,
+        };
+        if let (Some(old), Some(dir)) = (migrating_from, bal.pin_dir.clone()) {
+            // Fresh maps of the new sizes are in `dir` now; the old program still serves
+            // from the old ones until `attach` swaps the new program into the link.
+            let target = Target {
+                active: &mut bal.active,
+                settings: &mut bal.settings,
+                vips: &mut bal.vips,
+                backends: &mut bal.backends,
+                vip_stats: &mut bal.vip_stats,
+                backend_stats: &mut bal.backend_stats,
+                reasons: &mut bal.reasons,
+                flows: &mut bal.flows,
+                flow_set_mask: bal.flow_set_mask,
+            };
+            if let Err(e) = migrate::copy(&old, &dir, target) {
+                bal.remove_pins = false;
+                drop(bal);
+                migrate::put_back(&old, &dir);
+                return Err(e);
+            }
+            bal.migrating_from = Some(old);
+        }
+        Ok(bal)
     }
 
     /// VIP `number`'s counters, summed over CPUs.
@@ -562,8 +453,12 @@ impl Balancer {
             self.link = Some(pinned);
             self.mode = Some(used);
         }
-        // Serving now: the pins are for the next agent to adopt.
+        // Serving now: the pins are for the next agent to adopt, and maps migrated from
+        // are no program's any more.
         self.remove_pins = false;
+        if let Some(old) = self.migrating_from.take() {
+            let _ = std::fs::remove_dir_all(old);
+        }
         Ok(self.mode.expect("set above"))
     }
 

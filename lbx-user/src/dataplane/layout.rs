@@ -11,6 +11,19 @@ pub struct Difference {
     pub what: String,
 }
 
+impl Difference {
+    /// The difference in an operator's words, with the setting that decides the map's
+    /// size where one does.
+    pub fn explain(&self) -> String {
+        let from = match self.map {
+            lbx_common::maps::RINGS => " (the configuration's table_size)",
+            lbx_common::maps::FLOWS => " (--flows)",
+            _ => "",
+        };
+        format!("{} {}{from}", self.map, self.what)
+    }
+}
+
 /// The differences between the maps pinned under `dir` and those `object` defines, with
 /// `sizes` overriding the entries of some (the ring and connection-table sizes).
 pub fn compare(

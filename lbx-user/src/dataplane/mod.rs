@@ -3,14 +3,19 @@
 //! switches whole generations, and next-hop resolution for the frames the balancer sends.
 
 mod balancer;
+mod error;
 pub mod generation;
 pub mod holder;
 mod layout;
+mod migrate;
+mod mode;
 pub mod neighbour;
+mod pins;
 pub mod plan;
 pub mod slots;
 pub mod sys;
 
-pub use balancer::{
-    Balancer, DataPlaneError, Mode, load_and_attach, load_unattached, preflight, remove_pins,
-};
+pub use balancer::{Balancer, load_and_attach, load_unattached, preflight, remove_pins};
+pub use error::DataPlaneError;
+pub use mode::Mode;
+pub use pins::Pins;

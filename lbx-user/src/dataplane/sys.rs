@@ -381,6 +381,13 @@ impl MappedFlows {
         (i < self.0.len).then(|| unsafe { self.0.ptr.as_ptr().add(i).read_volatile() })
     }
 
+    /// Writes slot `i` (in bounds), as a packet's insert does.
+    pub fn set(&mut self, i: usize, slot: FlowSlot) {
+        assert!(i < self.0.len, "flow slot {i} out of {}", self.0.len);
+        // SAFETY: in bounds of the mapping; volatile because the kernel reads it.
+        unsafe { self.0.ptr.as_ptr().add(i).write_volatile(slot) };
+    }
+
     /// Empties every slot.
     pub fn clear(&mut self) {
         // SAFETY: the mapping holds `len` slots for as long as self lives.
