@@ -752,13 +752,15 @@ impl Topology {
             self.socket.display().to_string(),
             "--config".to_owned(),
             self.config_path().display().to_string(),
-            "--xdp-mode".to_owned(),
-            "native".to_owned(),
             "--bpffs".to_owned(),
             self.bpffs().display().to_string(),
         ];
         args.extend(self.agent_args.iter().cloned());
         args.extend(extra.iter().map(|a| (*a).to_owned()));
+        // Native unless the test asks for another mode.
+        if !args.iter().any(|a| a == "--xdp-mode") {
+            args.extend(["--xdp-mode".to_owned(), "native".to_owned()]);
+        }
         args
     }
 

@@ -340,7 +340,8 @@ fn maps_of_another_size_are_refused_or_migrated_with_every_flow() {
     let b2 = topo.backend_addr(2, vip).to_string();
     topo.lbx(&["backend", "weight", &vip.to_string(), &b2, "65535"])
         .expect("weight");
-    let prog = topo.lbx_json(&["status"]).expect("status")["prog_id"].clone();
+    let status = topo.lbx_json(&["status"]).expect("status");
+    let (prog, generation) = (status["prog_id"].clone(), status["generation"].clone());
     topo.stop_agent().expect("stop the agent");
 
     // Another connection-table size: refused, naming the map, both sizes and the way out.
@@ -367,10 +368,28 @@ fn maps_of_another_size_are_refused_or_migrated_with_every_flow() {
     );
     Topology::assert_unmoved(&mut conns, "a refused start");
 
+    // Another mode than the balancer serves in: refused before anything is published.
+    let out = run_bounded(
+        topo.agent_command(&["--xdp-mode", "generic"]),
+        patience(Duration::from_secs(30)),
+    )
+    .expect("lbx run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(
+        stderr.contains("serves in native mode, --xdp-mode generic was asked"),
+        "{stderr}"
+    );
+
     // With --migrate, every flow comes along into the smaller table.
     topo.start_agent_with(&["--flows", "65536", "--migrate"])
         .expect("an agent that migrates");
     Topology::assert_unmoved(&mut conns, "a migration");
+    assert_eq!(
+        topo.lbx_json(&["status"]).expect("status")["generation"].as_u64(),
+        generation.as_u64().map(|g| g + 1),
+        "a refused start published a generation"
+    );
     topo.assert_held_by_table(&conns);
     let pins = topo.bpffs().join("lbx");
     let left: Vec<_> = std::fs::read_dir(&pins)

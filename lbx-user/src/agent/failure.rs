@@ -56,7 +56,8 @@ pub fn dataplane_kind(e: &DataPlaneError) -> ErrorKind {
         DataPlaneError::NotRoot { .. } => ErrorKind::Permission,
         DataPlaneError::Held { .. }
         | DataPlaneError::PinsInUse { .. }
-        | DataPlaneError::Layout { .. } => ErrorKind::Conflict,
+        | DataPlaneError::Layout { .. }
+        | DataPlaneError::ModeMismatch { .. } => ErrorKind::Conflict,
         DataPlaneError::Sys(e) => io_kind(e),
         _ => ErrorKind::Kernel,
     }

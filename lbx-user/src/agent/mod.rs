@@ -173,6 +173,7 @@ impl Agent {
             migrate: opts.migrate,
         });
         let bal = Balancer::load(config.table_size, opts.flows, pins)?;
+        bal.check_mode(&opts.iface, opts.mode)?;
         // Maps an agent before this one published into: its generation, numbers,
         // counters and health decisions go on, so established flows keep their backends.
         let Inherited {

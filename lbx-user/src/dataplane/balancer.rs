@@ -418,16 +418,10 @@ impl Balancer {
                 source,
             })?;
         }
+        self.check_mode(iface, mode)?;
         let prog = xdp_mut(&mut self.ebpf, programs::BALANCER)?;
         if path.exists() {
-            let serving = serving_mode(iface)?;
-            if mode != Mode::Auto && mode != serving {
-                return Err(DataPlaneError::ModeMismatch {
-                    iface: iface.to_string(),
-                    serving,
-                    asked: mode,
-                });
-            }
+            let serving = serving_mode(iface)?.unwrap_or(Mode::Generic);
             let pinned = PinnedLink::from_pin(&path).map_err(link_err)?;
             let link = XdpLink::try_from(FdLink::from(pinned)).map_err(link_err)?;
             prog.attach_to_link(link)
@@ -462,10 +456,27 @@ impl Balancer {
         Ok(self.mode.expect("set above"))
     }
 
-    /// Detaches for good: the pinned link and maps are removed, and the program stops
-    /// when this is dropped (the connection table goes with it).
-    pub fn detach(&mut self) {
-        self.remove_pins = self.pin_dir.is_some();
+    /// Whether `attach` in `mode` can take over the balancer serving `iface` from the
+    /// pinned link (it keeps the mode it serves in), before anything is published.
+    pub fn check_mode(&self, iface: &str, mode: Mode) -> Result<(), DataPlaneError> {
+        let Some(dir) = &self.pin_dir else {
+            return Ok(());
+        };
+        if mode == Mode::Auto || !dir.join(LINK).exists() {
+            return Ok(());
+        }
+        // Nothing attached: the link's interface went away, and a new link is made.
+        let Some(serving) = serving_mode(iface)? else {
+            return Ok(());
+        };
+        if mode != serving {
+            return Err(DataPlaneError::ModeMismatch {
+                iface: iface.to_string(),
+                serving,
+                asked: mode,
+            });
+        }
+        Ok(())
     }
 
     /// The kernel's id of the balancer program (what `bpftool prog` and `ip link` show).
@@ -505,8 +516,8 @@ impl Drop for Balancer {
     }
 }
 
-/// The mode the XDP program on `iface` runs in, from the kernel.
-fn serving_mode(iface: &str) -> Result<Mode, DataPlaneError> {
+/// The mode the XDP program on `iface` runs in, from the kernel; None if none does.
+fn serving_mode(iface: &str) -> Result<Option<Mode>, DataPlaneError> {
     let index = sys::if_index(iface).ok_or_else(|| DataPlaneError::NoInterface {
         iface: iface.to_string(),
     })?;
@@ -514,10 +525,13 @@ fn serving_mode(iface: &str) -> Result<Mode, DataPlaneError> {
         iface: iface.to_string(),
         source,
     })?;
-    Ok(match attached {
-        Some(a) if a.native => Mode::Native,
-        _ => Mode::Generic,
-    })
+    Ok(attached.map(|a| {
+        if a.native {
+            Mode::Native
+        } else {
+            Mode::Generic
+        }
+    }))
 }
 
 /// Removes the balancer that serves on an interface from `dir` (its pinned link and maps):
