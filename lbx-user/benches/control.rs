@@ -136,6 +136,7 @@ fn scrape(c: &mut Criterion) {
         mode: lbx::dataplane::Mode::Generic,
         socket: dir.join("lbx.sock"),
         pin_dir: None,
+        object: lbx::dataplane::Object::builtin(),
         migrate: false,
         flows: 1 << 20,
         control_interval: Duration::from_secs(1),

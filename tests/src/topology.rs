@@ -134,6 +134,42 @@ impl DecapMode {
     }
 }
 
+/// The environment variable naming another build of the XDP programs, from the same
+/// lbx-ebpf source in other instructions, for `lbx run --xdp-object`: `cargo xtask test`
+/// and `vm-test` build it and set it.
+pub const XDP_VARIANT_ENV: &str = "LBX_TEST_XDP_VARIANT";
+
+/// The object [`XDP_VARIANT_ENV`] names; an error that says how to get one if it is unset
+/// or names no file.
+pub fn xdp_variant() -> anyhow::Result<PathBuf> {
+    let Some(path) = std::env::var_os(XDP_VARIANT_ENV) else {
+        bail!(
+            "{XDP_VARIANT_ENV} is not set: it names the other build of the XDP programs that \
+             `cargo xtask test` makes (target/lbx-xdp-variant/bpfel-unknown-none/release/lbx-xdp); \
+             run the test through xtask, or set it to such an object"
+        );
+    };
+    let path = PathBuf::from(path);
+    ensure!(
+        path.is_file(),
+        "{XDP_VARIANT_ENV} is set to {}, which is not a file",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// The kernel's tag of BPF program `id`: a hash of its instructions, the same for every
+/// load of one build, so two builds whose code differs have different tags.
+pub fn program_tag(id: u64) -> anyhow::Result<u64> {
+    for info in aya::programs::loaded_programs() {
+        let info = info.context("list the loaded BPF programs")?;
+        if u64::from(info.id()) == id {
+            return Ok(info.tag());
+        }
+    }
+    bail!("no BPF program with id {id} is loaded")
+}
+
 /// The environment variable scaling the tests' counts of connections, flows and
 /// configuration changes: a factor in (0, 1], default 1. `cargo xtask vm-test` sets 0.5 in
 /// its VMs, whose emulated CPU makes every connection and CLI call about 20 times slower.
@@ -945,6 +981,14 @@ impl Topology {
             "lbx run did not exit cleanly on SIGTERM: {status:?}"
         );
         Ok(())
+    }
+
+    /// Stops the agent (SIGTERM) and starts another whose programs come from `object`
+    /// (`lbx run --xdp-object`, kept for the agents after it): an upgrade of the data
+    /// plane to another build.
+    pub fn upgrade_agent(&mut self, object: &Path) -> anyhow::Result<()> {
+        self.stop_agent()?;
+        self.start_agent_with(&["--xdp-object", &object.display().to_string()])
     }
 
     /// Kills the agent with SIGKILL, as a crash would, and starts another, which takes the

@@ -1,8 +1,9 @@
 //! The balancer outlives its agent: an agent stopped (SIGTERM) or killed (SIGKILL) leaves
 //! the program serving from its pinned link and maps, and the next agent takes them over
-//! with the connection table, the numbering and the counters. Long-lived connections and
-//! a steady stream of new ones go through both handovers without one failure, and no
-//! packet to a VIP is passed to the kernel or dropped meanwhile.
+//! with the connection table, the numbering and the counters, also one that brings another
+//! build of the programs (`--xdp-object`). Long-lived connections and a steady stream of
+//! new ones go through every handover without one failure, and no packet to a VIP is
+//! passed to the kernel or dropped meanwhile.
 
 use std::{
     fs::File,
@@ -20,7 +21,7 @@ use std::{
 use lbx_tests::process::run_bounded;
 use lbx_tests::{
     Connection, DIRECT_PORT, Topology, VIP_V4, VIP_V6, backend_name, tally,
-    topology::{patience, reason_count},
+    topology::{patience, program_tag, reason_count, xdp_variant},
 };
 use serde_json::Value;
 
@@ -87,8 +88,24 @@ fn one_vip(backends: usize) -> (Topology, SocketAddr) {
     (topo, vip)
 }
 
+/// One way an agent gives the balancer to the next.
+type Handover<'a> = &'a dyn Fn(&mut Topology) -> anyhow::Result<()>;
+
+/// The kernel's tag of the program serving on the lb's eth0.
+fn serving_tag(topo: &Topology) -> u64 {
+    let id = topo
+        .lb
+        .netns
+        .xdp_prog_id("eth0")
+        .expect("ip link")
+        .expect("a program serves on eth0");
+    program_tag(id).expect("the serving program's tag")
+}
+
 #[test]
 fn the_balancer_serves_through_an_agent_restart_and_a_crash() {
+    // The upgrade is one of the handovers checked: without the other build this test fails.
+    let variant = xdp_variant().unwrap_or_else(|e| panic!("{e:#}"));
     let vip4 = SocketAddr::new(VIP_V4.into(), 80);
     let vip6 = SocketAddr::new(VIP_V6.into(), 80);
     let mut topo = Topology::builder()
@@ -142,20 +159,33 @@ fn the_balancer_serves_through_an_agent_restart_and_a_crash() {
         .collect();
     std::thread::sleep(Duration::from_millis(300));
 
+    let upgrade = |topo: &mut Topology| topo.upgrade_agent(&variant);
+    let handovers: [(&str, Handover, bool); 3] = [
+        ("SIGTERM and a new agent", &Topology::restart_agent, false),
+        ("SIGKILL and a new agent", &Topology::crash_agent, false),
+        ("an upgrade to another build", &upgrade, true),
+    ];
     let mut windows = Vec::new();
-    for (what, handover) in [
-        (
-            "SIGTERM and a new agent",
-            Topology::restart_agent as fn(&mut Topology) -> _,
-        ),
-        ("SIGKILL and a new agent", Topology::crash_agent),
-    ] {
+    for (what, handover, another_build) in handovers {
+        let tag_before = serving_tag(&topo);
         let from = Instant::now();
         handover(&mut topo).unwrap_or_else(|e| panic!("{what}: {e:#}"));
         let to = Instant::now();
         eprintln!("{what}: the next agent answered after {:?}", to - from);
         windows.push((what, from, to));
         Topology::assert_unmoved(&mut conns, what);
+        // The tag hashes the instructions: one build loaded again keeps it, another build
+        // must change it, or the upgrade swapped in the same code.
+        let tag = serving_tag(&topo);
+        eprintln!("{what}: program tag {tag_before:016x} before, {tag:016x} after");
+        if another_build {
+            assert_ne!(
+                tag, tag_before,
+                "{what}: the program serving has the instructions of the one before it"
+            );
+        } else {
+            assert_eq!(tag, tag_before, "{what}: the same build has another tag");
+        }
         std::thread::sleep(Duration::from_millis(300));
     }
     stop.store(true, Ordering::Relaxed);
@@ -193,7 +223,9 @@ fn the_balancer_serves_through_an_agent_restart_and_a_crash() {
     let status = topo.lbx_json(&["status"]).expect("status");
     assert_eq!(
         status["generation"].as_u64(),
-        status_before["generation"].as_u64().map(|g| g + 2),
+        status_before["generation"]
+            .as_u64()
+            .map(|g| g + windows.len() as u64),
         "each agent publishes once on top of what it took over"
     );
     let slots = |s: &Value| -> Vec<Value> {
@@ -237,6 +269,86 @@ fn the_balancer_serves_through_an_agent_restart_and_a_crash() {
 
     // The old flows are answered from the connection table, as lbx says.
     topo.assert_held_by_table(&conns);
+}
+
+#[test]
+fn a_restart_on_an_xdp_object_that_does_not_fit_is_refused_naming_it() {
+    let variant = xdp_variant().unwrap_or_else(|e| panic!("{e:#}"));
+    let (mut topo, vip) = one_vip(2);
+    let ports: Vec<u16> = (40_200..40_200 + OPEN).collect();
+    let mut conns = topo
+        .client()
+        .open_many(vip, &ports)
+        .expect("open connections");
+    let status = topo.lbx_json(&["status"]).expect("status");
+    let (prog, generation) = (status["prog_id"].as_u64(), status["generation"].as_u64());
+    topo.stop_agent().expect("stop the agent");
+
+    let text = topo.dir().join("not-an-object.txt");
+    std::fs::write(&text, "not a BPF object\n").expect("write a text file");
+    let host_elf = topo.binaries().lbx.clone();
+    let variant_arg = variant.display().to_string();
+    let refusals: [(Vec<String>, i32, String); 4] = [
+        (
+            vec!["/nonexistent".into()],
+            4,
+            "cannot read the XDP object /nonexistent: No such file or directory".into(),
+        ),
+        (
+            vec![text.display().to_string()],
+            2,
+            format!("the XDP object {} is not an ELF file", text.display()),
+        ),
+        (
+            vec![host_elf.display().to_string()],
+            2,
+            format!(
+                "the XDP object {} is an ELF file for another machine",
+                host_elf.display()
+            ),
+        ),
+        // A real build, whose maps are checked against the pinned ones: its own.
+        (
+            vec![variant_arg.clone(), "--flows".into(), "65536".into()],
+            5,
+            format!("do not fit the XDP object {variant_arg}: FLOWS entries 1048576 pinned"),
+        ),
+    ];
+    for (args, code, says) in refusals {
+        let mut extra = vec!["--xdp-object"];
+        extra.extend(args.iter().map(String::as_str));
+        let what = extra.join(" ");
+        let out = run_bounded(
+            topo.agent_command(&extra),
+            patience(Duration::from_secs(30)),
+        )
+        .expect("lbx run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "lbx run {what}: {stderr}");
+        assert!(
+            stderr.contains(&says),
+            "lbx run {what} should say {says:?}: {stderr}"
+        );
+        assert_eq!(
+            topo.lb.netns.xdp_prog_id("eth0").expect("ip link"),
+            prog,
+            "lbx run {what} changed the program"
+        );
+        Topology::assert_unmoved(&mut conns, &format!("lbx run {what}"));
+    }
+    assert!(
+        topo.bpffs().join("lbx/eth0/link").exists(),
+        "a refused start removed the pinned link"
+    );
+    // Nothing was published: the next agent's generation follows the first agent's.
+    topo.start_agent_with(&[])
+        .expect("an agent with the built-in programs");
+    assert_eq!(
+        topo.lbx_json(&["status"]).expect("status")["generation"].as_u64(),
+        generation.map(|g| g + 1),
+        "a refused start published a generation"
+    );
+    Topology::assert_unmoved(&mut conns, "the next agent");
 }
 
 #[test]

@@ -665,6 +665,7 @@ fn build_binaries(ws: &Workspace, profile: Profile) -> Result<TestBinaries> {
     Ok(TestBinaries {
         lbx: ws.binary(profile, "lbx")?,
         test_server: ws.binary(profile, "lbx-test-server")?,
+        xdp_variant: crate::build::xdp_variant(ws)?,
     })
 }
 
@@ -704,6 +705,8 @@ const GUEST_SERVER: &str = "bin/lbx-test-server";
 /// The adaptive test's backends (LBX_CAPACITY_SERVER), built next to the test server.
 const CAPACITY_SERVER: &str = "lbx-capacity-server";
 const GUEST_CAPACITY_SERVER: &str = "bin/lbx-capacity-server";
+/// The other build of the XDP programs (LBX_TEST_XDP_VARIANT), a data file.
+const GUEST_XDP_VARIANT: &str = "bin/lbx-xdp-variant";
 
 fn guest_path(rel: &str) -> String {
     format!("{GUEST_DIR}/{rel}")
@@ -725,6 +728,10 @@ fn plan(
                 "LBX_CAPACITY_SERVER".to_owned(),
                 guest_path(GUEST_CAPACITY_SERVER),
             ),
+            (
+                "LBX_TEST_XDP_VARIANT".to_owned(),
+                guest_path(GUEST_XDP_VARIANT),
+            ),
             ("LBX_TEST_SCALE".to_owned(), scale()),
             ("LBX_TEST_TIME_SCALE".to_owned(), time_scale(accel)),
         ],
@@ -740,9 +747,9 @@ fn plan(
 }
 
 /// The run's archive: /init, the guest runner (this very xtask), lbx, the test and capacity
-/// servers, the test binaries with their libraries, and the plan; the binaries are staged
-/// (stripped) in `staged`. A plan with the `verifier` fault gets binaries whose balancer is
-/// broken.
+/// servers, the test binaries with their libraries, the variant XDP object, and the plan;
+/// the binaries are staged (stripped) in `staged`. A plan with the `verifier` fault gets
+/// binaries and a variant whose balancer is broken.
 fn pack_run(
     staged: &Path,
     bins: &TestBinaries,
@@ -777,9 +784,14 @@ fn pack_run(
             guest_path(&format!("tests/{name}")),
         ));
     }
+    // A copy as it is: a BPF object is no program to strip or ask `ldd` about, and its BTF
+    // is what aya loads it with.
+    let variant = staged.join("lbx-xdp-variant");
+    fs::copy(&bins.xdp_variant, &variant)
+        .with_context(|| format!("copying {}", bins.xdp_variant.display()))?;
     if plan.fault.as_deref() == Some(Fault::Verifier.name()) {
         let mut broken = 0;
-        for (path, _) in &under_test {
+        for path in under_test.iter().map(|(p, _)| p).chain([&variant]) {
             broken += break_programs_in(path)?;
         }
         ensure!(
@@ -803,11 +815,12 @@ fn pack_run(
     )?;
     cpio.file(&plan_path, 0o644, plan.to_text()?.as_bytes())?;
     vm_initramfs::add_programs(&mut cpio, &programs)?;
+    cpio.copy(&guest_path(GUEST_XDP_VARIANT), &variant)?;
     cpio.finish()?;
     let size = fs::metadata(cpio_path)?.len();
     println!(
         "-- packed {} ({:.1} MB): {} test binaries, lbx, lbx-test-server, lbx-capacity-server, \
-         the guest runner",
+         the variant XDP object, the guest runner",
         cpio_path.display(),
         size as f64 / 1e6,
         tests.len()

@@ -59,6 +59,12 @@ pub fn dataplane_kind(e: &DataPlaneError) -> ErrorKind {
         | DataPlaneError::Layout { .. }
         | DataPlaneError::ModeMismatch { .. } => ErrorKind::Conflict,
         DataPlaneError::Sys(e) => io_kind(e),
+        // A path to a folder, say: the command line is wrong, not lbx.
+        DataPlaneError::ObjectRead { error, .. } => match io_kind(error) {
+            ErrorKind::Internal => ErrorKind::Usage,
+            kind => kind,
+        },
+        DataPlaneError::ObjectInvalid { .. } => ErrorKind::Usage,
         _ => ErrorKind::Kernel,
     }
 }

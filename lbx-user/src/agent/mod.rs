@@ -26,7 +26,7 @@ use crate::{
     balance::{health::Health, model::BackendModel, probe::Probed, report::Report},
     config::{Config, ConfigError, MacAddr, VipId},
     dataplane::{
-        Balancer, DataPlaneError, Mode, Pins,
+        Balancer, DataPlaneError, Mode, Object, Pins,
         generation::{PublishError, Publisher},
         neighbour::{self, ResolveError},
         plan::{self, Overrides, Plan},
@@ -65,6 +65,8 @@ pub struct Options {
     pub mode: Mode,
     pub socket: PathBuf,
     pub pin_dir: Option<PathBuf>,
+    /// The XDP programs: the built-in ones, or another build's (`lbx run --xdp-object`).
+    pub object: Object,
     /// Pinned maps of other sizes are migrated, not refused (`lbx run --migrate`).
     pub migrate: bool,
     pub flows: u32,
@@ -172,7 +174,7 @@ impl Agent {
             dir,
             migrate: opts.migrate,
         });
-        let bal = Balancer::load(config.table_size, opts.flows, pins)?;
+        let bal = Balancer::load_from(&opts.object, config.table_size, opts.flows, pins)?;
         bal.check_mode(&opts.iface, opts.mode)?;
         // Maps an agent before this one published into: its generation, numbers,
         // counters and health decisions go on, so established flows keep their backends.

@@ -45,6 +45,12 @@ pub fn run(opts: Options) -> Result<()> {
     let pin_dir = opts.pin_dir.clone();
     let interval = opts.control_interval;
     let metrics_listen = opts.metrics_listen;
+    // What the kernel says of another build's programs names the file they came from.
+    let object = opts.object.path().map(Path::to_path_buf);
+    let object_arg = object
+        .as_ref()
+        .map(|p| format!(" --xdp-object {}", p.display()))
+        .unwrap_or_default();
     let rt = runtime()?;
     // Bind before attaching: a second agent on the same socket fails before it touches
     // the interface.
@@ -58,10 +64,11 @@ pub fn run(opts: Options) -> Result<()> {
         ),
         None => None,
     };
-    let mut agent = Agent::start(opts).with_context(|| format!("lbx run --iface {iface}"))?;
+    let mut agent =
+        Agent::start(opts).with_context(|| format!("lbx run --iface {iface}{object_arg}"))?;
     let live = agent.live_metrics();
     crate::say!(
-        "lbx {} {} ({} mode), generation {}, config {}, socket {}, maps pinned under {}",
+        "lbx {} {} ({} mode), generation {}, config {}, socket {}, maps pinned under {}{}",
         if agent.adopted() {
             "took over the balancer serving"
         } else {
@@ -72,7 +79,10 @@ pub fn run(opts: Options) -> Result<()> {
         agent.generation(),
         config_path.display(),
         socket.display(),
-        pin_dir.as_deref().unwrap_or(Path::new("(none)")).display()
+        pin_dir.as_deref().unwrap_or(Path::new("(none)")).display(),
+        object
+            .map(|p| format!(", XDP programs from {}", p.display()))
+            .unwrap_or_default()
     );
     if let Some(l) = &metrics_listener {
         let addr = l

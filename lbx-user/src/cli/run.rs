@@ -19,7 +19,7 @@ use crate::{
         run::{runtime, stop_signal},
         socket,
     },
-    dataplane::{self, Mode, sys},
+    dataplane::{self, Mode, Object, sys},
 };
 
 #[derive(Args)]
@@ -60,6 +60,13 @@ pub struct RunArgs {
     /// table included. Without it such maps are refused and nothing changes.
     #[arg(long)]
     pub migrate: bool,
+    /// Load the XDP programs from PATH, an lbx-xdp object built from lbx-ebpf, instead of
+    /// the ones built into this binary: upgrades or hot-fixes the data plane under a
+    /// running balancer without a new agent binary. Its maps must fit the pinned ones, as
+    /// any restart's must; a file that is not such an object is refused before anything is
+    /// attached or published.
+    #[arg(long, value_name = "PATH")]
+    pub xdp_object: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -96,6 +103,10 @@ pub struct PassArgs {
 const DEFAULT_CONTROL_INTERVAL_MS: u64 = 1000;
 
 pub fn run(args: RunArgs, socket: Option<PathBuf>) -> Result<()> {
+    let object = match &args.xdp_object {
+        Some(path) => Object::read(path)?,
+        None => Object::builtin(),
+    };
     let pin_dir = args.bpffs.join("lbx").join(&args.iface);
     dataplane::preflight("lbx run", &args.iface, Some(&pin_dir))?;
     let socket = socket.unwrap_or_else(|| socket::default_socket(&args.iface));
@@ -109,6 +120,7 @@ pub fn run(args: RunArgs, socket: Option<PathBuf>) -> Result<()> {
         mode: args.xdp_mode,
         socket,
         pin_dir: Some(pin_dir),
+        object,
         migrate: args.migrate,
         flows: args.flows,
         control_interval: Duration::from_millis(args.control_interval_ms),

@@ -26,12 +26,10 @@ use super::{
     holder, layout,
     migrate::{self, Target},
     mode::Mode,
+    object::Object,
     pins::{BALANCER_MAPS, LINK, Pins},
     sys::{self, MappedFlows, MappedRings},
 };
-
-/// The XDP programs, built by build.rs from lbx-ebpf.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lbx-xdp"));
 
 /// Checks what every attaching command needs before it touches the kernel. `pins` is
 /// the balancer's pin directory: a balancer that serves on `iface` from those pins, with
@@ -170,7 +168,7 @@ fn attach(prog: &mut Xdp, iface: &str, mode: Mode) -> Result<(Mode, XdpLinkId), 
 /// Loads `program` (one of `lbx_common::programs`) without attaching it, e.g. to run
 /// packets through it with `TestRun` (the benchmark's floors).
 pub fn load_unattached(program: &str) -> Result<Ebpf, DataPlaneError> {
-    load(OBJECT, program, &[], &[], None)
+    load(Object::builtin().bytes(), program, &[], &[], None)
 }
 
 /// Loads `program` and attaches it to `iface`. Returns the object (dropping it detaches)
@@ -180,7 +178,7 @@ pub fn load_and_attach(
     iface: &str,
     mode: Mode,
 ) -> Result<(Ebpf, Mode), DataPlaneError> {
-    let mut ebpf = load(OBJECT, program, &[], &[], None)?;
+    let mut ebpf = load(Object::builtin().bytes(), program, &[], &[], None)?;
     let (used, _) = attach(xdp_mut(&mut ebpf, program)?, iface, mode)?;
     Ok((ebpf, used))
 }
@@ -245,7 +243,7 @@ impl Balancer {
     /// Loads the balancer (not attached to any interface yet) with rings of `ring_size`
     /// and a connection table of `flows` entries, its maps pinned as `pins` says.
     pub fn load(ring_size: u32, flows: u32, pins: Option<Pins>) -> Result<Self, DataPlaneError> {
-        Self::load_object(OBJECT, ring_size, flows, pins)
+        Self::load_from(&Object::builtin(), ring_size, flows, pins)
     }
 
     /// As `load`, from another build of lbx-ebpf with the same map layouts (`lbx-bench
@@ -256,6 +254,18 @@ impl Balancer {
         flows: u32,
         pins: Option<Pins>,
     ) -> Result<Self, DataPlaneError> {
+        Self::load_from(&Object::from_bytes(object), ring_size, flows, pins)
+    }
+
+    /// As `load`, from `object`: pinned maps are checked against the maps it defines, the
+    /// program that is to serve from them.
+    pub fn load_from(
+        object: &Object,
+        ring_size: u32,
+        flows: u32,
+        pins: Option<Pins>,
+    ) -> Result<Self, DataPlaneError> {
+        let (origin, object) = (object.path(), object.bytes());
         let ring_elems = 2 * MAX_VIPS * lbx_common::ring_elems(ring_size);
         let sets = flows::sets_for(flows);
         let flow_slots = sets * FLOW_WAYS;
@@ -277,6 +287,7 @@ impl Balancer {
                 if !fits && !migrates {
                     return Err(DataPlaneError::Layout {
                         dir: dir.clone(),
+                        object: origin.map(Path::to_path_buf),
                         differences: differences
                             .iter()
                             .map(layout::Difference::explain)

@@ -13,6 +13,17 @@ pub enum DataPlaneError {
     NotRoot { what: String },
     #[error("failed to load the XDP programs: {0}")]
     Load(#[from] aya::EbpfError),
+    // `error`, not `source`: the message says it already, and a chain would say it twice.
+    #[error("cannot read the XDP object {}: {error}", .path.display())]
+    ObjectRead {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error(
+        "the XDP object {} {problem}: give the lbx-xdp object that a build of lbx-ebpf makes",
+        .path.display()
+    )]
+    ObjectInvalid { path: PathBuf, problem: String },
     #[error("the kernel rejected program {program}: {source}")]
     Program {
         program: String,
@@ -46,8 +57,12 @@ pub enum DataPlaneError {
     )]
     PinsInUse { dir: PathBuf, by: String },
     #[error(
-        "the maps pinned under {} do not fit this build of lbx: {}; {}",
+        "the maps pinned under {} do not fit {}: {}; {}",
         .dir.display(),
+        match .object {
+            Some(path) => format!("the XDP object {}", path.display()),
+            None => "this build of lbx".to_owned(),
+        },
         .differences.join(", "),
         if *.migratable {
             "add --migrate to fill maps of the new sizes from them (the connection table \
@@ -59,6 +74,8 @@ pub enum DataPlaneError {
     )]
     Layout {
         dir: PathBuf,
+        /// The file the programs came from (`--xdp-object`); none: the built-in ones.
+        object: Option<PathBuf>,
         differences: Vec<String>,
         migratable: bool,
     },

@@ -1,6 +1,7 @@
-//! Whether maps another agent pinned fit this build: every map the balancer uses must be
-//! pinned with the key size, value size, entries and flags this build's object (with this
-//! agent's sizes) defines, or the program would read them with another layout.
+//! Whether maps another agent pinned fit the programs this agent loads (the built-in
+//! object, or `--xdp-object`'s): every map the balancer uses must be pinned with the key
+//! size, value size, entries and flags that object (with this agent's sizes) defines, or
+//! the program would read them with another layout.
 
 use std::path::Path;
 
