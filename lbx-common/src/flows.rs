@@ -9,12 +9,20 @@
 //! fails the check and counts as a miss (the flow then takes the Maglev ring, which gives
 //! the same backend unless the ring changed). A zero check marks an empty slot.
 //!
+//! Every slot also holds when its flow was last seen, on the agent's coarse clock
+//! (`Active::now`): a hit writes the stamp only when the clock moved, about once a second
+//! per flow, not once per packet. A flow unseen for longer than its protocol's idle time
+//! (`Settings::tcp_idle_s`, `udp_idle_s`) is inactive: it no longer counts as a
+//! backend's active flow, and its slot is free for a new flow, like an empty one. It is
+//! still found by its own packets until then.
+//!
 //! Replacement is second chance: a hit marks its slot recently used; a new flow takes
-//! the slot of the same flow, else an empty one, else one not used since it was last
-//! passed over, else the one its hash picks (and the other loses its mark). The same code
-//! decides in the kernel and in the reference model, so both tables stay identical.
+//! the slot of the same flow, else an empty or expired one, else one not used since it
+//! was last passed over, else the one its hash picks (and the other loses its mark). The
+//! same code decides in the kernel and in the reference model, so both tables stay
+//! identical.
 
-use crate::{FlowEntry, FlowKey};
+use crate::{FlowEntry, FlowKey, PROTO_UDP, Settings};
 
 /// Slots per set.
 pub const FLOW_WAYS: u32 = 2;
@@ -30,7 +38,9 @@ pub struct FlowSlot {
     pub check: u32,
     /// Non-zero once a packet found the flow here since the slot was last passed over.
     pub recent: u32,
-    pub pad: [u32; 2],
+    /// `Active::now` when a packet of the flow was last seen.
+    pub seen: u32,
+    pub pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<FlowSlot>() == 64);
 
@@ -87,19 +97,59 @@ pub fn holds(slot: &FlowSlot, words: &[u64; 5], hash: u32) -> bool {
     same_key(slot, words) && slot.check == check(hash, &slot.entry)
 }
 
+/// The protocol of the flow in `slot`, from its key's last word (`FlowKey::proto` is
+/// byte 36 of the key, byte 4 of word 4, on the little-endian machines lbx runs on).
+#[inline(always)]
+pub fn proto_of(slot: &FlowSlot) -> u8 {
+    (slot.key[4] >> 32) as u8
+}
+#[cfg(not(target_endian = "little"))]
+compile_error!("proto_of reads a little-endian key word");
+
+/// Seconds a flow of protocol `proto` may go unseen and stay active; zero: for ever.
+#[inline(always)]
+pub fn idle_limit(proto: u8, settings: &Settings) -> u32 {
+    if proto == PROTO_UDP {
+        settings.udp_idle_s as u32
+    } else {
+        settings.tcp_idle_s as u32
+    }
+}
+
+/// Whether the flow in a used `slot` was seen within its idle time at `now`.
+#[inline(always)]
+pub fn active(slot: &FlowSlot, now: u32, settings: &Settings) -> bool {
+    let limit = idle_limit(proto_of(slot), settings);
+    // A clock behind a stamp (never, on one boot) keeps the flow: a slot is never lost
+    // by mistake.
+    limit == 0 || now.saturating_sub(slot.seen) <= limit
+}
+
+/// Whether a new flow may take `slot` as if it were empty.
+#[inline(always)]
+fn free(slot: &FlowSlot, now: u32, settings: &Settings) -> bool {
+    slot.check == 0 || !active(slot, now, settings)
+}
+
 /// Where a new flow goes in its set of two: `(way, clear the other way's mark)`.
 #[inline(always)]
-pub fn insert_way(ways: [&FlowSlot; 2], words: &[u64; 5], hash: u32) -> (usize, bool) {
+pub fn insert_way(
+    ways: [&FlowSlot; 2],
+    words: &[u64; 5],
+    hash: u32,
+    now: u32,
+    settings: &Settings,
+) -> (usize, bool) {
     if same_key(ways[0], words) {
         return (0, false);
     }
     if same_key(ways[1], words) {
         return (1, false);
     }
-    if ways[0].check == 0 {
+    if free(ways[0], now, settings) {
         return (0, false);
     }
-    if ways[1].check == 0 {
+    if free(ways[1], now, settings) {
         return (1, false);
     }
     if ways[0].recent == 0 {
@@ -135,7 +185,18 @@ mod tests {
             entry,
             check: check(hash, &entry),
             recent,
-            pad: [0; 2],
+            seen: NOW,
+            pad: 0,
+        }
+    }
+
+    const NOW: u32 = 1000;
+
+    fn settings() -> Settings {
+        Settings {
+            tcp_idle_s: 300,
+            udp_idle_s: 30,
+            ..Settings::default()
         }
     }
 
@@ -168,6 +229,8 @@ mod tests {
         let empty = FlowSlot::default();
         let (a, b) = (slot(1, 5, 0), slot(2, 6, 0));
         let (ra, rb) = (slot(1, 5, 1), slot(2, 6, 1));
+        let s = &settings();
+        let insert_way = |ways, w, hash| insert_way(ways, w, hash, NOW, s);
         assert_eq!(insert_way([&empty, &empty], &w, 0), (0, false));
         assert_eq!(
             insert_way([&ra, &empty], &w, 0),
@@ -193,6 +256,39 @@ mod tests {
             (1, false),
             "the same flow's way"
         );
+    }
+
+    #[test]
+    fn a_slot_unseen_for_longer_than_its_protocols_idle_time_is_free() {
+        let s = settings();
+        let w = key_words(&key(9));
+        let tcp = slot(1, 5, 1);
+        let mut udp = slot(2, 6, 1);
+        udp.key = key_words(&FlowKey {
+            proto: PROTO_UDP,
+            ..key(2)
+        });
+        assert_eq!(proto_of(&tcp), 6);
+        assert_eq!(proto_of(&udp), PROTO_UDP);
+        for (later, tcp_active, udp_active) in [
+            (0, true, true),
+            (30, true, true),
+            (31, true, false),
+            (301, false, false),
+        ] {
+            assert_eq!(active(&tcp, NOW + later, &s), tcp_active, "tcp +{later}");
+            assert_eq!(active(&udp, NOW + later, &s), udp_active, "udp +{later}");
+        }
+        assert!(
+            active(&tcp, NOW - 5, &s),
+            "a clock behind the stamp keeps the flow"
+        );
+        let never = Settings::default();
+        assert!(active(&tcp, u32::MAX, &never), "zero: never idle");
+        // Both recently used: the expired one is taken before the hash's pick.
+        assert_eq!(insert_way([&tcp, &udp], &w, 0, NOW + 31, &s), (1, false));
+        assert_eq!(insert_way([&tcp, &udp], &w, 0, NOW + 301, &s), (0, false));
+        assert_eq!(insert_way([&tcp, &udp], &w, 0, NOW, &s), (0, true));
     }
 
     #[test]

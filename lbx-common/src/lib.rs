@@ -22,6 +22,10 @@ pub const MAX_VIPS: u32 = 64;
 pub const MAX_BACKENDS: u32 = 4096;
 /// Default connection-table size (flows); `lbx run --flows` changes it.
 pub const DEFAULT_FLOWS: u32 = 1 << 20;
+/// Default seconds a TCP flow may go unseen and still count as active (`--flow-idle-s`).
+pub const DEFAULT_TCP_IDLE_S: u16 = 300;
+/// The same for UDP (`--udp-flow-idle-s`).
+pub const DEFAULT_UDP_IDLE_S: u16 = 30;
 /// Addresses `lbx decap` accepts as local VIPs.
 pub const MAX_DECAP_VIPS: u32 = 256;
 /// Default Maglev table size (prime).
@@ -193,7 +197,10 @@ pub const BACKEND_F_DOWN: u8 = 1;
 pub struct Active {
     /// The generation slot packets use (0 or 1).
     pub slot: u32,
-    pub pad: u32,
+    /// The agent's coarse clock: whole seconds since boot, ticked about once a second. A connection-table hit stamps its slot with it when it changed, so a
+    /// slot's stamp says when its flow was last seen without a write per packet. Zero
+    /// until an agent ticks.
+    pub now: u32,
     /// `vip_filter_bit`s that no VIP address has, in the active generation nor in one
     /// being switched to: a packet to such an address is for no VIP and stops here,
     /// without reading the generation. Zero (nothing known) until the first publication.
@@ -228,7 +235,10 @@ pub struct Settings {
     /// Salt of this generation's VIP table hash (`vips::home`), chosen by the agent so
     /// that every VIP fits within `VIP_PROBES` of its home slot.
     pub vip_salt: u32,
-    pub pad: u32,
+    /// Seconds a UDP flow (`udp_idle_s`) or any other (`tcp_idle_s`) may go unseen
+    /// before its connection-table slot counts as free; zero: never.
+    pub tcp_idle_s: u16,
+    pub udp_idle_s: u16,
 }
 const _: () = assert!(core::mem::size_of::<Settings>() == 80);
 

@@ -58,6 +58,7 @@ fn try_balance<const UNTIL: u32>(ctx: &XdpContext) -> Result<(), Reason> {
     }
     // Read the generation slot once: every lookup below uses the same generation.
     let slot = unsafe { core::ptr::read_volatile(&(*active).slot) } & 1;
+    let now = unsafe { core::ptr::read_volatile(&(*active).now) };
     let settings = SETTINGS.get(slot).ok_or(Reason::PassNoConfig)?;
     // Read once into a local: the compiler then knows the divisor below is not zero and
     // emits no panic path (which the verifier would reject).
@@ -81,7 +82,7 @@ fn try_balance<const UNTIL: u32>(ctx: &XdpContext) -> Result<(), Reason> {
         _ => return Err(Reason::DropBadRing),
     };
     let mut new_flow = false;
-    let (backend_slot, backend) = match established(&mut ways, &words, hash, backend_base) {
+    let (backend_slot, backend) = match established(&mut ways, &words, hash, backend_base, now) {
         Some(found) => found,
         None => {
             if vip.flags & VIP_F_HAS_BACKENDS == 0 {
@@ -100,7 +101,7 @@ fn try_balance<const UNTIL: u32>(ctx: &XdpContext) -> Result<(), Reason> {
                 backend: backend_slot,
                 uid: backend.uid,
             };
-            insert(ways, &words, hash, entry);
+            insert(ways, &words, hash, entry, now, settings);
             new_flow = true;
             (backend_slot, backend)
         }
@@ -153,13 +154,15 @@ fn lookup_vip<'a>(key: &FlowKey, slot: u32, settings: &Settings) -> Option<&'a V
 
 /// The backend the connection table holds for this flow, if it still takes it: a slot
 /// whose uid changed was given to another backend since, and a backend that failed its
-/// health checks gives its flows up; both count as a miss. A hit marks its slot used.
+/// health checks gives its flows up; both count as a miss. A hit marks its slot used
+/// and seen now.
 #[inline(always)]
 fn established<'a>(
     ways: &mut [&mut FlowSlot; 2],
     words: &[u64; 5],
     hash: u32,
     backend_base: u32,
+    now: u32,
 ) -> Option<(u32, &'a Backend)> {
     let way = if flows::holds(ways[0], words, hash) {
         &mut *ways[0]
@@ -173,9 +176,13 @@ fn established<'a>(
     if backend.family == 0 || backend.uid != entry.uid || backend.flags & BACKEND_F_DOWN != 0 {
         return None;
     }
+    // Each written once per pass of the replacement or tick of the clock, not per
+    // packet: a cache line that every packet of a flow wrote would bounce between CPUs.
     if way.recent == 0 {
-        // Written once per pass of the replacement, not per packet.
         way.recent = 1;
+    }
+    if way.seen != now {
+        way.seen = now;
     }
     Some((entry.backend, backend))
 }
@@ -183,8 +190,15 @@ fn established<'a>(
 /// Writes a new flow into its set. The check word goes last: a reader that meets the
 /// slot half written sees a check that does not match, a miss.
 #[inline(always)]
-fn insert(ways: [&mut FlowSlot; 2], words: &[u64; 5], hash: u32, entry: FlowEntry) {
-    let (way, clear_other) = flows::insert_way([&*ways[0], &*ways[1]], words, hash);
+fn insert(
+    ways: [&mut FlowSlot; 2],
+    words: &[u64; 5],
+    hash: u32,
+    entry: FlowEntry,
+    now: u32,
+    settings: &Settings,
+) {
+    let (way, clear_other) = flows::insert_way([&*ways[0], &*ways[1]], words, hash, now, settings);
     let [w0, w1] = ways;
     let (slot, other) = if way == 0 { (w0, w1) } else { (w1, w0) };
     if clear_other {
@@ -194,5 +208,6 @@ fn insert(ways: [&mut FlowSlot; 2], words: &[u64; 5], hash: u32, entry: FlowEntr
     slot.key = *words;
     slot.entry = entry;
     slot.recent = 0;
+    slot.seen = now;
     slot.check = flows::check(hash, &entry);
 }

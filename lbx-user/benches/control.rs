@@ -8,14 +8,22 @@
 //!   65537), attached in generic mode to the loopback of a network namespace of its own:
 //!   reading every counter and the connection-table sample (`maps`), and encoding the
 //!   families in the text format (`encode`), apart and together. Needs root.
+//! - `active_flows/count_2^20`: counting the active flows per backend in a full connection
+//!   table of 2^20 flows, beside `active_flows/read_2^20`, one bare pass over the same
+//!   mapped memory (the floor). Needs root.
 
 use std::{collections::BTreeMap, hint::black_box, time::Duration};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use lbx::{
     config::Config,
-    dataplane::{Balancer, generation::Publisher, plan, slots::Slots},
+    dataplane::{Balancer, activity, generation::Publisher, plan, slots::Slots},
     maglev::{self, MaglevBackend},
+};
+use lbx_common::{
+    DEFAULT_TCP_IDLE_S, DEFAULT_UDP_IDLE_S, FAMILY_V4, FlowEntry, FlowKey, PROTO_TCP, PROTO_UDP,
+    Settings,
+    flows::{self, FlowSlot},
 };
 
 const M: u32 = 65537;
@@ -71,7 +79,16 @@ fn publish_generation(c: &mut Criterion) {
     let (slots, _) = Slots::default().assign(&configs[0]);
     let plans: Vec<plan::Plan> = configs
         .iter()
-        .map(|c| plan::build(c, &slots, &BTreeMap::new(), 1500, &Default::default()))
+        .map(|c| {
+            plan::build(
+                c,
+                &slots,
+                &BTreeMap::new(),
+                1500,
+                Default::default(),
+                &Default::default(),
+            )
+        })
         .collect();
     let mut group = c.benchmark_group("publish_generation");
     group
@@ -139,6 +156,7 @@ fn scrape(c: &mut Criterion) {
         object: lbx::dataplane::Object::builtin(),
         migrate: false,
         flows: 1 << 20,
+        flow_idle: Default::default(),
         control_interval: Duration::from_secs(1),
         metrics_listen: None,
     })
@@ -170,5 +188,80 @@ fn scrape(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-criterion_group!(benches, maglev_build, publish_generation, scrape);
+/// Flows in the connection table of `active_flows`: `lbx run`'s default.
+const ACTIVE_FLOWS_TABLE: u32 = 1 << 20;
+
+/// Counting the active flows per backend (`lbx status`, `lbx backend list`, each poll of
+/// `drain --wait`) in a full table of 2^20 flows of mixed protocols and ages, read through
+/// the mapped map as the agent reads it; beside it the floor, one pass over the same
+/// memory that only sums a word of each slot.
+fn active_flows(c: &mut Criterion) {
+    if !lbx::dataplane::sys::is_root() {
+        eprintln!("active_flows: skipped, it loads the balancer and needs root");
+        return;
+    }
+    lbx::dataplane::sys::raise_memlock_limit();
+    let mut bal = Balancer::load(M, ACTIVE_FLOWS_TABLE, None).expect("load the balancer");
+    let now = 100_000u32;
+    for i in 0..bal.flows.len() {
+        let n = i as u32;
+        let key = FlowKey {
+            src: [n.wrapping_mul(0x9e37_79b9), 0, 0, 0],
+            dst: [0x0a00_0001, 0, 0, 0],
+            sport_be: n as u16,
+            dport_be: 80,
+            proto: if n.is_multiple_of(4) {
+                PROTO_UDP
+            } else {
+                PROTO_TCP
+            },
+            family: FAMILY_V4,
+            pad: 0,
+        };
+        let entry = FlowEntry {
+            backend: n % 4096,
+            uid: 1,
+        };
+        bal.flows.set(
+            i,
+            FlowSlot {
+                key: flows::key_words(&key),
+                entry,
+                check: flows::check(n, &entry),
+                recent: 1,
+                seen: now - n % 600,
+                pad: 0,
+            },
+        );
+    }
+    let settings = Settings {
+        tcp_idle_s: DEFAULT_TCP_IDLE_S,
+        udp_idle_s: DEFAULT_UDP_IDLE_S,
+        ..Settings::default()
+    };
+    let mut group = c.benchmark_group("active_flows");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(4));
+    group.bench_function("count_2^20", |b| {
+        let uids = vec![1; 4096];
+        b.iter(|| activity::count(bal.flows.slots(), black_box(now), &settings, &uids));
+    });
+    group.bench_function("read_2^20", |b| {
+        b.iter(|| {
+            bal.flows
+                .slots()
+                .fold(0u64, |a, s| a.wrapping_add(u64::from(s.seen)))
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    maglev_build,
+    publish_generation,
+    scrape,
+    active_flows
+);
 criterion_main!(benches);

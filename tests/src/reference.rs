@@ -183,10 +183,22 @@ impl FlowTable {
         (base..base + FLOW_WAYS as usize).find(|&i| flows::holds(&self.slots[i], words, hash))
     }
 
-    fn insert(&mut self, words: &[u64; 5], hash: u32, entry: FlowEntry) {
+    fn insert(
+        &mut self,
+        words: &[u64; 5],
+        hash: u32,
+        entry: FlowEntry,
+        now: u32,
+        settings: &Settings,
+    ) {
         let base = flows::set_base(hash, self.mask) as usize;
-        let (way, clear_other) =
-            flows::insert_way([&self.slots[base], &self.slots[base + 1]], words, hash);
+        let (way, clear_other) = flows::insert_way(
+            [&self.slots[base], &self.slots[base + 1]],
+            words,
+            hash,
+            now,
+            settings,
+        );
         if clear_other {
             self.slots[base + 1 - way].recent = 0;
         }
@@ -195,7 +207,8 @@ impl FlowTable {
             entry,
             check: flows::check(hash, &entry),
             recent: 0,
-            pad: [0; 2],
+            seen: now,
+            pad: 0,
         };
     }
 }
@@ -204,6 +217,8 @@ impl FlowTable {
 pub struct Reference<'a> {
     /// `None`: nothing published yet.
     tables: Option<Tables<'a>>,
+    /// The data plane's clock (`Active::now`).
+    now: u32,
 }
 
 struct Tables<'a> {
@@ -236,12 +251,21 @@ impl<'a> Reference<'a> {
                 vips,
                 backends,
             }),
+            now: 0,
         }
+    }
+
+    /// The same model with the data plane's clock at `now`.
+    pub fn at(self, now: u32) -> Self {
+        Reference { now, ..self }
     }
 
     /// The model of a balancer loaded but not configured yet.
     pub fn unconfigured() -> Self {
-        Reference { tables: None }
+        Reference {
+            tables: None,
+            now: 0,
+        }
     }
 
     /// Runs one frame: the decision, with the connection table updated as the program
@@ -289,6 +313,7 @@ impl<'a> Reference<'a> {
         let (slot, backend, source) = match table_hit {
             Some((i, slot, b)) => {
                 flows.slots[i].recent = 1;
+                flows.slots[i].seen = self.now;
                 (slot, b, Source::Table)
             }
             None => {
@@ -310,6 +335,8 @@ impl<'a> Reference<'a> {
                         backend: slot,
                         uid: b.uid,
                     },
+                    self.now,
+                    &t.settings,
                 );
                 (slot, b, Source::Ring)
             }
@@ -606,7 +633,7 @@ mod tests {
     use lbx::{
         config::Config,
         dataplane::{
-            plan::{self, Overrides},
+            plan::{self, FlowIdle, Overrides},
             slots::Slots,
         },
     };
@@ -650,6 +677,7 @@ mod tests {
             &slots,
             &BTreeMap::new(),
             c.mtu.unwrap(),
+            FlowIdle::default(),
             &Overrides::new(),
         )
     }
@@ -861,7 +889,14 @@ mod tests {
         c.vips[0].backends[0].drain = true;
         let (slots, _) = Slots::default().assign(&config());
         let (slots, _) = slots.assign(&c);
-        let drained = plan::build(&c, &slots, &BTreeMap::new(), 1500, &Overrides::new());
+        let drained = plan::build(
+            &c,
+            &slots,
+            &BTreeMap::new(),
+            1500,
+            FlowIdle::default(),
+            &Overrides::new(),
+        );
         let d = Reference::new(&drained).decide(&mut flows, &f);
         assert_eq!(d.backend.unwrap().source, Source::Table);
         assert_eq!(
@@ -871,7 +906,14 @@ mod tests {
 
         c.vips[0].backends.remove(0);
         let (slots, _) = slots.assign(&c);
-        let removed = plan::build(&c, &slots, &BTreeMap::new(), 1500, &Overrides::new());
+        let removed = plan::build(
+            &c,
+            &slots,
+            &BTreeMap::new(),
+            1500,
+            FlowIdle::default(),
+            &Overrides::new(),
+        );
         let d = Reference::new(&removed).decide(&mut flows, &f);
         assert_eq!(d.backend.unwrap().source, Source::Ring);
         assert_eq!(

@@ -13,7 +13,7 @@ use aya::{
 use lbx::{
     config::{Config, VipId},
     dataplane::{
-        Balancer,
+        Balancer, FlowIdle,
         generation::Publisher,
         plan::{self, Plan},
         slots::Slots,
@@ -89,6 +89,8 @@ pub struct TestBalancer {
     pub slots: Slots,
     /// The plan published last; `None` before the first publication.
     pub plan: Option<Plan>,
+    /// The idle times the next configurations are published with.
+    pub idle: FlowIdle,
 }
 
 impl TestBalancer {
@@ -117,6 +119,7 @@ impl TestBalancer {
             publisher: Publisher::new().context("create the publication barrier")?,
             slots: Slots::default(),
             plan: None,
+            idle: FlowIdle::default(),
         })
     }
 
@@ -134,7 +137,14 @@ impl TestBalancer {
         );
         let (slots, fresh) = self.slots.assign(config);
         let mtu = config.mtu.unwrap_or(DEFAULT_MTU);
-        let plan = plan::build(config, &slots, &BTreeMap::new(), mtu, &Default::default());
+        let plan = plan::build(
+            config,
+            &slots,
+            &BTreeMap::new(),
+            mtu,
+            self.idle,
+            &Default::default(),
+        );
         self.publisher
             .reset_counters(&mut self.bal, &fresh.vips, &fresh.backends)?;
         self.publisher.publish(&mut self.bal, &plan)?;
@@ -143,12 +153,18 @@ impl TestBalancer {
         Ok(())
     }
 
-    /// The reference model of what is published now.
+    /// The reference model of what is published now, at the data plane's clock.
     pub fn reference(&self) -> Reference<'_> {
         match &self.plan {
             Some(p) => Reference::new(p),
             None => Reference::unconfigured(),
         }
+        .at(self.publisher.clock())
+    }
+
+    /// Moves the data plane's clock (`Active::now`) to `now`, as the agent's tick does.
+    pub fn tick(&mut self, now: u32) -> Result<()> {
+        Ok(self.publisher.tick(&mut self.bal, now)?)
     }
 
     pub fn run(&self, frame: &[u8]) -> Result<Option<Run>> {

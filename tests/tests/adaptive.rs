@@ -352,7 +352,7 @@ fn a_slow_backend_gets_less_load_and_its_weight_back_when_it_recovers() {
         "build it with `cargo build -p lbx-tests --bins`",
     )
     .expect("the capacity server");
-    let topo = Topology::builder()
+    let mut topo = Topology::builder()
         .backends(3)
         // The test network's plain servers take port 80 of this address; ours take PORT.
         .vip(SocketAddr::new(VIP_V4.into(), 80))
@@ -444,6 +444,35 @@ fn a_slow_backend_gets_less_load_and_its_weight_back_when_it_recovers() {
         "backend-3: capacity {:.0}/s; {reason}",
         capacity.unwrap_or(0.0)
     );
+
+    // 1b. An agent restarted under the load goes on from the weights it takes over (read
+    // back from the rings), not from the operator's equal ones, and holds them until its
+    // own models have estimated capacity again; the share below is measured after it.
+    let weights = |bs: &[Backend]| -> Vec<f64> {
+        let w: Vec<f64> = bs
+            .iter()
+            .map(|b| b.json["adaptive"]["weight"].as_f64().unwrap_or(0.0))
+            .collect();
+        let max = w.iter().copied().fold(0.0, f64::max).max(1.0);
+        w.iter().map(|x| x / max).collect()
+    };
+    let before = weights(&status_backends(&topo));
+    topo.restart_agent().expect("restart the agent under load");
+    let taken_over = status_backends(&topo);
+    let after = weights(&taken_over);
+    eprintln!("adaptive weights (of the largest) before a restart {before:.3?}, after {after:.3?}");
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        assert!(
+            (b - a).abs() <= 0.02,
+            "backend-{}'s weight went from {b:.3} to {a:.3} of the largest in a restart: {}",
+            i + 1,
+            describe(&taken_over)
+        );
+    }
+    let reason = taken_over[SLOW - 1].json["adaptive"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.contains("taken over"), "{reason}");
 
     // 2. With its weight down, it gets and serves a clearly smaller share of the requests.
     let window_start = Instant::now();

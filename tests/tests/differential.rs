@@ -6,8 +6,11 @@
 //! The seed is printed; `LBX_DIFF_SEED=N` replays a run, `LBX_DIFF_PACKETS=N` changes its
 //! length (default 120,000 frames). Configurations evolve by small edits (backends added,
 //! removed, drained, reweighted; VIPs come and go), so connection-table entries outlive
-//! the generation that made them, as in production. The connection table is sized so that
-//! nothing is evicted, and compared whole after each phase.
+//! the generation that made them, as in production. The connection table is far smaller
+//! than the flows a run makes, so replacement decides where new flows go; it is compared
+//! whole, slot by slot, after each phase. Idle times and the data
+//! plane's clock change between configurations, so flows go idle and their slots are
+//! taken by new ones in both tables alike.
 
 use std::{
     collections::HashMap,
@@ -16,7 +19,7 @@ use std::{
     time::Instant,
 };
 
-use lbx::config::Config;
+use lbx::{config::Config, dataplane::FlowIdle};
 use lbx_common::{Counters, Reason};
 use lbx_tests::{
     packets::{self, L4, V4, V6, V6Ext},
@@ -518,8 +521,17 @@ fn program_and_model_agree_on_random_configurations_and_frames() {
         let mut model_flows = tb.empty_flows();
         let mut cfg = random_config(&mut rng, ring);
         let mut reasons = tb.reasons().expect("REASONS");
+        let mut clock = 1 + rng.range(0, 1000) as u32;
         for _ in 0..CONFIGS_PER_PHASE {
             cfg = evolve(&mut rng, &cfg);
+            // Idle times of a few seconds and a clock that moves by as much between
+            // configurations: flows go idle, and new ones take their slots.
+            tb.idle = FlowIdle {
+                tcp_s: rng.range(0, 40) as u16,
+                udp_s: rng.range(0, 20) as u16,
+            };
+            clock += rng.range(0, 30) as u32;
+            tb.tick(clock).expect("ACTIVE");
             tb.configure(&cfg.config())
                 .unwrap_or_else(|e| panic!("seed {seed}: publish: {e:#}\n{}", cfg.toml()));
             let vip_numbers: Vec<u32> = tb.slots.vips.values().copied().collect();

@@ -517,3 +517,122 @@ fn maps_of_another_size_are_refused_or_migrated_with_every_flow() {
     topo.restart_agent().expect("restart with the new size");
     Topology::assert_unmoved(&mut conns, "a restart after the migration");
 }
+
+/// Seconds a TCP flow may go unseen and still count as active, for the drain test.
+const IDLE_S: u64 = 3;
+
+#[test]
+fn drain_wait_returns_once_the_last_flow_of_the_backend_goes_idle() {
+    let vip = SocketAddr::new(VIP_V4.into(), 80);
+    let mut topo = Topology::builder()
+        .backends(2)
+        .vip(vip)
+        .agent_args(&["--flow-idle-s", &IDLE_S.to_string()])
+        .build()
+        .expect("failed to build the test topology");
+    topo.add_vip(vip, &[(1, 1), (2, 1)])
+        .expect("configure the VIP");
+    let ports: Vec<u16> = (42_000..42_016).collect();
+    let conns = topo
+        .client()
+        .open_many(vip, &ports)
+        .expect("open connections");
+    let mut on_b1: Vec<Connection> = conns
+        .into_iter()
+        .filter(|c| c.first_answer() == Some(backend_name(1).as_str()))
+        .collect();
+    assert!(!on_b1.is_empty(), "no connection landed on backend-1");
+    let b1 = topo.backend_addr(1, vip);
+    let (vip_arg, b1_arg) = (vip.to_string(), b1.to_string());
+    let active = |topo: &Topology| -> u64 {
+        let list = topo
+            .lbx_json(&["backend", "list", &vip_arg])
+            .expect("lbx backend list");
+        let row = list
+            .as_array()
+            .and_then(|l| l.iter().find(|b| b["address"] == b1_arg.as_str()))
+            .cloned()
+            .expect("backend-1 in the list");
+        let in_status = topo.backend_status(vip, b1)["active_flows"].clone();
+        assert_eq!(row["active_flows"], in_status, "list and status disagree");
+        row["active_flows"].as_u64().expect("a count")
+    };
+    // One flow per connection, and nothing else reaches backend-1 through the VIP.
+    assert_eq!(active(&topo), on_b1.len() as u64);
+    let keep_busy = |conns: &mut [Connection], for_how_long: Duration| {
+        let until = Instant::now() + for_how_long;
+        while Instant::now() < until {
+            for c in conns.iter_mut() {
+                assert_eq!(
+                    c.ask().expect("a drained backend keeps its flows"),
+                    backend_name(1)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Instant::now()
+    };
+    // `lbx backend drain --wait` in a thread of its own; its output and when it ended.
+    let drain = |topo: &Topology, timeout: u64| {
+        let cmd = topo.lbx_command(&[
+            "backend",
+            "drain",
+            &vip_arg,
+            &b1_arg,
+            "--wait",
+            "--timeout",
+            &timeout.to_string(),
+        ]);
+        let bound = Duration::from_secs(timeout + 30);
+        std::thread::spawn(move || {
+            let out = run_bounded(cmd, bound).expect("lbx backend drain --wait ends");
+            (out, Instant::now())
+        })
+    };
+
+    // While its flows go on, the wait ends at its timeout, with status 9 and the count.
+    let started = Instant::now();
+    let waiting = drain(&topo, 2);
+    keep_busy(&mut on_b1, Duration::from_secs(3));
+    let (out, _) = waiting.join().expect("the drain's thread");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(9), "{stderr}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "gave up before its timeout"
+    );
+    assert!(
+        stderr.contains(&format!("still has {} active flows", on_b1.len())),
+        "{stderr}"
+    );
+    assert_eq!(topo.backend_status(vip, b1)["state"], "draining");
+
+    // The stamps live in the connection table: the next agent counts the same flows.
+    topo.restart_agent().expect("restart the agent");
+    assert_eq!(active(&topo), on_b1.len() as u64, "after a restart");
+
+    // Once the flows stop, the wait returns: not before they went quiet for about the
+    // idle time (the clock moves once a control interval, a second), well within its
+    // timeout.
+    let waiting = drain(&topo, 60);
+    let last_packet = keep_busy(&mut on_b1, Duration::from_secs(2));
+    let (out, returned) = waiting.join().expect("the drain's thread");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("has no active flow"), "{stdout}");
+    let quiet = returned - last_packet;
+    eprintln!("drain --wait returned {quiet:?} after the last packet (idle time {IDLE_S} s)");
+    assert!(
+        quiet >= Duration::from_secs(IDLE_S - 2),
+        "returned {quiet:?} after the last packet: flows seen within {IDLE_S} s count"
+    );
+    assert_eq!(active(&topo), 0);
+    // Idle is not gone: a quiet flow's own packets still find it in the table.
+    for c in &mut on_b1 {
+        assert_eq!(c.ask().expect("an idle flow"), backend_name(1));
+    }
+}

@@ -208,10 +208,20 @@ impl Agent {
                 || (u64::from(a.max_weight) * u64::from(b.weight) / u64::from(max_op)) as u32,
                 |(w, _)| *w,
             );
+            // A weight taken over is kept until the model knows better, or for a while.
+            let held = match self.held.get(&key) {
+                Some(until) if capacity.is_none() && Instant::now() < *until => true,
+                Some(_) => {
+                    self.held.remove(&key);
+                    false
+                }
+                None => false,
+            };
             inputs.push(Input {
                 operator: b.weight,
                 capacity,
                 current,
+                held,
             });
         }
         let (weights, reasons) = weights::choose(&inputs, &policy);
@@ -301,6 +311,9 @@ impl Agent {
     /// Every control interval: measure, run the models, and publish when an effective
     /// weight moved (adaptive weights, slow start).
     pub fn on_tick(&mut self) {
+        if let Err(e) = self.tick_clock() {
+            eprintln!("moving the data plane's clock failed: {e}");
+        }
         let now = Instant::now();
         self.sample_signals(now);
         self.adapt(now);

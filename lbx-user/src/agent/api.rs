@@ -108,10 +108,13 @@ pub enum ErrorKind {
     Permission,
     /// The kernel refused: loading, verifying or attaching the program, a map update.
     Kernel,
+    /// What the command waits for did not happen in time (`lbx backend drain --wait
+    /// --timeout`); what it changed stays changed.
+    Timeout,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::Internal,
         ErrorKind::Usage,
         ErrorKind::Invalid,
@@ -120,6 +123,7 @@ impl ErrorKind {
         ErrorKind::AgentUnreachable,
         ErrorKind::Permission,
         ErrorKind::Kernel,
+        ErrorKind::Timeout,
     ];
 
     /// The process's exit status for a failure of this kind (2 is clap's for usage).
@@ -133,6 +137,7 @@ impl ErrorKind {
             ErrorKind::AgentUnreachable => 6,
             ErrorKind::Permission => 7,
             ErrorKind::Kernel => 8,
+            ErrorKind::Timeout => 9,
         }
     }
 }

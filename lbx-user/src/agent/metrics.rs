@@ -46,6 +46,7 @@ impl Agent {
     pub fn scrape(&mut self) -> Snapshot {
         self.refresh_ring_shares();
         let shares = &self.ring_shares.counts;
+        let active = self.active_flows();
         let mut vips = Vec::with_capacity(self.config.vips.len());
         for v in &self.config.vips {
             let id = v.id();
@@ -71,6 +72,7 @@ impl Agent {
                     operator_weight: b.weight,
                     effective_weight: plan::effective_weight(eff, b.weight),
                     ring_slots: shares.get(&(id, slot)).copied().unwrap_or(0),
+                    active_flows: active.get(slot as usize).copied().unwrap_or(0),
                     measured_flows_per_s: self.signals.get(&key).map(|s| s.new_flows_per_s),
                     probe_latency_s: health.and_then(|h| h.latency_ewma),
                     load: self.adaptive.get(&key).map(|(w, _)| LoadFigures {

@@ -26,7 +26,7 @@ use crate::{
     balance::{health::Health, model::BackendModel, probe::Probed, report::Report},
     config::{Config, ConfigError, MacAddr, VipId},
     dataplane::{
-        Balancer, DataPlaneError, Mode, Object, Pins,
+        Balancer, DataPlaneError, FlowIdle, Mode, Object, Pins, activity,
         generation::{PublishError, Publisher},
         neighbour::{self, ResolveError},
         plan::{self, Overrides, Plan},
@@ -70,6 +70,7 @@ pub struct Options {
     /// Pinned maps of other sizes are migrated, not refused (`lbx run --migrate`).
     pub migrate: bool,
     pub flows: u32,
+    pub flow_idle: FlowIdle,
     /// How often the agent measures, runs the models and revisits weights.
     pub control_interval: Duration,
     /// Where to serve Prometheus metrics; none: not served.
@@ -106,6 +107,9 @@ pub struct Agent {
     relieved: std::collections::BTreeSet<(VipId, IpAddr)>,
     /// Ring slots per backend in the published generation, for the metrics.
     ring_shares: metrics::RingShares,
+    /// Adaptive weights taken over from the generation before this agent, held until
+    /// the backend's model estimates its capacity or the time given here passes.
+    held: BTreeMap<(VipId, IpAddr), Instant>,
     /// Times each adaptive backend's weight moved.
     weight_changes: BTreeMap<(VipId, IpAddr), u64>,
     /// The metrics counted as things happen, shared with the metrics endpoint.
@@ -142,6 +146,11 @@ impl From<Probed> for Event {
 }
 
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a weight taken over from the generation before this agent is held while its
+/// backend's model has no capacity estimate yet: long enough for the model to form one
+/// under load; without load, the operator's weights are as good.
+const HOLD_INHERITED: Duration = Duration::from_secs(60);
+const INHERITED_WEIGHT: &str = "taken over from the generation before this agent";
 
 impl Agent {
     /// Loads the configuration, publishes it as generation 1 and attaches to the interface.
@@ -182,7 +191,9 @@ impl Agent {
             publisher,
             slots,
             health,
+            weights,
         } = restart::inherit(&bal, &config)?;
+        let started = Instant::now();
         let mut agent = Agent {
             opts,
             config: Config::default(),
@@ -201,16 +212,25 @@ impl Agent {
             signals: BTreeMap::new(),
             last_counters: BTreeMap::new(),
             models: BTreeMap::new(),
-            adaptive: BTreeMap::new(),
+            adaptive: weights
+                .iter()
+                .map(|(key, w)| (*key, (*w, INHERITED_WEIGHT.to_owned())))
+                .collect(),
+            held: weights
+                .into_keys()
+                .map(|key| (key, started + HOLD_INHERITED))
+                .collect(),
             reports: BTreeMap::new(),
             churn_spent: BTreeMap::new(),
             relieved: Default::default(),
             ring_shares: Default::default(),
             weight_changes: BTreeMap::new(),
             live: Arc::new(Live::default()),
-            started: Instant::now(),
+            started,
         };
-        // The first generation is in place before the program sees a packet.
+        // The clock runs and the first generation is in place before the program sees a
+        // packet.
+        agent.tick_clock()?;
         agent.publish(config, macs)?;
         let iface = agent.opts.iface.clone();
         agent.bal.attach(&iface, agent.opts.mode)?;
@@ -270,7 +290,14 @@ impl Agent {
                 .is_some_and(|v| v.health.is_some() && v.backend(*addr).is_some())
         });
         let overrides = self.effective(&config, Instant::now());
-        let plan = plan::build(&config, &slots, &macs, self.mtu, &overrides);
+        let plan = plan::build(
+            &config,
+            &slots,
+            &macs,
+            self.mtu,
+            self.opts.flow_idle,
+            &overrides,
+        );
         self.publisher
             .reset_counters(&mut self.bal, &fresh.vips, &fresh.backends)?;
         let generation = self.publisher.publish(&mut self.bal, &plan)?;
@@ -321,6 +348,26 @@ impl Agent {
             self.live.config_change_errors.inc();
         }
         Ok(json!({ "generation": applied? }))
+    }
+
+    /// Moves the data plane's coarse clock to now: stamps of flows seen from here on
+    /// tell them apart from flows gone quiet.
+    fn tick_clock(&mut self) -> Result<(), PublishError> {
+        self.publisher.tick(&mut self.bal, sys::coarse_now())
+    }
+
+    /// Active flows by backend slot, counted now.
+    fn active_flows(&self) -> Vec<u64> {
+        let mut uids = vec![0; lbx_common::MAX_BACKENDS as usize];
+        for s in self.slots.backends.values() {
+            uids[s.slot as usize] = s.uid;
+        }
+        activity::count(
+            self.bal.flows.slots(),
+            self.publisher.clock(),
+            &self.plan.settings,
+            &uids,
+        )
     }
 
     fn republish(&mut self, why: &str) {

@@ -70,6 +70,7 @@ impl Agent {
         {
             return Err(ConfigError::UnknownVip { vip: id }.into());
         }
+        let active = self.active_flows();
         let mut out = Vec::new();
         for v in self
             .config
@@ -84,13 +85,25 @@ impl Agent {
                     "weight": b.weight,
                     "mac": self.mac_of(b.address, b.mac).map(|m| m.to_string()),
                     "drain": b.drain,
+                    "active_flows": self.active_of(&active, v.id(), b.address),
                 }));
             }
         }
         Ok(Value::Array(out))
     }
 
+    /// The active flows of one backend in a count of the connection table.
+    fn active_of(&self, active: &[u64], vip: VipId, address: IpAddr) -> u64 {
+        self.slots
+            .backends
+            .get(&(vip, address))
+            .and_then(|s| active.get(s.slot as usize))
+            .copied()
+            .unwrap_or(0)
+    }
+
     pub(super) fn status(&self) -> Value {
+        let active = self.active_flows();
         let vips: Vec<Value> = self
             .config
             .vips
@@ -127,6 +140,7 @@ impl Agent {
                             "mac": self.mac_of(b.address, b.mac).map(|m| m.to_string()),
                             "mac_source": if b.mac.is_some() { "configured" } else { "neighbour table" },
                             "table_slots": share,
+                            "active_flows": self.active_of(&active, id, b.address),
                             "effective_weight": plan::effective_weight(eff, b.weight),
                             "signals": self.signals.get(&(id, b.address)),
                             "report": self.reports.get(&(id, b.address)),
@@ -167,6 +181,10 @@ impl Agent {
             "seed": self.config.seed,
             "table_size": self.config.table_size,
             "mtu": self.mtu,
+            "flow_idle_s": {
+                "tcp": self.plan.settings.tcp_idle_s,
+                "udp": self.plan.settings.udp_idle_s,
+            },
             "vips": vips,
         })
     }

@@ -788,6 +788,7 @@ mod tests {
                     operator: 1,
                     capacity: m.capacity.estimate(),
                     current,
+                    held: false,
                 })
                 .collect();
             let next = weights::choose(

@@ -34,6 +34,9 @@ pub struct Input {
     pub capacity: Option<f64>,
     /// Weight now.
     pub current: u32,
+    /// Without a capacity, keep `current` rather than go back to the operator's share:
+    /// the weight came with the generation an agent took over.
+    pub held: bool,
 }
 
 /// Share of the table that changes owner between two weightings: half the summed change
@@ -65,6 +68,10 @@ pub fn choose(inputs: &[Input], policy: &Policy) -> (Vec<u32>, Vec<String>) {
                 Some(c) if max_cap > 0.0 => (
                     span * c / max_cap,
                     format!("capacity {c:.0}/s of the largest {max_cap:.0}/s"),
+                ),
+                _ if i.held => (
+                    f64::from(i.current),
+                    "capacity unknown yet: weight kept from the generation taken over".to_owned(),
                 ),
                 _ => (cap, "capacity unknown: operator weight".to_owned()),
             };
@@ -123,6 +130,7 @@ mod tests {
                 operator: 100,
                 capacity,
                 current,
+                held: false,
             })
             .collect()
     }
@@ -150,6 +158,7 @@ mod tests {
                     operator: 100,
                     capacity: Some(c),
                     current: w,
+                    held: false,
                 })
                 .collect();
             let (next, _) = choose(&ins, &policy);
@@ -178,16 +187,19 @@ mod tests {
                 operator: 50,
                 capacity: Some(1000.0),
                 current: 500,
+                held: false,
             },
             Input {
                 operator: 100,
                 capacity: Some(1000.0),
                 current: 1000,
+                held: false,
             },
             Input {
                 operator: 100,
                 capacity: None,
                 current: 1000,
+                held: false,
             },
         ];
         let policy = Policy {
@@ -218,5 +230,24 @@ mod tests {
             &policy,
         );
         assert_eq!(same.0, w, "deterministic");
+    }
+
+    #[test]
+    fn a_held_weight_stays_until_its_capacity_is_known() {
+        let policy = Policy {
+            churn_budget: 1.0,
+            ..Default::default()
+        };
+        let held = |capacity| Input {
+            operator: 100,
+            capacity,
+            current: 250,
+            held: true,
+        };
+        let (w, why) = choose(&[held(None), inputs(&[None], 1000)[0]], &policy);
+        assert_eq!(w, vec![250, 1000], "held, and the operator's share");
+        assert!(why[0].contains("kept"), "{why:?}");
+        let (w, _) = choose(&[held(Some(1000.0)), held(Some(1000.0))], &policy);
+        assert_eq!(w, vec![1000, 1000], "a capacity decides again");
     }
 }

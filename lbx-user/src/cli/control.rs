@@ -4,12 +4,13 @@
 use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 
-use super::{output, values};
+use super::{drain, output, values};
 use crate::{
     agent::{api::Request, socket},
     config::{
@@ -173,15 +174,25 @@ pub enum BackendCmd {
         #[arg(value_parser = values::weight, allow_negative_numbers = true)]
         weight: u32,
     },
-    /// Stop sending new flows to a backend while its open flows keep working.
+    /// Stop sending new flows to a backend while its open flows keep working. With
+    /// --wait, return once none of its flows is active any more (none seen within the
+    /// agent's --flow-idle-s): then it can be removed or stopped without breaking one.
     Drain {
         #[command(flatten)]
         vip: VipArg,
         #[arg(value_parser = endpoint::parse_host)]
         address: IpAddr,
         /// Take new flows again.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "wait")]
         undo: bool,
+        /// Wait until the backend has no active flow, printing the count as it falls.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds (exit status 9, the backend stays
+        /// drained). Default: wait as long as it takes.
+        #[arg(long, value_name = "SECS", requires = "wait",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        timeout: Option<u64>,
     },
     /// List backends, of one VIP or of all.
     List {
@@ -265,7 +276,9 @@ pub(super) fn request(cmd: ControlCmd) -> Result<Request, EndpointError> {
             address,
             weight,
         },
-        ControlCmd::Backend(BackendCmd::Drain { vip, address, undo }) => Request::BackendDrain {
+        ControlCmd::Backend(BackendCmd::Drain {
+            vip, address, undo, ..
+        }) => Request::BackendDrain {
             vip: vip.id()?,
             address,
             drain: !undo,
@@ -289,8 +302,26 @@ pub(super) fn request(cmd: ControlCmd) -> Result<Request, EndpointError> {
 
 /// Sends the command's request to the agent and prints its answer.
 pub fn run(cmd: ControlCmd, socket: Option<PathBuf>, json: bool) -> Result<()> {
+    let wait = match &cmd {
+        ControlCmd::Backend(BackendCmd::Drain {
+            vip,
+            address,
+            wait: true,
+            timeout,
+            ..
+        }) => Some(drain::Wait {
+            vip: vip.id()?,
+            address: *address,
+            timeout: timeout.map(Duration::from_secs),
+        }),
+        _ => None,
+    };
     let req = request(cmd)?;
     let socket = socket::find_socket(socket)?;
+    if let Some(wait) = wait {
+        let answer = socket::call(&socket, &req)?;
+        return drain::wait(&socket, wait, &answer, json);
+    }
     let answer = socket::call(&socket, &req)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&answer).context("json")?);

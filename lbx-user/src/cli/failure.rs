@@ -5,6 +5,7 @@ use std::{ffi::OsString, io, process::ExitCode};
 
 use serde_json::json;
 
+use super::drain::TimedOut;
 use crate::{
     agent::{
         AgentError,
@@ -28,6 +29,7 @@ Exit status:
   6  agent_unreachable: no agent answers on the control socket
   7  permission: the control socket and the data plane are for root
   8  kernel: the kernel refused (loading, verifying or attaching the program, a map update)
+  9  timeout: what the command waits for did not happen in time (its change stays)
 With --json, a failure prints {\"error\": {\"kind\": ..., \"message\": ..., \"hint\": ...}} on stdout.\n";
 
 /// Whether the command line asks for JSON, read before parsing so that a command line that
@@ -110,6 +112,16 @@ pub fn classify(e: &anyhow::Error) -> Failure {
             Some(Failure::new(dataplane_kind(d), d.to_string()))
         } else if let Some(p) = cause.downcast_ref::<EndpointError>() {
             Some(Failure::new(ErrorKind::Usage, p.to_string()))
+        } else if let Some(t) = cause.downcast_ref::<TimedOut>() {
+            Some(Failure {
+                kind: ErrorKind::Timeout,
+                message: t.to_string(),
+                hint: Some(
+                    "`lbx backend list` shows the count; a flow counts until it goes unseen \
+                     for the agent's --flow-idle-s"
+                        .into(),
+                ),
+            })
         } else {
             cause
                 .downcast_ref::<io::Error>()

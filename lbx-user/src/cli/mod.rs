@@ -4,6 +4,7 @@
 
 mod control;
 mod docs;
+mod drain;
 mod failure;
 mod model;
 mod output;

@@ -43,7 +43,7 @@ pub fn print(req: &Request, v: &Value) {
                 .collect(),
         ),
         Request::BackendList { .. } => table(
-            &["VIP", "BACKEND", "WEIGHT", "STATE", "MAC"],
+            &["VIP", "BACKEND", "WEIGHT", "STATE", "ACTIVE FLOWS", "MAC"],
             arr(v)
                 .iter()
                 .map(|x| {
@@ -57,6 +57,7 @@ pub fn print(req: &Request, v: &Value) {
                         s(&x["address"]),
                         s(&x["weight"]),
                         state.into(),
+                        s(&x["active_flows"]),
                         s(&x["mac"]),
                     ]
                 })
@@ -103,10 +104,12 @@ fn status(v: &Value) {
         s(&v["pins"])
     );
     println!(
-        "seed {}, table size {}, mtu {}",
+        "seed {}, table size {}, mtu {}, flows idle after {} s (TCP), {} s (UDP)",
         s(&v["seed"]),
         s(&v["table_size"]),
-        s(&v["mtu"])
+        s(&v["mtu"]),
+        s(&v["flow_idle_s"]["tcp"]),
+        s(&v["flow_idle_s"]["udp"])
     );
     for vip in arr(&v["vips"]) {
         println!();
@@ -123,6 +126,7 @@ fn status(v: &Value) {
                 "EFFECTIVE",
                 "STATE",
                 "SLOTS",
+                "ACTIVE FLOWS",
                 "HEALTH",
                 "MAC",
             ],
@@ -146,6 +150,7 @@ fn status(v: &Value) {
                         s(&b["effective_weight"]),
                         s(&b["state"]),
                         s(&b["table_slots"]),
+                        s(&b["active_flows"]),
                         health,
                         format!("{} ({})", s(&b["mac"]), s(&b["mac_source"])),
                     ]

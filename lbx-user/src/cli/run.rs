@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::HashMap;
 use clap::Args;
-use lbx_common::{AddrKey, DEFAULT_FLOWS, maps, programs};
+use lbx_common::{AddrKey, DEFAULT_FLOWS, DEFAULT_TCP_IDLE_S, DEFAULT_UDP_IDLE_S, maps, programs};
 
 use crate::{
     addr,
@@ -19,7 +19,7 @@ use crate::{
         run::{runtime, stop_signal},
         socket,
     },
-    dataplane::{self, Mode, Object, sys},
+    dataplane::{self, FlowIdle, Mode, Object, sys},
 };
 
 #[derive(Args)]
@@ -44,6 +44,15 @@ pub struct RunArgs {
     #[arg(long, default_value_t = DEFAULT_FLOWS,
           value_parser = clap::value_parser!(u32).range(1..=1 << 26))]
     pub flows: u32,
+    /// Seconds a TCP flow (and any flow but UDP) may go unseen and still count as
+    /// active: `lbx status`, `lbx backend list` and `lbx backend drain --wait` count the
+    /// active flows, and a slot unseen for longer is free for a new flow. 0: never idle.
+    /// Flows are seen to within the control interval.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TCP_IDLE_S)]
+    pub flow_idle_s: u16,
+    /// The same for UDP flows.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_UDP_IDLE_S)]
+    pub udp_flow_idle_s: u16,
     /// How often the agent reads the counters, runs the load models and revisits weights
     /// (adaptive VIPs, slow starts), in milliseconds. Shorter reacts sooner to load and
     /// moves more table slots per second (the churn budget is per interval).
@@ -123,6 +132,10 @@ pub fn run(args: RunArgs, socket: Option<PathBuf>) -> Result<()> {
         object,
         migrate: args.migrate,
         flows: args.flows,
+        flow_idle: FlowIdle {
+            tcp_s: args.flow_idle_s,
+            udp_s: args.udp_flow_idle_s,
+        },
         control_interval: Duration::from_millis(args.control_interval_ms),
         metrics_listen: args.metrics_listen,
     })

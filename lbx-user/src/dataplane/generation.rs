@@ -186,6 +186,17 @@ impl Publisher {
         Ok(generation)
     }
 
+    /// Moves the data plane's coarse clock (`Active::now`) to `now`: one word of
+    /// `ACTIVE`, the others as they are.
+    pub fn tick(&mut self, bal: &mut Balancer, now: u32) -> Result<(), PublishError> {
+        self.set_active(bal, Active { now, ..self.in_map })
+    }
+
+    /// The clock as the data plane reads it.
+    pub fn clock(&self) -> u32 {
+        self.in_map.now
+    }
+
     fn set_active(&mut self, bal: &mut Balancer, value: Active) -> Result<(), PublishError> {
         if value != self.in_map {
             bal.active.set(0, value, 0).map_err(map_err("ACTIVE"))?;
@@ -205,14 +216,14 @@ impl Publisher {
 /// Each step changes one word. The kernel may copy the value byte by byte; a reader
 /// meeting a write half done sees, per byte, the value before or after it, and either is
 /// safe at that step.
-fn switch_steps(now: Active, slot: u32, filter: u64) -> [Active; 3] {
-    let both = now.no_vip & !filter;
+fn switch_steps(current: Active, slot: u32, filter: u64) -> [Active; 3] {
+    let both = current.no_vip & !filter;
     let at = |slot, no_vip| Active {
         slot,
-        pad: 0,
         no_vip,
+        ..current
     };
-    [at(now.slot, both), at(slot, both), at(slot, !filter)]
+    [at(current.slot, both), at(slot, both), at(slot, !filter)]
 }
 
 #[cfg(test)]
@@ -233,10 +244,14 @@ mod tests {
             let (old, new) = (next() & next(), next() & next());
             let now = Active {
                 slot: 0,
-                pad: 0,
+                now: 7,
                 no_vip: !old,
             };
             let [narrow, flip, widen] = switch_steps(now, 1, new);
+            assert!(
+                [narrow, flip, widen].iter().all(|a| a.now == 7),
+                "the clock stays"
+            );
             // Readers of step 1 use the old generation; of step 2, either; of step 3,
             // the new one only.
             assert_eq!(narrow.slot, 0);

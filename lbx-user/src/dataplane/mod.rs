@@ -1,7 +1,9 @@
 //! The XDP data plane from user space: loading and attaching the programs and their maps,
 //! the plan from a configuration to map contents, stable slot numbers, the publisher that
-//! switches whole generations, and next-hop resolution for the frames the balancer sends.
+//! switches whole generations, the flows still active, and next-hop resolution for the
+//! frames the balancer sends.
 
+pub mod activity;
 mod balancer;
 mod error;
 pub mod generation;
@@ -21,3 +23,4 @@ pub use error::DataPlaneError;
 pub use mode::Mode;
 pub use object::Object;
 pub use pins::Pins;
+pub use plan::FlowIdle;

@@ -57,6 +57,23 @@ pub fn effective_weight(effective: Option<&Effective>, configured: u32) -> f64 {
     })
 }
 
+/// How long a flow may go unseen and still count as active, in seconds (zero: for ever);
+/// after that its connection-table slot is free for a new flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowIdle {
+    pub tcp_s: u16,
+    pub udp_s: u16,
+}
+
+impl Default for FlowIdle {
+    fn default() -> Self {
+        FlowIdle {
+            tcp_s: lbx_common::DEFAULT_TCP_IDLE_S,
+            udp_s: lbx_common::DEFAULT_UDP_IDLE_S,
+        }
+    }
+}
+
 /// Effective weights and health by (VIP, backend); a backend not in it runs as configured.
 pub type Overrides = BTreeMap<(VipId, IpAddr), Effective>;
 
@@ -66,6 +83,7 @@ pub fn build(
     slots: &Slots,
     macs: &BTreeMap<IpAddr, MacAddr>,
     mtu: u32,
+    idle: FlowIdle,
     overrides: &Overrides,
 ) -> Plan {
     let (src_v4, mask_v4) =
@@ -84,7 +102,8 @@ pub fn build(
         src_v6_hostmask: mask_v6,
         generation: 0,
         vip_salt: 0,
-        pad: 0,
+        tcp_idle_s: idle.tcp_s,
+        udp_idle_s: idle.udp_s,
     };
     let mut vips = Vec::new();
     let mut backends = Vec::new();
@@ -218,7 +237,14 @@ mod tests {
         }
         c.validate().unwrap();
         let (slots, _) = Slots::default().assign(&c);
-        let p = build(&c, &slots, &BTreeMap::new(), 1500, &Overrides::new());
+        let p = build(
+            &c,
+            &slots,
+            &BTreeMap::new(),
+            1500,
+            FlowIdle::default(),
+            &Overrides::new(),
+        );
         let mut table = [VipEntry::default(); VIP_TABLE_SLOTS];
         let mut used = std::collections::BTreeSet::new();
         for v in &p.vips {

@@ -9,7 +9,7 @@ use std::{
     ptr::NonNull,
 };
 
-use lbx_common::{RING_LANES, flows::FlowSlot};
+use lbx_common::{RING_LANES, flows::FlowSlot, ring_entry};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
@@ -230,6 +230,22 @@ impl MappedRings {
         unsafe { std::slice::from_raw_parts_mut(self.0.ptr.as_ptr(), self.0.len) }
     }
 
+    /// The `len` ring entries (backend slots) from element `start` on, as the program
+    /// reads them; `None` if they would run past the end of the rings.
+    pub fn read_ring(&self, start: usize, len: usize) -> Option<Vec<u32>> {
+        let count = len.div_ceil(RING_LANES as usize);
+        if start + count > self.0.len {
+            return None;
+        }
+        // SAFETY: in bounds of the mapping (checked above); read only.
+        let elems = unsafe { std::slice::from_raw_parts(self.0.ptr.as_ptr().add(start), count) };
+        Some(
+            (0..len as u32)
+                .map(|i| ring_entry(elems[(i / RING_LANES) as usize], i))
+                .collect(),
+        )
+    }
+
     /// Writes the ring `entries` (backend slots) from element `start` on, `RING_LANES`
     /// to an element, each whole element in one store.
     pub fn write_ring(&mut self, start: usize, entries: &[u32]) {
@@ -340,6 +356,19 @@ pub fn if_mtu(name: &str) -> io::Result<u32> {
     s.trim().parse().map_err(io::Error::other)
 }
 
+/// The data plane's coarse clock: whole seconds since boot, plus one so that no tick is
+/// zero (zero stands for "no clock yet"). Every agent of one boot reads the same clock,
+/// so the stamps an agent before this one wrote stay comparable.
+pub fn coarse_now() -> u32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write; CLOCK_BOOTTIME always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u32 + 1
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -379,6 +408,11 @@ impl MappedFlows {
     pub fn get(&self, i: usize) -> Option<FlowSlot> {
         // SAFETY: in bounds of the mapping; volatile because the kernel writes it.
         (i < self.0.len).then(|| unsafe { self.0.ptr.as_ptr().add(i).read_volatile() })
+    }
+
+    /// Every slot in order, each as `get` reads it.
+    pub fn slots(&self) -> impl Iterator<Item = FlowSlot> + '_ {
+        (0..self.0.len).filter_map(|i| self.get(i))
     }
 
     /// Writes slot `i` (in bounds), as a packet's insert does.

@@ -325,6 +325,12 @@ impl Collector for SnapshotFamilies {
         )?;
         self.backend_gauge(
             &mut enc,
+            "lbx_backend_active_flows",
+            "Flows to the backend seen within their idle time (a drain is over at 0)",
+            |b| Some(b.active_flows as f64),
+        )?;
+        self.backend_gauge(
+            &mut enc,
             "lbx_backend_measured_flows_per_second",
             "New flows per second over the last control interval",
             |b| b.measured_flows_per_s,
@@ -437,6 +443,7 @@ mod tests {
                     operator_weight: 100,
                     effective_weight: 100.0,
                     ring_slots: 101,
+                    active_flows: 5,
                     load: Some(LoadFigures {
                         adaptive_weight: 40,
                         evidence: "quiet",
@@ -463,6 +470,7 @@ mod tests {
             "lbx_vip_packets_total{vip=\"10.0.0.1:80/tcp\"} 11",
             "lbx_backend_bytes_total{vip=\"10.0.0.1:80/tcp\",backend=\"10.1.0.1\"} 1100",
             "lbx_backend_ring_slots{vip=\"10.0.0.1:80/tcp\",backend=\"10.1.0.1\"} 101",
+            "lbx_backend_active_flows{vip=\"10.0.0.1:80/tcp\",backend=\"10.1.0.1\"} 5",
             "lbx_backend_capacity_evidence{vip=\"10.0.0.1:80/tcp\",backend=\"10.1.0.1\",evidence=\"quiet\"} 1",
             "lbx_adaptive_weight_changes_total{vip=\"10.0.0.1:80/tcp\",backend=\"10.1.0.1\"} 2",
             "lbx_publications_total 1",

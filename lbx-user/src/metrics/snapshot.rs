@@ -44,6 +44,8 @@ pub struct BackendFigures {
     pub effective_weight: f64,
     /// Slots of the VIP's Maglev ring it owns.
     pub ring_slots: u64,
+    /// Flows of it seen within their idle time (`lbx run --flow-idle-s`).
+    pub active_flows: u64,
     /// New flows per second over the last control interval.
     pub measured_flows_per_s: Option<f64>,
     /// Health probe latency, smoothed, in seconds.

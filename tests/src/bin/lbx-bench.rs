@@ -367,7 +367,7 @@ fn criterion_estimate(dir: &Path, id: &str) -> Option<(f64, f64, f64)> {
 }
 
 /// The control-plane benchmark ids of lbx-user's `benches/control.rs`.
-const CONTROL: [(&str, &str); 4] = [
+const CONTROL: [(&str, &str); 6] = [
     (
         "maglev_build_65537/10",
         "Maglev table build, M = 65537, 10 backends",
@@ -383,6 +383,14 @@ const CONTROL: [(&str, &str); 4] = [
     (
         "publish_generation/4x10",
         "publish a generation (4 VIPs x 10 backends, M = 65537)",
+    ),
+    (
+        "active_flows/count_2^20",
+        "count active flows per backend, 2^20 flows",
+    ),
+    (
+        "active_flows/read_2^20",
+        "floor: one pass over the 2^20 mapped flows",
     ),
 ];
 
