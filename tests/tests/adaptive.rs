@@ -1,7 +1,8 @@
 //! Adaptive weights on real traffic: of three backends under an open-loop HTTP load, the one
 //! with a third of the others' capacity gets a clearly smaller weight and serves a clearly
 //! smaller share of the requests than equal weights would give it, and gets its weight back
-//! once its capacity is raised to theirs.
+//! once its capacity is raised to theirs. In between, the agent is restarted under the
+//! load: the next one goes on from the weights it takes over.
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -445,35 +446,6 @@ fn a_slow_backend_gets_less_load_and_its_weight_back_when_it_recovers() {
         capacity.unwrap_or(0.0)
     );
 
-    // 1b. An agent restarted under the load goes on from the weights it takes over (read
-    // back from the rings), not from the operator's equal ones, and holds them until its
-    // own models have estimated capacity again; the share below is measured after it.
-    let weights = |bs: &[Backend]| -> Vec<f64> {
-        let w: Vec<f64> = bs
-            .iter()
-            .map(|b| b.json["adaptive"]["weight"].as_f64().unwrap_or(0.0))
-            .collect();
-        let max = w.iter().copied().fold(0.0, f64::max).max(1.0);
-        w.iter().map(|x| x / max).collect()
-    };
-    let before = weights(&status_backends(&topo));
-    topo.restart_agent().expect("restart the agent under load");
-    let taken_over = status_backends(&topo);
-    let after = weights(&taken_over);
-    eprintln!("adaptive weights (of the largest) before a restart {before:.3?}, after {after:.3?}");
-    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
-        assert!(
-            (b - a).abs() <= 0.02,
-            "backend-{}'s weight went from {b:.3} to {a:.3} of the largest in a restart: {}",
-            i + 1,
-            describe(&taken_over)
-        );
-    }
-    let reason = taken_over[SLOW - 1].json["adaptive"]["reason"]
-        .as_str()
-        .unwrap_or_default();
-    assert!(reason.contains("taken over"), "{reason}");
-
     // 2. With its weight down, it gets and serves a clearly smaller share of the requests.
     let window_start = Instant::now();
     let flows_before = new_flows(&topo);
@@ -541,6 +513,60 @@ fn a_slow_backend_gets_less_load_and_its_weight_back_when_it_recovers() {
         flow_share * 100.0,
         MAX_SLOW_SHARE * 100.0
     );
+
+    // 2b. An agent restarted under the load goes on from the weights it takes over (read
+    // back from the rings), not from the operator's equal ones; its models start afresh,
+    // and the step below is the new agent's.
+    let weights = |bs: &[Backend]| -> Vec<f64> {
+        let w: Vec<f64> = bs
+            .iter()
+            .map(|b| b.json["adaptive"]["weight"].as_f64().unwrap_or(0.0))
+            .collect();
+        let max = w.iter().copied().fold(0.0, f64::max).max(1.0);
+        w.iter().map(|x| x / max).collect()
+    };
+    // The weights read must be those of the generation taken over: the old agent may
+    // publish a step between the read and its stop, then the next agent's first
+    // generation is not the read one's successor, and the handover is tried again.
+    let status = |topo: &Topology| {
+        lbx::agent::socket::call(topo.socket(), &lbx::agent::api::Request::Status)
+            .unwrap_or_else(|e| panic!("the agent's status: {e}"))
+    };
+    let mut taken_over = None;
+    for attempt in 1..=4 {
+        let read = status(&topo);
+        let before = weights(&backends(&topo, &read).expect("backends"));
+        topo.restart_agent().expect("restart the agent under load");
+        let next = status(&topo);
+        let (was, now) = (read["generation"].as_u64(), next["generation"].as_u64());
+        if now != was.map(|g| g + 1) {
+            eprintln!(
+                "restart {attempt}: generation {was:?} read, {now:?} after the handover: a \
+                 publication came between; again"
+            );
+            continue;
+        }
+        let bs = backends(&topo, &next).expect("backends");
+        let after = weights(&bs);
+        eprintln!(
+            "adaptive weights (of the largest) before a restart {before:.3?}, after {after:.3?}"
+        );
+        for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+            assert!(
+                (b - a).abs() <= 0.02,
+                "backend-{}'s weight went from {b:.3} to {a:.3} of the largest in a restart: {}",
+                i + 1,
+                describe(&bs)
+            );
+        }
+        taken_over = Some(bs);
+        break;
+    }
+    let taken_over = taken_over.expect("four restarts, each with a publication in between");
+    let reason = taken_over[SLOW - 1].json["adaptive"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.contains("taken over"), "{reason}");
 
     // 3. As fast as the others, it gets its weight back.
     set_capacity(&topo, SLOW, FAST_RPS, patience(Duration::from_secs(2)))

@@ -208,7 +208,8 @@ impl Agent {
                 || (u64::from(a.max_weight) * u64::from(b.weight) / u64::from(max_op)) as u32,
                 |(w, _)| *w,
             );
-            // A weight taken over is kept until the model knows better, or for a while.
+            // A weight taken over is kept until the new model estimates a capacity, or for
+            // a while: without an estimate the policy would go back to the operator's.
             let held = match self.held.get(&key) {
                 Some(until) if capacity.is_none() && Instant::now() < *until => true,
                 Some(_) => {
