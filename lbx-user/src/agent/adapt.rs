@@ -162,6 +162,7 @@ impl Agent {
             keep.extend(self.reweigh(v));
         }
         self.models.retain(|k, _| keep.contains_key(k));
+        self.held.retain(|k, _| keep.contains_key(k));
         self.reports.retain(|k, _| keep.contains_key(k));
         self.weight_changes.retain(|k, _| keep.contains_key(k));
         self.count_weight_changes(&keep);

@@ -15,8 +15,8 @@ use crate::{
     config::VipId,
 };
 
-/// How often the count is asked for: the agent's clock moves once per control interval
-/// (a second by default), so asking more often learns nothing new.
+/// How often the count is asked for: twice per tick of the agent's clock at the default
+/// control interval (a second); asking more often would learn nothing new.
 const POLL: Duration = Duration::from_millis(500);
 
 /// What to wait for.
