@@ -11,8 +11,10 @@ pub mod vips;
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 
+pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
 pub const PROTO_IPIP: u8 = 4;
 pub const PROTO_IPV6: u8 = 41;
 
@@ -41,11 +43,22 @@ pub const fn ring_elems(ring_size: u32) -> u32 {
     ring_size.div_ceil(RING_LANES)
 }
 
+/// Index in `RINGS` of the first element of the ring of VIP `number` in generation slot
+/// `slot`: each slot holds `MAX_VIPS` rings back to back.
+#[inline(always)]
+pub const fn ring_base(slot: u32, number: u32, ring_size: u32) -> u32 {
+    (slot * MAX_VIPS + number) * ring_elems(ring_size)
+}
+
 /// Ring entry `index` from its element of `RINGS` (`ring_base + index / RING_LANES`).
 #[inline(always)]
 pub fn ring_entry(elem: u64, index: u32) -> u32 {
     (elem >> ((index % RING_LANES) * 16)) as u32 & 0xffff
 }
+
+/// IPv6 extension headers the balancer walks to reach the ports (hop-by-hop, routing,
+/// destination options, fragment), at most.
+pub const IPV6_EXT_MAX: u32 = 4;
 
 /// Bytes each encapsulation prepends.
 pub const IPIP_OVERHEAD: u32 = 20;
@@ -166,6 +179,10 @@ impl Default for VipTable {
 
 /// The VIP's ring holds at least one backend; without it new flows are dropped.
 pub const VIP_F_HAS_BACKENDS: u32 = 1;
+/// Not a VIP: the entry of a VIP address whose echo requests the balancer answers. Its
+/// key is the address with port 0 and protocol `PROTO_ICMP` or `PROTO_ICMPV6`; it has no
+/// ring, backends or counters.
+pub const VIP_F_ECHO: u32 = 2;
 
 /// A backend of one VIP. Its slot number (stable across generations, index of
 /// `BACKEND_STATS`) is what rings and the connection table hold; generation slot `g` keeps
@@ -239,8 +256,13 @@ pub struct Settings {
     /// before its connection-table slot counts as free; zero: never.
     pub tcp_idle_s: u16,
     pub udp_idle_s: u16,
+    /// Until this second of `Active::now` a TCP packet without SYN that misses the
+    /// connection table takes the backend the previous generation's ring gives it, when
+    /// that backend still serves the VIP (the second chance); zero: never.
+    pub second_chance_until: u32,
+    pub pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 80);
+const _: () = assert!(core::mem::size_of::<Settings>() == 88);
 
 /// The bit of `Settings::vip_filter` and `Active::no_vip` for a destination address: one
 /// of 64, from all its bytes (cheap in BPF: three XORs and two shifts).
@@ -331,9 +353,11 @@ reasons! {
         PassMalformed = "pass_malformed",
         /// An IPv4 or IPv6 fragment: only the first one has ports.
         PassFragment = "pass_fragment",
-        /// An IPv6 extension header other than a fragment header (lbx does not walk them).
+        /// An IPv6 extension header lbx does not walk (AH, ESP, mobility, HIP, shim6), or
+        /// more than `IPV6_EXT_MAX` of those it walks.
         PassExtensionHeader = "pass_ipv6_ext_header",
-        /// Neither TCP nor UDP, to an address that may be a VIP's.
+        /// Neither TCP nor UDP, nor ICMP that the balancer answers or forwards, to an
+        /// address that may be a VIP's.
         PassNotTcpUdp = "pass_not_tcp_udp",
         /// No VIP matches destination, port and protocol; or the destination address is
         /// no VIP's (known from the IP header alone, whatever follows it).
@@ -348,6 +372,17 @@ reasons! {
         DropBadRing = "drop_bad_ring",
         /// The kernel refused to grow the packet's headroom.
         DropEncapFailed = "drop_encap_failed",
+        /// An ICMP or ICMPv6 error about a VIP's flow (fragmentation needed, packet too
+        /// big) encapsulated to the backend that serves the flow.
+        ForwardedIcmp = "forwarded_icmp",
+        /// An ICMP error to a VIP address whose embedded header is cut short or is not of
+        /// a packet the VIP sent: passed.
+        PassIcmpBadInner = "pass_icmp_bad_inner",
+        /// An echo request to a VIP address, answered by the balancer.
+        EchoReply = "echo_reply",
+        /// A TCP packet without SYN that missed the connection table went to the backend
+        /// of the previous generation's ring, not the current one's, and was recorded.
+        ForwardedSecondChance = "forwarded_second_chance",
     }
 }
 

@@ -8,14 +8,19 @@ mod cursor;
 mod decap;
 mod encap;
 mod floor;
+mod icmp;
+mod lookup;
 mod maps;
 mod parse;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lbx_common::stages;
 
-/// Balances packets for VIPs; passes everything else to the kernel unchanged.
+/// Balances packets for VIPs; passes everything else to the kernel unchanged. Inlined
+/// into the entry point the macro makes: as a function of its own, the call would cost
+/// every packet.
 #[xdp]
+#[inline(always)]
 pub fn lbx_balancer(ctx: XdpContext) -> u32 {
     balance::<{ stages::ALL }>(&ctx)
 }

@@ -66,11 +66,27 @@ impl Expect {
 
     /// Sent back out as `output`, counted as forwarded and as `traffic`.
     pub fn tx(output: Vec<u8>, traffic: Traffic) -> Expect {
+        Expect::tx_as(Reason::Forwarded, output, traffic)
+    }
+
+    /// Sent back out as `output`, counted as `reason` and as `traffic`.
+    pub fn tx_as(reason: Reason, output: Vec<u8>, traffic: Traffic) -> Expect {
         Expect::Outcome {
             verdict: Verdict::Tx,
-            reason: Reason::Forwarded,
+            reason,
             output,
             traffic: Some(traffic),
+        }
+    }
+
+    /// Sent back out as `output`, counted as `reason` alone: no VIP or backend counter
+    /// moves (an ICMP error forwarded, an echo reply).
+    pub fn sent(reason: Reason, output: Vec<u8>) -> Expect {
+        Expect::Outcome {
+            verdict: Verdict::Tx,
+            reason,
+            output,
+            traffic: None,
         }
     }
 }
@@ -87,6 +103,8 @@ pub struct Send {
 pub enum Step {
     /// Publish this configuration as the next generation.
     Configure(Box<Config>),
+    /// Move the data plane's clock (`Active::now`) to this second.
+    Tick(u32),
     Send(Send),
 }
 
@@ -344,6 +362,9 @@ pub fn run_cases(tb: &mut TestBalancer, cases: &[Case], min_packets: usize) {
             match step {
                 Step::Configure(c) => tb.configure(c).unwrap_or_else(|e| {
                     panic!("{}: publish the configuration: {e:#}", case.description)
+                }),
+                Step::Tick(now) => tb.tick(*now).unwrap_or_else(|e| {
+                    panic!("{}: move the clock to {now}: {e:#}", case.description)
                 }),
                 Step::Send(send) => {
                     checked += 1;

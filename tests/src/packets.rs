@@ -10,7 +10,7 @@ use std::{
 use etherparse::{
     ArpHardwareId, ArpOperation, ArpPacket, EtherType, Ethernet2Header, IpDscp, IpEcn,
     IpFragOffset, IpNumber, Ipv4Header, Ipv4Options, Ipv6FlowLabel, Ipv6FragmentHeader, Ipv6Header,
-    Ipv6RawExtHeader, SingleVlanHeader, TcpHeader, UdpHeader, VlanId, VlanPcp,
+    SingleVlanHeader, TcpHeader, UdpHeader, VlanId, VlanPcp,
 };
 use lbx_common::{FAMILY_V4, FAMILY_V6, FlowKey, hash::flow_hash};
 
@@ -26,6 +26,11 @@ pub const OUTER_TTL: u8 = 64;
 #[derive(Clone, Copy, Debug)]
 pub enum L4 {
     Tcp {
+        sport: u16,
+        dport: u16,
+    },
+    /// A TCP SYN (no ACK): the first packet of a connection.
+    Syn {
         sport: u16,
         dport: u16,
     },
@@ -46,9 +51,13 @@ impl L4 {
         L4::Udp { sport, dport }
     }
 
+    pub fn syn(sport: u16, dport: u16) -> L4 {
+        L4::Syn { sport, dport }
+    }
+
     fn number(self) -> IpNumber {
         match self {
-            L4::Tcp { .. } => IpNumber::TCP,
+            L4::Tcp { .. } | L4::Syn { .. } => IpNumber::TCP,
             L4::Udp { .. } => IpNumber::UDP,
             L4::Other(n) => IpNumber(n),
         }
@@ -56,7 +65,9 @@ impl L4 {
 
     fn ports(self) -> (u16, u16) {
         match self {
-            L4::Tcp { sport, dport } | L4::Udp { sport, dport } => (sport, dport),
+            L4::Tcp { sport, dport } | L4::Syn { sport, dport } | L4::Udp { sport, dport } => {
+                (sport, dport)
+            }
             L4::Other(_) => (0, 0),
         }
     }
@@ -95,13 +106,71 @@ impl V4 {
     }
 }
 
-/// An extension header between the IPv6 header and the transport.
+/// An extension header between the IPv6 header and the transport (RFC 8200).
 #[derive(Clone, Copy, Debug)]
 pub enum V6Ext {
-    Fragment { offset: u16, more: bool },
+    /// Offset in 8-byte units.
+    Fragment {
+        offset: u16,
+        more: bool,
+    },
+    /// 8 bytes: one PadN option.
     HopByHop,
     DestinationOptions,
+    /// 8 bytes: routing type 253 (experimental), segments left 0.
     Routing,
+    /// Hop-by-hop (0), routing (43) or destination options (60) of `(len + 1) * 8` bytes.
+    Sized {
+        number: u8,
+        len: u8,
+    },
+    /// A header lbx does not walk (ESP 50, AH 51, mobility 135, HIP 139, shim6 140), 8
+    /// bytes, its next header (where it has one) first.
+    Unwalked(u8),
+}
+
+impl V6Ext {
+    /// The header's protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            V6Ext::Fragment { .. } => 44,
+            V6Ext::HopByHop => 0,
+            V6Ext::DestinationOptions => 60,
+            V6Ext::Routing => 43,
+            V6Ext::Sized { number, .. } | V6Ext::Unwalked(number) => number,
+        }
+    }
+
+    /// The header's bytes, followed by protocol `next`.
+    pub fn bytes(self, next: u8) -> Vec<u8> {
+        match self {
+            V6Ext::Fragment { offset, more } => {
+                let mut out = Vec::new();
+                Ipv6FragmentHeader::new(
+                    IpNumber(next),
+                    IpFragOffset::try_new(offset).expect("13 bits"),
+                    more,
+                    0x0bad_cafe,
+                )
+                .write(&mut out)
+                .expect("write to a Vec");
+                out
+            }
+            V6Ext::HopByHop | V6Ext::DestinationOptions => vec![next, 0, 1, 4, 0, 0, 0, 0],
+            V6Ext::Routing => vec![next, 0, 253, 0, 0, 0, 0, 0],
+            V6Ext::Sized { number, len } => {
+                // Pad1 options fill an options header; a routing header gets type 253.
+                let mut out = vec![0; (usize::from(len) + 1) * 8];
+                out[0] = next;
+                out[1] = len;
+                if number == 43 {
+                    out[2] = 253;
+                }
+                out
+            }
+            V6Ext::Unwalked(_) => vec![next, 0, 0, 0, 0, 0, 0, 0],
+        }
+    }
 }
 
 /// An IPv6 header's choices.
@@ -112,7 +181,8 @@ pub struct V6 {
     pub traffic_class: u8,
     pub flow_label: u32,
     pub hop_limit: u8,
-    pub ext: Option<V6Ext>,
+    /// Extension headers in order, between the IPv6 header and the transport.
+    pub ext: Vec<V6Ext>,
 }
 
 impl V6 {
@@ -123,7 +193,7 @@ impl V6 {
             traffic_class: 0,
             flow_label: 0,
             hop_limit: 64,
-            ext: None,
+            ext: Vec::new(),
         }
     }
 }
@@ -140,11 +210,15 @@ fn eth(ether_type: EtherType) -> Ethernet2Header {
 fn transport(l4: L4, payload: &[u8], v4: Option<&Ipv4Header>, v6: Option<&Ipv6Header>) -> Vec<u8> {
     let mut out = Vec::new();
     match l4 {
-        L4::Tcp { sport, dport } => {
+        L4::Tcp { sport, dport } | L4::Syn { sport, dport } => {
             let mut t = TcpHeader::new(sport, dport, 0x0102_0304, 64240);
-            t.ack = true;
-            t.psh = true;
-            t.acknowledgment_number = 0x0a0b_0c0d;
+            if matches!(l4, L4::Syn { .. }) {
+                t.syn = true;
+            } else {
+                t.ack = true;
+                t.psh = true;
+                t.acknowledgment_number = 0x0a0b_0c0d;
+            }
             t.checksum = match (v4, v6) {
                 (Some(ip), _) => t.calc_checksum_ipv4(ip, payload).expect("fits"),
                 (_, Some(ip)) => t.calc_checksum_ipv6(ip, payload).expect("fits"),
@@ -188,7 +262,7 @@ fn ipv4_header(ip: &V4, proto: IpNumber, payload_len: usize) -> Ipv4Header {
 /// Ethernet + IPv4 + transport + payload.
 pub fn ipv4(ip: &V4, l4: L4, payload: &[u8]) -> Vec<u8> {
     let l4_len = match l4 {
-        L4::Tcp { .. } => TcpHeader::MIN_LEN,
+        L4::Tcp { .. } | L4::Syn { .. } => TcpHeader::MIN_LEN,
         L4::Udp { .. } => UdpHeader::LEN,
         L4::Other(_) => 0,
     };
@@ -202,7 +276,7 @@ pub fn ipv4(ip: &V4, l4: L4, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Ethernet + IPv6 (+ one extension header) + transport + payload.
+/// Ethernet + IPv6 + its extension headers + transport + payload.
 pub fn ipv6(ip: &V6, l4: L4, payload: &[u8]) -> Vec<u8> {
     let mut h = Ipv6Header {
         traffic_class: ip.traffic_class,
@@ -213,37 +287,15 @@ pub fn ipv6(ip: &V6, l4: L4, payload: &[u8]) -> Vec<u8> {
         source: ip.src.octets(),
         destination: ip.dst.octets(),
     };
-    // The transport checksum covers the final header's view: next header = transport.
+    // The transport checksum's pseudo header names the transport, whatever comes between.
     let body = transport(l4, payload, None, Some(&h));
     let mut ext = Vec::new();
-    match ip.ext {
-        None => {}
-        Some(V6Ext::Fragment { offset, more }) => {
-            h.next_header = IpNumber::IPV6_FRAGMENTATION_HEADER;
-            Ipv6FragmentHeader::new(
-                l4.number(),
-                IpFragOffset::try_new(offset).expect("13 bits"),
-                more,
-                0x0bad_cafe,
-            )
-            .write(&mut ext)
-            .expect("write to a Vec");
-        }
-        Some(kind) => {
-            let (number, body6) = match kind {
-                V6Ext::HopByHop => (IpNumber::IPV6_HEADER_HOP_BY_HOP, [1u8, 4, 0, 0, 0, 0]),
-                V6Ext::DestinationOptions => {
-                    (IpNumber::IPV6_DESTINATION_OPTIONS, [1u8, 4, 0, 0, 0, 0])
-                }
-                // Routing type 253 (experimental), segments left 0.
-                _ => (IpNumber::IPV6_ROUTE_HEADER, [253u8, 0, 0, 0, 0, 0]),
-            };
-            h.next_header = number;
-            Ipv6RawExtHeader::new_raw(l4.number(), &body6)
-                .expect("6 bytes")
-                .write(&mut ext)
-                .expect("write to a Vec");
-        }
+    for (i, e) in ip.ext.iter().enumerate() {
+        let next = ip.ext.get(i + 1).map_or(l4.number().0, |n| n.number());
+        ext.extend(e.bytes(next));
+    }
+    if let Some(first) = ip.ext.first() {
+        h.next_header = IpNumber(first.number());
     }
     h.set_payload_length(ext.len() + body.len()).expect("fits");
     let mut out = Vec::new();
@@ -263,6 +315,170 @@ pub fn simple(src: IpAddr, dst: IpAddr, l4: L4, payload: &[u8]) -> Vec<u8> {
         (IpAddr::V6(s), IpAddr::V6(d)) => ipv6(&V6::new(s, d), l4, payload),
         _ => panic!("{src} and {dst} are of different families"),
     }
+}
+
+/// The RFC 1071 checksum of `data`: the complement of its one's-complement sum of 16-bit
+/// words, an odd last byte padded with zero.
+pub fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u64 = data
+        .chunks(2)
+        .map(|c| u64::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The ICMPv6 pseudo header (RFC 8200 section 8.1) for a message of `len` bytes.
+fn icmp6_pseudo_header(src: [u8; 16], dst: [u8; 16], len: usize) -> Vec<u8> {
+    let mut p = Vec::with_capacity(40);
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&dst);
+    p.extend_from_slice(&(len as u32).to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, 58]);
+    p
+}
+
+/// An ICMP message (RFC 792): type, code, checksum over the message, the four bytes that
+/// depend on the type (`rest`), and the body.
+pub fn icmp4_message(kind: u8, code: u8, rest: [u8; 4], body: &[u8]) -> Vec<u8> {
+    let mut m = vec![kind, code, 0, 0];
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(body);
+    let sum = internet_checksum(&m);
+    m[2..4].copy_from_slice(&sum.to_be_bytes());
+    m
+}
+
+/// An ICMPv6 message (RFC 4443) from `src` to `dst`, its checksum over the pseudo header
+/// and the message.
+pub fn icmp6_message(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    kind: u8,
+    code: u8,
+    rest: [u8; 4],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut m = vec![kind, code, 0, 0];
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(body);
+    let mut all = icmp6_pseudo_header(src.octets(), dst.octets(), m.len());
+    all.extend_from_slice(&m);
+    let sum = internet_checksum(&all);
+    m[2..4].copy_from_slice(&sum.to_be_bytes());
+    m
+}
+
+/// Ethernet + IPv4 + an ICMP message.
+pub fn icmp4(ip: &V4, kind: u8, code: u8, rest: [u8; 4], body: &[u8]) -> Vec<u8> {
+    ipv4(ip, L4::Other(1), &icmp4_message(kind, code, rest, body))
+}
+
+/// Ethernet + IPv6 (and its extension headers) + an ICMPv6 message.
+pub fn icmp6(ip: &V6, kind: u8, code: u8, rest: [u8; 4], body: &[u8]) -> Vec<u8> {
+    let m = icmp6_message(ip.src, ip.dst, kind, code, rest, body);
+    ipv6(ip, L4::Other(58), &m)
+}
+
+/// The IP packet of a frame built here: what follows the Ethernet header.
+pub fn ip_packet(frame: &[u8]) -> &[u8] {
+    &frame[Ethernet2Header::LEN..]
+}
+
+/// An ICMP "fragmentation needed" (type 3 code 4, RFC 1191) with next-hop MTU `mtu`,
+/// embedding `embedded` (the start of the IP packet that did not fit).
+pub fn frag_needed(ip: &V4, mtu: u16, embedded: &[u8]) -> Vec<u8> {
+    let [a, b] = mtu.to_be_bytes();
+    icmp4(ip, 3, 4, [0, 0, a, b], embedded)
+}
+
+/// An ICMPv6 "packet too big" (type 2, RFC 4443 section 3.2) with `code` and `mtu`.
+pub fn packet_too_big(ip: &V6, code: u8, mtu: u32, embedded: &[u8]) -> Vec<u8> {
+    icmp6(ip, 2, code, mtu.to_be_bytes(), embedded)
+}
+
+/// An ICMP echo request (type 8).
+pub fn echo_request4(ip: &V4, id: u16, seq: u16, data: &[u8]) -> Vec<u8> {
+    let [a, b] = id.to_be_bytes();
+    let [c, d] = seq.to_be_bytes();
+    icmp4(ip, 8, 0, [a, b, c, d], data)
+}
+
+/// An ICMPv6 echo request (type 128).
+pub fn echo_request6(ip: &V6, id: u16, seq: u16, data: &[u8]) -> Vec<u8> {
+    let [a, b] = id.to_be_bytes();
+    let [c, d] = seq.to_be_bytes();
+    icmp6(ip, 128, 0, [a, b, c, d], data)
+}
+
+/// Offset (in the frame) and protocol of what follows the extension headers of the IPv6
+/// packet at offset 14 whose first next header is `next`: hop-by-hop, routing and
+/// destination options by their length byte, fragments of 8 bytes.
+fn after_extensions(frame: &[u8], mut next: u8) -> (usize, u8) {
+    let mut at = Ethernet2Header::LEN + Ipv6Header::LEN;
+    loop {
+        match next {
+            0 | 43 | 60 => {
+                let len = (usize::from(frame[at + 1]) + 1) * 8;
+                next = frame[at];
+                at += len;
+            }
+            44 => {
+                next = frame[at];
+                at += 8;
+            }
+            _ => return (at, next),
+        }
+    }
+}
+
+/// The echo reply (RFC 792, RFC 4443 section 4.2) a responder in place of the VIP sends
+/// for the echo request `request`: MACs and addresses swapped, TTL / hop limit 64, reply
+/// type and code 0, IPv4 header and ICMP checksums computed anew over the reply (IPv6: with
+/// the reply's pseudo header); identifier, sequence, data, IP options and extension
+/// headers, and bytes after the IP packet, as they came.
+pub fn echo_reply(request: &[u8]) -> Vec<u8> {
+    let mut out = request.to_vec();
+    out[0..6].copy_from_slice(&request[6..12]);
+    out[6..12].copy_from_slice(&request[0..6]);
+    let ip_at = Ethernet2Header::LEN;
+    let (e, _) = Ethernet2Header::from_slice(request).expect("Ethernet");
+    if e.ether_type == EtherType::IPV4 {
+        let (mut h, _) = Ipv4Header::from_slice(&request[ip_at..]).expect("IPv4");
+        std::mem::swap(&mut h.source, &mut h.destination);
+        h.time_to_live = OUTER_TTL;
+        h.header_checksum = h.calc_header_checksum();
+        let mut hb = Vec::new();
+        h.write(&mut hb).expect("write to a Vec");
+        out[ip_at..ip_at + hb.len()].copy_from_slice(&hb);
+        let at = ip_at + hb.len();
+        let end = ip_at + usize::from(h.total_len);
+        out[at] = 0;
+        out[at + 1] = 0;
+        out[at + 2..at + 4].copy_from_slice(&[0, 0]);
+        let sum = internet_checksum(&out[at..end]);
+        out[at + 2..at + 4].copy_from_slice(&sum.to_be_bytes());
+    } else {
+        let (mut h, _) = Ipv6Header::from_slice(&request[ip_at..]).expect("IPv6");
+        std::mem::swap(&mut h.source, &mut h.destination);
+        h.hop_limit = OUTER_TTL;
+        let mut hb = Vec::new();
+        h.write(&mut hb).expect("write to a Vec");
+        out[ip_at..ip_at + hb.len()].copy_from_slice(&hb);
+        let (at, next) = after_extensions(request, h.next_header.0);
+        assert_eq!(next, 58, "an ICMPv6 echo request");
+        let end = ip_at + Ipv6Header::LEN + usize::from(h.payload_length);
+        out[at] = 129;
+        out[at + 1] = 0;
+        out[at + 2..at + 4].copy_from_slice(&[0, 0]);
+        let mut all = icmp6_pseudo_header(h.source, h.destination, end - at);
+        all.extend_from_slice(&out[at..end]);
+        let sum = internet_checksum(&all);
+        out[at + 2..at + 4].copy_from_slice(&sum.to_be_bytes());
+    }
+    out
 }
 
 /// A broadcast ARP request: who has `target`, tell `sender`.
@@ -450,6 +666,8 @@ pub fn fields(frame: &[u8]) -> Vec<(String, String)> {
 }
 
 fn ip_fields(f: &mut Vec<(String, String)>, p: &str, b: &[u8], t: EtherType) {
+    // IPv6 addresses, for the ICMPv6 checksum.
+    let mut pseudo = None;
     let mut put = |k: &str, v: String| f.push((format!("{p}.{k}"), v));
     let (next, rest) = if t == EtherType::IPV4 {
         let (h, rest) = match Ipv4Header::from_slice(b) {
@@ -504,13 +722,42 @@ fn ip_fields(f: &mut Vec<(String, String)>, p: &str, b: &[u8], t: EtherType) {
         put("src", h.source_addr().to_string());
         put("dst", h.destination_addr().to_string());
         let rest_len = rest.len();
-        (
-            h.next_header,
-            &rest[..usize::from(h.payload_length).min(rest_len)],
-        )
+        let mut rest = &rest[..usize::from(h.payload_length).min(rest_len)];
+        let mut next = h.next_header;
+        // Extension headers, as the balancer walks them.
+        let mut n = 0;
+        while matches!(next.0, 0 | 43 | 44 | 60) && rest.len() >= 2 {
+            let len = if next.0 == 44 {
+                8
+            } else {
+                (usize::from(rest[1]) + 1) * 8
+            };
+            let what = if next.0 == 44 && rest.len() >= 4 {
+                let off = u16::from_be_bytes([rest[2], rest[3]]);
+                format!(
+                    "fragment, next {}, offset {}, more {}",
+                    rest[0],
+                    off >> 3,
+                    off & 1
+                )
+            } else {
+                format!("type {}, next {}, {len} bytes", next.0, rest[0])
+            };
+            put(&format!("ext{n}"), what);
+            n += 1;
+            next = IpNumber(rest[0]);
+            if len > rest.len() {
+                put("ext_cut", format!("{} of {len} bytes", rest.len()));
+                return;
+            }
+            rest = &rest[len..];
+        }
+        pseudo = Some((h.source, h.destination));
+        (next, rest)
     };
     let trailer = b.len() - (rest.as_ptr() as usize - b.as_ptr() as usize) - rest.len();
     match next {
+        IpNumber::ICMP | IpNumber::IPV6_ICMP => icmp_fields(f, p, rest, pseudo),
         IpNumber::IPV4 => ip_fields(f, &format!("{p}.inner"), rest, EtherType::IPV4),
         IpNumber::IPV6 => ip_fields(f, &format!("{p}.inner"), rest, EtherType::IPV6),
         IpNumber::TCP => match TcpHeader::from_slice(rest) {
@@ -538,6 +785,55 @@ fn ip_fields(f: &mut Vec<(String, String)>, p: &str, b: &[u8], t: EtherType) {
     }
     if trailer > 0 {
         f.push((format!("{p}.after_packet"), format!("{trailer} bytes")));
+    }
+}
+
+/// An ICMP or ICMPv6 message (`pseudo`: the IPv6 addresses): type, code, checksum, and
+/// an error's embedded packet.
+fn icmp_fields(
+    f: &mut Vec<(String, String)>,
+    p: &str,
+    m: &[u8],
+    pseudo: Option<([u8; 16], [u8; 16])>,
+) {
+    let p = format!("{p}.icmp");
+    if m.len() < 8 {
+        f.push((format!("{p}.undecoded"), format!("cut short: {}", hex(m))));
+        return;
+    }
+    f.push((format!("{p}.type"), m[0].to_string()));
+    f.push((format!("{p}.code"), m[1].to_string()));
+    let ok = match pseudo {
+        None => internet_checksum(m) == 0,
+        Some((s, d)) => {
+            let mut all = icmp6_pseudo_header(s, d, m.len());
+            all.extend_from_slice(m);
+            internet_checksum(&all) == 0
+        }
+    };
+    f.push((
+        format!("{p}.checksum"),
+        format!(
+            "{:#06x} ({})",
+            u16::from_be_bytes([m[2], m[3]]),
+            if ok { "ok" } else { "BAD" }
+        ),
+    ));
+    f.push((format!("{p}.rest"), hex(&m[4..8])));
+    let error = match pseudo {
+        None => matches!(m[0], 3 | 11 | 12),
+        Some(_) => matches!(m[0], 1..=4),
+    };
+    let inner = &m[8..];
+    if error && !inner.is_empty() {
+        let t = if inner[0] >> 4 == 6 {
+            EtherType::IPV6
+        } else {
+            EtherType::IPV4
+        };
+        ip_fields(f, &format!("{p}.inner"), inner, t);
+    } else {
+        f.push((format!("{p}.data"), format!("{} bytes", inner.len())));
     }
 }
 

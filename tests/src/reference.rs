@@ -16,8 +16,9 @@ use std::{
 
 use lbx_common::{
     Addr, BACKEND_F_DOWN, Backend, FAMILY_V4, FAMILY_V6, FlowEntry, FlowKey, IP6IP6_OVERHEAD,
-    IPIP_OVERHEAD, MAX_BACKENDS, OUTER_TTL, PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP, Reason,
-    SETTINGS_F_PORT0_V4, SETTINGS_F_PORT0_V6, Settings, VIP_F_HAS_BACKENDS, VipKey,
+    IPIP_OVERHEAD, IPV6_EXT_MAX, MAX_BACKENDS, OUTER_TTL, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP,
+    PROTO_IPV6, PROTO_TCP, PROTO_UDP, Reason, SETTINGS_F_PORT0_V4, SETTINGS_F_PORT0_V6, Settings,
+    VIP_F_HAS_BACKENDS, VipKey,
     flows::{self, FLOW_WAYS, FlowSlot},
     hash::flow_hash,
     vip_filter_bit,
@@ -35,9 +36,21 @@ const ETHERTYPE_IPV6: u16 = 0x86dd;
 /// IPv4 flags and fragment offset: "more fragments" and the offset mean a fragment.
 const IPV4_MF_OFFSET: u16 = 0x3fff;
 const IPV4_DF: u16 = 0x4000;
+const TCP_SYN: u8 = 0x02;
+/// IPv6 extension headers the program walks to the ports: hop-by-hop, routing, fragment,
+/// destination options (RFC 8200); and those it does not (RFC 7045's list).
 const IPV6_FRAGMENT: u8 = 44;
-/// IPv6 extension headers the program does not walk (RFC 8200, RFC 7045's list).
-const IPV6_EXTENSIONS: [u8; 8] = [0, 43, 50, 51, 60, 135, 139, 140];
+const IPV6_WALKED: [u8; 4] = [0, 43, IPV6_FRAGMENT, 60];
+const IPV6_UNWALKED: [u8; 5] = [50, 51, 135, 139, 140];
+/// ICMP (RFC 792) and ICMPv6 (RFC 4443): the header, and the types the program reads.
+const ICMP_LEN: usize = 8;
+const ICMP_V4_UNREACHABLE: u8 = 3;
+const ICMP_V4_FRAG_NEEDED: u8 = 4;
+const ICMP_V4_ECHO_REQUEST: u8 = 8;
+const ICMP_V4_ECHO_REPLY: u8 = 0;
+const ICMP_V6_TOO_BIG: u8 = 2;
+const ICMP_V6_ECHO_REQUEST: u8 = 128;
+const ICMP_V6_ECHO_REPLY: u8 = 129;
 
 /// The XDP verdict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -70,7 +83,10 @@ impl Verdict {
     /// What the program does for a reason: forward, drop, or hand to the kernel.
     pub fn of(reason: Reason) -> Verdict {
         match reason {
-            Reason::Forwarded => Verdict::Tx,
+            Reason::Forwarded
+            | Reason::ForwardedSecondChance
+            | Reason::ForwardedIcmp
+            | Reason::EchoReply => Verdict::Tx,
             Reason::DropNoBackend
             | Reason::DropTooBig
             | Reason::DropBadRing
@@ -81,7 +97,8 @@ impl Verdict {
             | Reason::PassExtensionHeader
             | Reason::PassNotTcpUdp
             | Reason::PassNotVip
-            | Reason::PassNoConfig => Verdict::Pass,
+            | Reason::PassNoConfig
+            | Reason::PassIcmpBadInner => Verdict::Pass,
         }
     }
 }
@@ -93,6 +110,8 @@ pub enum Source {
     Table,
     /// The Maglev ring (and an entry was inserted).
     Ring,
+    /// The previous generation's ring: a second chance (and an entry was inserted).
+    PreviousRing,
 }
 
 /// The backend a VIP packet went to.
@@ -119,14 +138,18 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// Whether the VIP and backend traffic counters count this packet: only packets sent.
+    /// Whether the VIP and backend traffic counters count this packet: only packets of a
+    /// flow that were sent (not ICMP errors forwarded, nor echo replies).
     pub fn counted(&self) -> bool {
-        self.reason == Reason::Forwarded
+        matches!(
+            self.reason,
+            Reason::Forwarded | Reason::ForwardedSecondChance
+        )
     }
 
     /// Whether the packet started a flow (a counted packet that missed the table).
     pub fn new_flow(&self) -> bool {
-        self.counted() && self.backend.is_some_and(|b| b.source == Source::Ring)
+        self.counted() && self.backend.is_some_and(|b| b.source != Source::Table)
     }
 }
 
@@ -213,10 +236,13 @@ impl FlowTable {
     }
 }
 
-/// The published configuration as the program reads it: one generation's tables.
+/// The published configuration as the program reads it: one generation's tables, and
+/// the previous generation's for a second chance.
 pub struct Reference<'a> {
     /// `None`: nothing published yet.
     tables: Option<Tables<'a>>,
+    /// The generation before, with `Settings::second_chance_until` of this one.
+    previous: Option<(Tables<'a>, u32)>,
     /// The data plane's clock (`Active::now`).
     now: u32,
 }
@@ -224,33 +250,44 @@ pub struct Reference<'a> {
 struct Tables<'a> {
     settings: Settings,
     vips: HashMap<VipKey, &'a PlannedVip>,
+    /// The VIP addresses whose echo requests are answered, as echo entry keys.
+    echo: Vec<VipKey>,
     /// Indexed by backend slot; family 0 is an empty slot.
     backends: Vec<Backend>,
 }
 
-/// The fields of a parsed TCP or UDP packet the decision uses.
+impl<'a> Tables<'a> {
+    fn of(plan: &'a Plan) -> Self {
+        let mut backends = vec![Backend::default(); MAX_BACKENDS as usize];
+        for (slot, b) in &plan.backends {
+            backends[*slot as usize] = *b;
+        }
+        Tables {
+            settings: plan.settings,
+            vips: plan.vips.iter().map(|v| (v.key, v)).collect(),
+            echo: plan.echo.iter().map(|(k, _)| *k).collect(),
+            backends,
+        }
+    }
+}
+
+/// The fields of a parsed packet the decision uses.
 struct Parsed {
     key: FlowKey,
     /// Bytes of the IP packet per its header: what encapsulation wraps.
     l3_len: usize,
     tos: u8,
     df: bool,
+    /// TCP's flags; zero otherwise.
+    tcp_flags: u8,
 }
 
 impl<'a> Reference<'a> {
     /// The model of a balancer running `plan`.
     pub fn new(plan: &'a Plan) -> Self {
-        let mut backends = vec![Backend::default(); MAX_BACKENDS as usize];
-        for (slot, b) in &plan.backends {
-            backends[*slot as usize] = *b;
-        }
-        let vips = plan.vips.iter().map(|v| (v.key, v)).collect();
         Reference {
-            tables: Some(Tables {
-                settings: plan.settings,
-                vips,
-                backends,
-            }),
+            tables: Some(Tables::of(plan)),
+            previous: None,
             now: 0,
         }
     }
@@ -260,10 +297,20 @@ impl<'a> Reference<'a> {
         Reference { now, ..self }
     }
 
+    /// The same model published right after `previous`, with the second chance open
+    /// until `until` (`Settings::second_chance_until` as the agent wrote it; 0: never).
+    pub fn after(self, previous: &'a Plan, until: u32) -> Self {
+        Reference {
+            previous: Some((Tables::of(previous), until)),
+            ..self
+        }
+    }
+
     /// The model of a balancer loaded but not configured yet.
     pub fn unconfigured() -> Self {
         Reference {
             tables: None,
+            previous: None,
             now: 0,
         }
     }
@@ -279,26 +326,35 @@ impl<'a> Reference<'a> {
             output: frame.to_vec(),
         };
         let reason = match self.balance(flows, frame, &mut d) {
-            Ok(()) => Reason::Forwarded,
-            Err(r) => r,
+            Ok(r) | Err(r) => r,
         };
         d.reason = reason;
         d.verdict = Verdict::of(reason);
         d
     }
 
-    fn balance(&self, flows: &mut FlowTable, frame: &[u8], d: &mut Decision) -> Result<(), Reason> {
+    fn balance(
+        &self,
+        flows: &mut FlowTable,
+        frame: &[u8],
+        d: &mut Decision,
+    ) -> Result<Reason, Reason> {
         let net = network(frame)?;
         // `ACTIVE`'s not-a-VIP bits: the generation's own once published, none before.
         let no_vip = self.tables.as_ref().map_or(0, |t| !t.settings.vip_filter);
         if no_vip & vip_filter_bit(&net.parsed.key.dst) != 0 {
             return Err(Reason::PassNotVip);
         }
-        let pkt = transport(frame, net)?;
-        let t = self.tables.as_ref().ok_or(Reason::PassNoConfig)?;
-        if t.settings.ring_size == 0 {
-            return Err(Reason::PassNoConfig);
+        let icmp = if net.family() == FAMILY_V4 {
+            PROTO_ICMP
+        } else {
+            PROTO_ICMPV6
+        };
+        if net.parsed.key.proto == icmp {
+            return self.icmp(flows, frame, &net, d);
         }
+        let pkt = transport(frame, net)?;
+        let t = self.tables()?;
         let vip = t.lookup_vip(&pkt.key).ok_or(Reason::PassNotVip)?;
         d.vip = Some(vip.number);
 
@@ -321,13 +377,15 @@ impl<'a> Reference<'a> {
                     return Err(Reason::DropNoBackend);
                 }
                 let index = hash % t.settings.ring_size;
-                let slot = *vip.ring.get(index as usize).ok_or(Reason::DropBadRing)?;
-                let b = t
-                    .backends
-                    .get(slot as usize)
-                    .filter(|b| b.family == pkt.key.family)
-                    .copied()
-                    .ok_or(Reason::DropBadRing)?;
+                let (mut slot, mut b) = ring_backend(t, vip, index, pkt.key.family)?;
+                let mut source = Source::Ring;
+                if pkt.key.proto == PROTO_TCP
+                    && pkt.tcp_flags & TCP_SYN == 0
+                    && let Some(before) = self.previous_backend(vip, index, slot, pkt.key.family)
+                {
+                    (slot, b) = before;
+                    source = Source::PreviousRing;
+                }
                 flows.insert(
                     &words,
                     hash,
@@ -338,7 +396,7 @@ impl<'a> Reference<'a> {
                     self.now,
                     &t.settings,
                 );
-                (slot, b, Source::Ring)
+                (slot, b, source)
             }
         };
         d.backend = Some(Chosen {
@@ -353,8 +411,254 @@ impl<'a> Reference<'a> {
         } else {
             encap_v6(frame, &pkt, &backend, &t.settings, hash)?
         };
-        Ok(())
+        Ok(if source == Source::PreviousRing {
+            Reason::ForwardedSecondChance
+        } else {
+            Reason::Forwarded
+        })
     }
+
+    fn tables(&self) -> Result<&Tables<'a>, Reason> {
+        let t = self.tables.as_ref().ok_or(Reason::PassNoConfig)?;
+        if t.settings.ring_size == 0 {
+            return Err(Reason::PassNoConfig);
+        }
+        Ok(t)
+    }
+
+    /// The second chance: the previous generation's backend for ring entry `index`, if
+    /// the window is open, it is not `current`, and the same backend (uid) still serves
+    /// the VIP, not down.
+    fn previous_backend(
+        &self,
+        vip: &PlannedVip,
+        index: u32,
+        current: u32,
+        family: u8,
+    ) -> Option<(u32, Backend)> {
+        let t = self.tables.as_ref()?;
+        let (prev, until) = self.previous.as_ref()?;
+        if self.now >= *until || prev.settings.ring_size != t.settings.ring_size {
+            return None;
+        }
+        let before = prev.vips.get(&vip.key)?;
+        if before.number != vip.number || before.flags & VIP_F_HAS_BACKENDS == 0 {
+            return None;
+        }
+        let slot = *before.ring.get(index as usize)?;
+        if slot == current {
+            return None;
+        }
+        let then = prev.backends.get(slot as usize)?;
+        let now = t.backends.get(slot as usize)?;
+        let serves = now.family == family
+            && now.uid == then.uid
+            && now.vip == vip.number
+            && now.flags & BACKEND_F_DOWN == 0;
+        serves.then_some((slot, *now))
+    }
+
+    /// ICMP to an address that may be a VIP's: an error about a VIP's flow goes to its
+    /// backend, without touching the table; an echo request is answered.
+    fn icmp(
+        &self,
+        flows: &FlowTable,
+        frame: &[u8],
+        net: &Network,
+        d: &mut Decision,
+    ) -> Result<Reason, Reason> {
+        let message = icmp_message(frame, net)?;
+        let t = self.tables()?;
+        let Some(key) = message else {
+            let vip_key = VipKey {
+                addr: net.parsed.key.dst,
+                port_be: 0,
+                proto: net.parsed.key.proto,
+                family: net.family(),
+            };
+            if !t.echo.contains(&vip_key) {
+                return Err(Reason::PassNotTcpUdp);
+            }
+            d.output = echo_reply(frame, net);
+            return Ok(Reason::EchoReply);
+        };
+        let vip = t.lookup_vip(&key).ok_or(Reason::PassNotVip)?;
+        d.vip = Some(vip.number);
+        let hash = flow_hash(&key, t.settings.seed);
+        let hit = flows.find(&flows::key_words(&key), hash).and_then(|i| {
+            let e = flows.slots[i].entry;
+            let b = t.backends.get(e.backend as usize)?;
+            let takes_it = b.family != 0 && b.uid == e.uid && b.flags & BACKEND_F_DOWN == 0;
+            takes_it.then_some((e.backend, *b))
+        });
+        let (slot, backend, source) = match hit {
+            Some((slot, b)) => (slot, b, Source::Table),
+            None => {
+                if vip.flags & VIP_F_HAS_BACKENDS == 0 {
+                    return Err(Reason::DropNoBackend);
+                }
+                let (slot, b) = ring_backend(t, vip, hash % t.settings.ring_size, key.family)?;
+                (slot, b, Source::Ring)
+            }
+        };
+        d.backend = Some(Chosen {
+            slot,
+            addr: addr_of(backend.addr, backend.family),
+            mac: backend.mac,
+            source,
+        });
+        d.output = if key.family == FAMILY_V4 {
+            encap_v4(frame, &net.parsed, &backend, &t.settings, hash)?
+        } else {
+            encap_v6(frame, &net.parsed, &backend, &t.settings, hash)?
+        };
+        Ok(Reason::ForwardedIcmp)
+    }
+}
+
+/// The backend of ring entry `index` of the VIP.
+fn ring_backend(
+    t: &Tables,
+    vip: &PlannedVip,
+    index: u32,
+    family: u8,
+) -> Result<(u32, Backend), Reason> {
+    let slot = *vip.ring.get(index as usize).ok_or(Reason::DropBadRing)?;
+    let b = t
+        .backends
+        .get(slot as usize)
+        .filter(|b| b.family == family)
+        .copied()
+        .ok_or(Reason::DropBadRing)?;
+    Ok((slot, b))
+}
+
+/// What an ICMP packet to a VIP address asks of the balancer: `Some(flow)` for an error
+/// about that flow (client to VIP, as the client sends it), `None` for an echo request.
+fn icmp_message(frame: &[u8], net: &Network) -> Result<Option<FlowKey>, Reason> {
+    let h = frame
+        .get(net.l4..net.l4 + ICMP_LEN)
+        .ok_or(Reason::PassMalformed)?;
+    if net.l4_len < ICMP_LEN {
+        return Err(Reason::PassMalformed);
+    }
+    let (kind, code) = (h[0], h[1]);
+    let v4 = net.family() == FAMILY_V4;
+    if v4 && kind == ICMP_V4_UNREACHABLE && code == ICMP_V4_FRAG_NEEDED
+        || !v4 && kind == ICMP_V6_TOO_BIG
+    {
+        return embedded_flow(frame, net).map(Some);
+    }
+    let echo = if v4 {
+        ICMP_V4_ECHO_REQUEST
+    } else {
+        ICMP_V6_ECHO_REQUEST
+    };
+    if kind == echo && code == 0 {
+        return Ok(None);
+    }
+    Err(Reason::PassNotTcpUdp)
+}
+
+/// The flow of the packet an ICMP error embeds (RFC 792: its IP header and at least 8
+/// bytes after it; RFC 4443: as much as fits), which must be one the VIP sent: whole up
+/// to its ports, within the frame and the error's own length.
+fn embedded_flow(frame: &[u8], net: &Network) -> Result<FlowKey, Reason> {
+    let bad = Reason::PassIcmpBadInner;
+    let at = net.l4 + ICMP_LEN;
+    let room = net.l4_len - ICMP_LEN;
+    let inner = frame.get(at..).ok_or(bad)?;
+    let vip = net.parsed.key.dst;
+    let (family, header_len, proto, src, dst) = if net.family() == FAMILY_V4 {
+        let ip = inner.get(..IPV4_MIN).ok_or(bad)?;
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        let offset = be16(ip, 6) & 0x1fff;
+        if ip[0] >> 4 != 4 || ihl < IPV4_MIN || offset != 0 {
+            return Err(bad);
+        }
+        (
+            FAMILY_V4,
+            ihl,
+            ip[9],
+            words(&ip[12..16]),
+            words(&ip[16..20]),
+        )
+    } else {
+        let ip = inner.get(..IPV6_LEN).ok_or(bad)?;
+        if ip[0] >> 4 != 6 {
+            return Err(bad);
+        }
+        (
+            FAMILY_V6,
+            IPV6_LEN,
+            ip[6],
+            words(&ip[8..24]),
+            words(&ip[24..40]),
+        )
+    };
+    if header_len + 4 > room || !matches!(proto, PROTO_TCP | PROTO_UDP) || src != vip {
+        return Err(bad);
+    }
+    let ports = inner.get(header_len..header_len + 4).ok_or(bad)?;
+    Ok(FlowKey {
+        src: dst,
+        dst: vip,
+        sport_be: u16::from_ne_bytes([ports[2], ports[3]]),
+        dport_be: u16::from_ne_bytes([ports[0], ports[1]]),
+        proto,
+        family,
+        pad: 0,
+    })
+}
+
+/// The RFC 1071 sum of `data`, folded, not complemented.
+fn ones_sum(data: &[u8]) -> u32 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum
+}
+
+/// The echo reply to an echo request, in place: Ethernet and IP addresses swapped, TTL
+/// (hop limit) 64, the reply type and its checksum recomputed as the sender's updated
+/// by the type's change (RFC 1624), all else as it came.
+fn echo_reply(frame: &[u8], net: &Network) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[0..6].copy_from_slice(&frame[6..12]);
+    out[6..12].copy_from_slice(&frame[0..6]);
+    let ip = ETH_LEN;
+    let (request, reply) = if net.family() == FAMILY_V4 {
+        out[ip + 12..ip + 16].copy_from_slice(&frame[ip + 16..ip + 20]);
+        out[ip + 16..ip + 20].copy_from_slice(&frame[ip + 12..ip + 16]);
+        let old = [out[ip + 8], out[ip + 9]];
+        out[ip + 8] = OUTER_TTL;
+        let check = update_checksum(be16(&out, ip + 10), old, [out[ip + 8], out[ip + 9]]);
+        out[ip + 10..ip + 12].copy_from_slice(&check.to_be_bytes());
+        (ICMP_V4_ECHO_REQUEST, ICMP_V4_ECHO_REPLY)
+    } else {
+        out[ip + 8..ip + 24].copy_from_slice(&frame[ip + 24..ip + 40]);
+        out[ip + 24..ip + 40].copy_from_slice(&frame[ip + 8..ip + 24]);
+        out[ip + 7] = OUTER_TTL;
+        (ICMP_V6_ECHO_REQUEST, ICMP_V6_ECHO_REPLY)
+    };
+    let l4 = net.l4;
+    out[l4] = reply;
+    let check = update_checksum(be16(&out, l4 + 2), [request, 0], [reply, 0]);
+    out[l4 + 2..l4 + 4].copy_from_slice(&check.to_be_bytes());
+    out
+}
+
+/// RFC 1624 eqn. 3: the checksum `check` after the 16-bit word `old` became `new`.
+fn update_checksum(check: u16, old: [u8; 2], new: [u8; 2]) -> u16 {
+    let mut bytes = Vec::with_capacity(6);
+    bytes.extend_from_slice(&(!check).to_be_bytes());
+    bytes.extend_from_slice(&(!u16::from_be_bytes(old)).to_be_bytes());
+    bytes.extend_from_slice(&new);
+    !(ones_sum(&bytes) as u16)
 }
 
 impl Tables<'_> {
@@ -432,6 +736,12 @@ struct Network {
     l4_len: usize,
 }
 
+impl Network {
+    fn family(&self) -> u8 {
+        self.parsed.key.family
+    }
+}
+
 fn network_v4(frame: &[u8]) -> Result<Network, Reason> {
     let ip = frame
         .get(ETH_LEN..ETH_LEN + IPV4_MIN)
@@ -461,6 +771,7 @@ fn network_v4(frame: &[u8]) -> Result<Network, Reason> {
             l3_len: total,
             tos: ip[1],
             df: frags & IPV4_DF != 0,
+            tcp_flags: 0,
         },
         l4: ETH_LEN + ihl,
         l4_len: total - ihl,
@@ -475,11 +786,9 @@ fn network_v6(frame: &[u8]) -> Result<Network, Reason> {
     if ip[0] >> 4 != 6 || ETH_LEN + IPV6_LEN + payload > frame.len() {
         return Err(Reason::PassMalformed);
     }
-    let next = ip[6];
-    if next == IPV6_FRAGMENT {
-        return Err(Reason::PassFragment);
-    }
-    if IPV6_EXTENSIONS.contains(&next) {
+    let end = ETH_LEN + IPV6_LEN + payload;
+    let (next, l4) = extension_headers(frame, ip[6], end)?;
+    if IPV6_UNWALKED.contains(&next) {
         return Err(Reason::PassExtensionHeader);
     }
     Ok(Network {
@@ -496,16 +805,51 @@ fn network_v6(frame: &[u8]) -> Result<Network, Reason> {
             l3_len: IPV6_LEN + payload,
             tos: (ip[0] << 4) | (ip[1] >> 4),
             df: false,
+            tcp_flags: 0,
         },
-        l4: ETH_LEN + IPV6_LEN,
-        l4_len: payload,
+        l4,
+        l4_len: end - l4,
     })
+}
+
+/// Walks up to `IPV6_EXT_MAX` extension headers from `next`, within the payload ending at
+/// `end`: the header after them and its offset. Each is `[next, length in 8 bytes - 1]`
+/// but the fragment header (8 bytes), whose offset must be 0 (the first fragment has the
+/// ports, the others none).
+fn extension_headers(frame: &[u8], mut next: u8, end: usize) -> Result<(u8, usize), Reason> {
+    let mut at = ETH_LEN + IPV6_LEN;
+    for _ in 0..IPV6_EXT_MAX {
+        if !IPV6_WALKED.contains(&next) {
+            return Ok((next, at));
+        }
+        let h = frame.get(at..at + 4).ok_or(Reason::PassMalformed)?;
+        let len = if next == IPV6_FRAGMENT {
+            if be16(h, 2) >> 3 != 0 {
+                return Err(Reason::PassFragment);
+            }
+            8
+        } else {
+            (usize::from(h[1]) + 1) * 8
+        };
+        if at + len > end {
+            return Err(Reason::PassMalformed);
+        }
+        next = h[0];
+        at += len;
+    }
+    if IPV6_WALKED.contains(&next) {
+        return Err(Reason::PassExtensionHeader);
+    }
+    Ok((next, at))
 }
 
 /// The packet with its TCP or UDP ports.
 fn transport(frame: &[u8], net: Network) -> Result<Parsed, Reason> {
     let mut p = net.parsed;
     (p.key.sport_be, p.key.dport_be) = ports(frame, p.key.proto, net.l4, net.l4_len)?;
+    if p.key.proto == PROTO_TCP {
+        p.tcp_flags = frame[net.l4 + 13];
+    }
     Ok(p)
 }
 

@@ -89,6 +89,8 @@ pub struct TestBalancer {
     pub slots: Slots,
     /// The plan published last; `None` before the first publication.
     pub plan: Option<Plan>,
+    /// The plan published before it: the generation a second chance reads.
+    previous: Option<Plan>,
     /// The idle times the next configurations are published with.
     pub idle: FlowIdle,
 }
@@ -119,6 +121,7 @@ impl TestBalancer {
             publisher: Publisher::new().context("create the publication barrier")?,
             slots: Slots::default(),
             plan: None,
+            previous: None,
             idle: FlowIdle::default(),
         })
     }
@@ -149,17 +152,29 @@ impl TestBalancer {
             .reset_counters(&mut self.bal, &fresh.vips, &fresh.backends)?;
         self.publisher.publish(&mut self.bal, &plan)?;
         self.slots = slots;
-        self.plan = Some(plan);
+        self.previous = self.plan.replace(plan);
         Ok(())
     }
 
-    /// The reference model of what is published now, at the data plane's clock.
+    /// The reference model of what is published now, at the data plane's clock, with the
+    /// generation before it and the second chance's window as the publisher wrote it.
     pub fn reference(&self) -> Reference<'_> {
-        match &self.plan {
+        let model = match &self.plan {
             Some(p) => Reference::new(p),
             None => Reference::unconfigured(),
         }
-        .at(self.publisher.clock())
+        .at(self.publisher.clock());
+        match &self.previous {
+            Some(prev) => model.after(prev, self.second_chance_until()),
+            None => model,
+        }
+    }
+
+    /// `Settings::second_chance_until` of the active generation.
+    pub fn second_chance_until(&self) -> u32 {
+        let slot = self.bal.active.get(&0, 0).expect("ACTIVE reads").slot;
+        let settings = self.bal.settings.get(&slot, 0).expect("SETTINGS reads");
+        settings.second_chance_until
     }
 
     /// Moves the data plane's clock (`Active::now`) to `now`, as the agent's tick does.

@@ -323,7 +323,7 @@ fn valid(rng: &mut Rng, c: &RConfig) -> Vec<u8> {
             ip.flow_label = rng.u32() & 0xf_ffff;
             ip.hop_limit = rng.u8();
             if rng.chance(1, 25) {
-                ip.ext = Some(*rng.pick(&[
+                let exts = [
                     V6Ext::Fragment {
                         offset: 0,
                         more: true,
@@ -335,7 +335,10 @@ fn valid(rng: &mut Rng, c: &RConfig) -> Vec<u8> {
                     V6Ext::HopByHop,
                     V6Ext::DestinationOptions,
                     V6Ext::Routing,
-                ]));
+                ];
+                // Chains of one to five: the fifth is past the walk's bound.
+                let n = rng.range(1, 6);
+                ip.ext = (0..n).map(|_| *rng.pick(&exts)).collect();
             }
             packets::ipv6(&ip, l4, &payload)
         }
@@ -527,6 +530,7 @@ fn program_and_model_agree_on_random_configurations_and_frames() {
             // Idle times of a few seconds and a clock that moves by as much between
             // configurations: flows go idle, and new ones take their slots.
             tb.idle = FlowIdle {
+                second_chance_s: 0,
                 tcp_s: rng.range(0, 40) as u16,
                 udp_s: rng.range(0, 20) as u16,
             };

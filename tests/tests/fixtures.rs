@@ -30,7 +30,14 @@ const VIP4_ALL: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 20);
 const VIP6_ALL: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x20);
 /// Port 80 and every other port, to different backends.
 const VIP4_BOTH: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 30);
+/// Routers on the path back to the client: the sources of ICMP errors.
+const ROUTER4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+const ROUTER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1);
 
+/// A flow as (client, VIP address, transport), and the backend (address, MAC byte) that
+/// owns it.
+type FlowOf = (IpAddr, IpAddr, L4);
+type Owner = (IpAddr, u8);
 fn b4(n: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 1, 0, n))
 }
@@ -79,8 +86,13 @@ fn vip_toml(id: VipId, backends: &[String]) -> String {
 /// A configuration in the operator's TOML: seed 7, MTU 1500, default encap prefixes
 /// unless `encap` names others, and `vips`.
 fn config_with(encap: &str, vips: &[String]) -> Config {
+    config_top("", encap, vips)
+}
+
+/// `config_with` with more top-level keys (`top`, lines of TOML).
+fn config_top(top: &str, encap: &str, vips: &[String]) -> Config {
     let text = format!(
-        "seed = {SEED}\ntable_size = {RING}\nmtu = {MTU}\n{encap}\n{}",
+        "seed = {SEED}\ntable_size = {RING}\nmtu = {MTU}\n{top}\n{encap}\n{}",
         vips.join("\n")
     );
     Config::from_toml(&text).unwrap_or_else(|e| panic!("fixture configuration: {e}\n{text}"))
@@ -596,22 +608,15 @@ fn vip_matching_exact_port0_and_not_a_vip() {
             packets::vlan_ipv4(100, &V4::new(CLIENT4, VIP4), L4::tcp(40000, 80), b"x"),
             Reason::PassNotIp,
         ),
+        // Echo requests are answered (see the icmp fixtures); other ICMP is not lbx's.
         (
-            "ICMP echo request to the VIP",
-            packets::ipv4(
-                &V4::new(CLIENT4, VIP4),
-                L4::Other(1),
-                &[8, 0, 0xf7, 0xff, 0, 0, 0, 0],
-            ),
+            "ICMP echo reply to the VIP",
+            packets::icmp4(&V4::new(CLIENT4, VIP4), 0, 0, [0, 1, 0, 1], b"ping"),
             Reason::PassNotTcpUdp,
         ),
         (
-            "ICMPv6 echo request to the VIP",
-            packets::ipv6(
-                &V6::new(CLIENT6, VIP6),
-                L4::Other(58),
-                &[128, 0, 0, 0, 0, 0, 0, 0],
-            ),
+            "ICMPv6 neighbour solicitation for the VIP",
+            packets::icmp6(&V6::new(CLIENT6, VIP6), 135, 0, [0; 4], &VIP6.octets()),
             Reason::PassNotTcpUdp,
         ),
         (
@@ -705,7 +710,8 @@ fn vip_table_probes_past_collisions() {
     c.validate().expect("MAX_VIPS VIPs fit the VIP table");
 
     // The layout the agent publishes must hold collisions, or this proves nothing.
-    let keys: Vec<lbx_common::VipKey> = c.vips.iter().map(|v| v.id().key()).collect();
+    // With the address's echo entry, as the agent lays the table out.
+    let keys: Vec<lbx_common::VipKey> = c.table_keys();
     let mut slots = vec![0; keys.len()];
     let salt = lbx_common::vips::layout(&keys, &mut slots).expect("layout");
     let displaced = keys
@@ -763,7 +769,9 @@ fn vip_table_probes_past_collisions() {
     run_cases(&mut tb, &cases, 2 * exact.len() + 1);
 }
 
-/// IPv4 and IPv6 fragments, and IPv6 extension headers, are passed to the kernel.
+/// IPv4 fragments and IPv6 fragments after the first are passed to the kernel (no
+/// ports); the first IPv6 fragment and the extension headers lbx walks are balanced, the
+/// others passed.
 #[test]
 fn fragments_and_extension_headers_are_passed() {
     let c = standard();
@@ -787,19 +795,30 @@ fn fragments_and_extension_headers_are_passed() {
         ));
     }
     let l4 = L4::tcp(40000, 443);
-    for (label, offset, more) in [
-        ("first IPv6 fragment", 0u16, true),
-        ("last IPv6 fragment (offset 100)", 100, false),
-        ("atomic IPv6 fragment (offset 0, no more)", 0, false),
+    let flow = (IpAddr::V6(CLIENT6), IpAddr::V6(VIP6), l4);
+    let id = vip(VIP6, 443, Protocol::Tcp);
+    for (label, offset, more, passed) in [
+        ("first IPv6 fragment", 0u16, true, false),
+        ("last IPv6 fragment (offset 100)", 100, false, true),
+        ("middle IPv6 fragment (offset 1, more)", 1, true, true),
+        ("atomic IPv6 fragment (offset 0, no more)", 0, false, false),
     ] {
         let mut ip = V6::new(CLIENT6, VIP6);
-        ip.ext = Some(V6Ext::Fragment { offset, more });
+        ip.ext = vec![V6Ext::Fragment { offset, more }];
         let input = packets::ipv6(&ip, l4, &[7; 64]);
+        let (what, expect) = if passed {
+            ("passed", Expect::pass(&input, Reason::PassFragment))
+        } else {
+            (
+                "balanced, the fragment header inside",
+                to_backend(&c, &input, flow, id, (b6(21), 21), true),
+            )
+        };
         cases.push(Case::one(
-            format!("{label} to a VIP: passed"),
+            format!("{label} to a VIP: {what}"),
             &c,
-            input.clone(),
-            Expect::pass(&input, Reason::PassFragment),
+            input,
+            expect,
         ));
     }
     for (label, ext) in [
@@ -808,17 +827,35 @@ fn fragments_and_extension_headers_are_passed() {
         ("routing header", V6Ext::Routing),
     ] {
         let mut ip = V6::new(CLIENT6, VIP6);
-        ip.ext = Some(ext);
+        ip.ext = vec![ext];
+        let input = packets::ipv6(&ip, l4, b"x");
+        let e = to_backend(&c, &input, flow, id, (b6(21), 21), true);
+        cases.push(Case::one(
+            format!("IPv6 with {label} before TCP to a VIP: balanced"),
+            &c,
+            input,
+            e,
+        ));
+    }
+    for (label, n) in [
+        ("ESP", 50u8),
+        ("AH", 51),
+        ("mobility", 135),
+        ("HIP", 139),
+        ("shim6", 140),
+    ] {
+        let mut ip = V6::new(CLIENT6, VIP6);
+        ip.ext = vec![V6Ext::Unwalked(n)];
         let input = packets::ipv6(&ip, l4, b"x");
         cases.push(Case::one(
-            format!("IPv6 with {label} before TCP to a VIP: passed"),
+            format!("IPv6 with {label} ({n}) before TCP to a VIP: passed"),
             &c,
             input.clone(),
             Expect::pass(&input, Reason::PassExtensionHeader),
         ));
     }
     let mut tb = load();
-    run_cases(&mut tb, &cases, 9);
+    run_cases(&mut tb, &cases, 15);
 }
 
 /// The connection table keeps a flow on its backend across configuration changes, until
@@ -967,6 +1004,8 @@ fn connection_table_hits_and_misses() {
 fn nothing_published_passes_everything() {
     let input = packets::ipv4(&V4::new(CLIENT4, VIP4), L4::tcp(40000, 80), b"x");
     let arp = packets::arp_request(CLIENT4, VIP4);
+    let error = error_about((CLIENT4.into(), VIP4.into(), L4::tcp(40000, 80)), 28);
+    let ping = packets::echo_request4(&V4::new(CLIENT4, VIP4), 1, 1, b"ping");
     let cases = vec![Case {
         description: "no configuration published yet".into(),
         steps: vec![
@@ -980,10 +1019,20 @@ fn nothing_published_passes_everything() {
                 arp.clone(),
                 Expect::pass(&arp, Reason::PassNotIp),
             ),
+            send(
+                "ICMP error about a flow of what will be a VIP: passed, no config",
+                error.clone(),
+                Expect::pass(&error, Reason::PassNoConfig),
+            ),
+            send(
+                "echo request to what will be a VIP: passed, no config",
+                ping.clone(),
+                Expect::pass(&ping, Reason::PassNoConfig),
+            ),
         ],
     }];
     let mut tb = load();
-    run_cases(&mut tb, &cases, 2);
+    run_cases(&mut tb, &cases, 4);
 }
 
 /// Headers that are inconsistent.
@@ -1231,4 +1280,1489 @@ fn ipv4_checksum(h: &[u8]) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
+}
+
+/// The same flow from the other side: the VIP's packets back to the client.
+fn reversed(l4: L4) -> L4 {
+    match l4 {
+        L4::Tcp { sport, dport } | L4::Syn { sport, dport } => L4::tcp(dport, sport),
+        L4::Udp { sport, dport } => L4::udp(dport, sport),
+        L4::Other(n) => L4::Other(n),
+    }
+}
+
+/// The IP packet (no Ethernet) the VIP's backend sent to the client of the flow
+/// `(client, vip, l4)` (`l4` as the client sends it), with `payload` bytes of data: what
+/// an ICMP error about it embeds.
+fn sent_by_vip((client, vip, l4): (IpAddr, IpAddr, L4), payload: usize) -> Vec<u8> {
+    let frame = packets::simple(vip, client, reversed(l4), &vec![0x77; payload]);
+    packets::ip_packet(&frame).to_vec()
+}
+
+/// An ICMP error from a router to `vip` embedding `embedded`: IPv4 fragmentation needed
+/// (next-hop MTU 1400), IPv6 packet too big (MTU 1280).
+fn icmp_error(vip: IpAddr, embedded: &[u8]) -> Vec<u8> {
+    match vip {
+        IpAddr::V4(v) => packets::frag_needed(&V4::new(ROUTER4, v), 1400, embedded),
+        IpAddr::V6(v) => packets::packet_too_big(&V6::new(ROUTER6, v), 0, 1280, embedded),
+    }
+}
+
+/// An ICMP error about flow `flow`, embedding the first `embed` bytes of the VIP's packet
+/// (which has 64 bytes of data).
+fn error_about(flow: (IpAddr, IpAddr, L4), embed: usize) -> Vec<u8> {
+    let e = sent_by_vip(flow, 64);
+    icmp_error(flow.1, &e[..embed.min(e.len())])
+}
+
+/// What RFC 792 asks a router to embed at least: the IPv4 header and 8 bytes; RFC 4443
+/// as much as fits in 1280 bytes (here the whole 40 + 8 + 20 + 64 of a TCP reply).
+fn rfc_embed(flow: &(IpAddr, IpAddr, L4)) -> usize {
+    if flow.1.is_ipv4() { 28 } else { 1232 }
+}
+
+/// The expectation for an ICMP error `input` about `flow` that goes to backend `n`
+/// (`addr`): the whole ICMP packet encapsulated as a packet of the flow would be (outer
+/// source from the flow's hash), counted as forwarded_icmp only.
+fn icmp_to_backend(
+    config: &Config,
+    input: &[u8],
+    (client, vip, l4): (IpAddr, IpAddr, L4),
+    (addr, n): (IpAddr, u8),
+) -> Expect {
+    let output = packets::encapsulated(input, client, vip, l4, &encap_of(config, addr, n));
+    Expect::sent(Reason::ForwardedIcmp, output)
+}
+
+/// The one VIP of `id` with backends `(n, drain)` (weight 100), as a configuration.
+fn one_vip(id: VipId, backends: &[(u8, bool)]) -> Config {
+    let addr = |n: u8| if id.address.is_ipv4() { b4(n) } else { b6(n) };
+    let lines: Vec<String> = backends
+        .iter()
+        .map(|&(n, drain)| backend_toml(addr(n), n, 100, drain))
+        .collect();
+    config_with("", &[vip_toml(id, &lines)])
+}
+
+/// An address of `VIP4`'s not-a-VIP filter bit that is no VIP: it passes the filter.
+fn filter_twin4() -> Ipv4Addr {
+    let bit = lbx_common::vip_filter_bit(&lbx::addr::to_words(VIP4.into()));
+    (1..=u32::MAX)
+        .map(|i| Ipv4Addr::from(0xc633_6400 + i))
+        .find(|a| {
+            *a != VIP4 && lbx_common::vip_filter_bit(&lbx::addr::to_words((*a).into())) == bit
+        })
+        .expect("some address shares the bit")
+}
+
+/// Addresses whose filter bit no VIP of `c` has: they stop at the filter.
+fn outside_filter(c: &Config) -> (Ipv4Addr, Ipv6Addr) {
+    let bit = |a: IpAddr| lbx_common::vip_filter_bit(&lbx::addr::to_words(a));
+    let vip_bits = c.vips.iter().fold(0, |b, v| b | bit(v.address));
+    let clear4 = (1..=254u8)
+        .map(|i| Ipv4Addr::new(198, 51, 100, i))
+        .find(|a| vip_bits & bit((*a).into()) == 0)
+        .expect("an IPv4 address outside the filter");
+    let clear6 = (1..=0xffffu16)
+        .map(|i| Ipv6Addr::new(0x2001, 0xdb8, 0xd, 0, 0, 0, 0, i))
+        .find(|a| vip_bits & bit((*a).into()) == 0)
+        .expect("an IPv6 address outside the filter");
+    (clear4, clear6)
+}
+
+/// ICMP errors about a VIP's flows (fragmentation needed, packet too big) go to the
+/// backend of the flow: the connection table's when it holds the flow, else the ring's;
+/// they never write the table; VIP and backend counters do not count them.
+#[test]
+fn icmp_errors_go_to_the_backend_of_the_flow() {
+    let c = standard();
+    let (c4, c6) = (IpAddr::V4(CLIENT4), IpAddr::V6(CLIENT6));
+    let mut cases = Vec::new();
+
+    // Every kind of VIP, with the RFC's embedding and with the whole packet embedded.
+    let flows: Vec<(&str, FlowOf, Owner)> = vec![
+        (
+            "IPv4 TCP VIP",
+            (c4, VIP4.into(), L4::tcp(40000, 80)),
+            (b4(11), 11),
+        ),
+        (
+            "IPv4 UDP VIP",
+            (c4, VIP4.into(), L4::udp(5353, 53)),
+            (b4(12), 12),
+        ),
+        (
+            "IPv4 all-ports VIP, port 12345",
+            (c4, VIP4_ALL.into(), L4::tcp(40000, 12345)),
+            (b4(13), 13),
+        ),
+        (
+            "IPv4 exact VIP beside an all-ports one",
+            (c4, VIP4_BOTH.into(), L4::tcp(40000, 80)),
+            (b4(14), 14),
+        ),
+        (
+            "IPv4 all-ports VIP beside an exact one, port 8080",
+            (c4, VIP4_BOTH.into(), L4::tcp(40000, 8080)),
+            (b4(15), 15),
+        ),
+        (
+            "IPv6 TCP VIP",
+            (c6, VIP6.into(), L4::tcp(40000, 443)),
+            (b6(21), 21),
+        ),
+        (
+            "IPv6 UDP VIP",
+            (c6, VIP6.into(), L4::udp(5353, 53)),
+            (b6(22), 22),
+        ),
+        (
+            "IPv6 all-ports UDP VIP, port 7",
+            (c6, VIP6_ALL.into(), L4::udp(40000, 7)),
+            (b6(23), 23),
+        ),
+    ];
+    for (label, flow, backend) in &flows {
+        // The IP header and 8 bytes (RFC 792's minimum), and the whole packet.
+        let least = if flow.1.is_ipv4() { 28 } else { 48 };
+        for embed in [least, usize::MAX] {
+            let input = error_about(*flow, embed);
+            let e = icmp_to_backend(&c, &input, *flow, *backend);
+            let how = if embed == usize::MAX {
+                "the whole packet embedded".to_owned()
+            } else {
+                format!("{embed} bytes embedded")
+            };
+            cases.push(Case::one(
+                format!("ICMP error about a flow of an {label}, {how}: to its backend"),
+                &c,
+                input,
+                e,
+            ));
+        }
+    }
+
+    // The ICMP packet's own header choices are carried as a flow packet's would be.
+    let flow = (c4, IpAddr::V4(VIP4), L4::tcp(40000, 80));
+    let embedded = sent_by_vip(flow, 64);
+    let mut outer = V4::new(ROUTER4, VIP4);
+    outer.tos = 0xc0; // DSCP 48 (CS6), as routers send ICMP
+    outer.df = true;
+    outer.ttl = 250;
+    outer.options = vec![1, 1, 1, 0];
+    let input = packets::frag_needed(&outer, 1400, &embedded[..28]);
+    let e = icmp_to_backend(&c, &input, flow, (b4(11), 11));
+    cases.push(Case::one(
+        "ICMP error with TOS 0xc0, DF and options in its own header: TOS and DF carried",
+        &c,
+        input,
+        e,
+    ));
+    let mut inner = V4::new(VIP4, CLIENT4);
+    inner.options = vec![1, 1, 1, 1, 1, 1, 1, 0];
+    inner.mf = true;
+    inner.df = false;
+    let embedded = packets::ip_packet(&packets::ipv4(&inner, reversed(flow.2), &[9; 64])).to_vec();
+    let input = packets::frag_needed(&V4::new(ROUTER4, VIP4), 1400, &embedded[..28 + 8]);
+    let e = icmp_to_backend(&c, &input, flow, (b4(11), 11));
+    cases.push(Case::one(
+        "ICMP error embedding a header with options (IHL 7) of a first fragment (MF): the ports after the options",
+        &c,
+        input,
+        e,
+    ));
+    let flow6 = (c6, IpAddr::V6(VIP6), L4::tcp(40000, 443));
+    let mut outer = V6::new(ROUTER6, VIP6);
+    outer.traffic_class = 0xc0;
+    outer.ext = vec![V6Ext::HopByHop];
+    let input = packets::packet_too_big(&outer, 0, 1280, &sent_by_vip(flow6, 64));
+    let e = icmp_to_backend(&c, &input, flow6, (b6(21), 21));
+    cases.push(Case::one(
+        "ICMPv6 packet too big behind a hop-by-hop header, traffic class 0xc0: to the backend",
+        &c,
+        input,
+        e,
+    ));
+    for code in [1u8, 255] {
+        let input =
+            packets::packet_too_big(&V6::new(ROUTER6, VIP6), code, 1280, &sent_by_vip(flow6, 64));
+        let e = icmp_to_backend(&c, &input, flow6, (b6(21), 21));
+        cases.push(Case::one(
+            format!("ICMPv6 packet too big with code {code}: to the backend (any code)"),
+            &c,
+            input,
+            e,
+        ));
+    }
+
+    // The MTU check is on the ICMP packet's length.
+    let big_reply = sent_by_vip(flow, 1500);
+    let fits = packets::frag_needed(&V4::new(ROUTER4, VIP4), 1400, &big_reply[..1480 - 28]);
+    let big = packets::frag_needed(&V4::new(ROUTER4, VIP4), 1400, &big_reply[..1481 - 28]);
+    cases.push(Case::one(
+        "1480-byte ICMP error: fits MTU 1500 with IPIP",
+        &c,
+        fits.clone(),
+        icmp_to_backend(&c, &fits, flow, (b4(11), 11)),
+    ));
+    cases.push(Case::one(
+        "1481-byte ICMP error: too big for MTU 1500 with IPIP",
+        &c,
+        big.clone(),
+        Expect::drop(&big, Reason::DropTooBig),
+    ));
+    let big_reply = sent_by_vip(flow6, 1500);
+    let fits = packets::packet_too_big(&V6::new(ROUTER6, VIP6), 0, 1280, &big_reply[..1460 - 48]);
+    let big = packets::packet_too_big(&V6::new(ROUTER6, VIP6), 0, 1280, &big_reply[..1461 - 48]);
+    cases.push(Case::one(
+        "1460-byte ICMPv6 error: fits MTU 1500 with IPv6-in-IPv6",
+        &c,
+        fits.clone(),
+        icmp_to_backend(&c, &fits, flow6, (b6(21), 21)),
+    ));
+    cases.push(Case::one(
+        "1461-byte ICMPv6 error: too big for MTU 1500 with IPv6-in-IPv6",
+        &c,
+        big.clone(),
+        Expect::drop(&big, Reason::DropTooBig),
+    ));
+
+    // Errors about flows of no VIP.
+    let twin = filter_twin4();
+    let (clear4, clear6) = outside_filter(&c);
+    let not_vip: Vec<(&str, (IpAddr, IpAddr, L4))> = vec![
+        (
+            "from another port of a VIP address",
+            (c4, VIP4.into(), L4::tcp(40000, 81)),
+        ),
+        (
+            "UDP from a TCP VIP's port",
+            (c4, VIP4.into(), L4::udp(40000, 80)),
+        ),
+        (
+            "UDP from an all-ports TCP VIP",
+            (c4, VIP4_ALL.into(), L4::udp(40000, 80)),
+        ),
+        (
+            "IPv6 TCP from a UDP VIP's port",
+            (c6, VIP6.into(), L4::tcp(40000, 53)),
+        ),
+        (
+            "from an address in the VIP filter that is no VIP's",
+            (c4, twin.into(), L4::tcp(40000, 80)),
+        ),
+        (
+            "from an IPv4 address outside the VIP filter",
+            (c4, clear4.into(), L4::tcp(40000, 80)),
+        ),
+        (
+            "from an IPv6 address outside the VIP filter",
+            (c6, clear6.into(), L4::tcp(40000, 443)),
+        ),
+    ];
+    for (label, flow) in not_vip {
+        // The whole embedded header and 8 bytes after it.
+        let cut = if flow.1.is_ipv4() { 28 } else { 48 };
+        let input = error_about(flow, cut);
+        cases.push(Case::one(
+            format!("ICMP error about a packet {label}: not a VIP"),
+            &c,
+            input.clone(),
+            Expect::pass(&input, Reason::PassNotVip),
+        ));
+    }
+    // Outside the filter nothing after the IP header is read.
+    let input = error_about((c4, clear4.into(), L4::tcp(40000, 80)), 3);
+    cases.push(Case::one(
+        "ICMP error with a cut inner header to an address outside the VIP filter: not a VIP",
+        &c,
+        input.clone(),
+        Expect::pass(&input, Reason::PassNotVip),
+    ));
+
+    // A VIP without backends drops them, as its packets.
+    let id = vip(VIP4, 80, Protocol::Tcp);
+    let none = one_vip(id, &[]);
+    let input = error_about(flow, 28);
+    cases.push(Case::one(
+        "ICMP error about a flow of a VIP without backends: dropped",
+        &none,
+        input.clone(),
+        Expect::drop(&input, Reason::DropNoBackend),
+    ));
+
+    // The table decides, and is never written by an error.
+    for (label, id, a, b, l4) in [
+        ("IPv4 TCP", id, 11u8, 12u8, L4::syn(40000, 80)),
+        (
+            "IPv4 UDP",
+            vip(VIP4, 53, Protocol::Udp),
+            11,
+            12,
+            L4::udp(40000, 53),
+        ),
+        (
+            "IPv6 TCP",
+            vip(VIP6, 443, Protocol::Tcp),
+            21,
+            22,
+            L4::syn(40000, 443),
+        ),
+        (
+            "IPv6 UDP",
+            vip(VIP6, 53, Protocol::Udp),
+            21,
+            22,
+            L4::udp(40000, 53),
+        ),
+    ] {
+        let v4 = id.address.is_ipv4();
+        let client = if v4 { c4 } else { c6 };
+        let addr = |n: u8| if v4 { b4(n) } else { b6(n) };
+        let first = one_vip(id, &[(a, false)]);
+        let drained = one_vip(id, &[(a, true), (b, false)]);
+        let removed = one_vip(id, &[(b, false)]);
+        let port = |p: u16| match l4 {
+            L4::Udp { dport, .. } => L4::udp(p, dport),
+            L4::Syn { dport, .. } | L4::Tcp { dport, .. } => L4::tcp(p, dport),
+            L4::Other(_) => unreachable!("TCP or UDP"),
+        };
+        let syn = |p: u16| match port(p) {
+            L4::Tcp { sport, dport } => L4::syn(sport, dport),
+            other => other,
+        };
+        let flow = |p: u16| (client, id.address, port(p));
+        let open_x = packets::simple(client, id.address, syn(40000), b"open");
+        let x = packets::simple(client, id.address, port(40000), b"x");
+        let z = packets::simple(client, id.address, port(40002), b"z");
+        let err = |p: u16| error_about(flow(p), rfc_embed(&flow(p)));
+        let (ex, ey, ez) = (err(40000), err(40001), err(40002));
+        cases.push(Case {
+            description: format!(
+                "{label}: ICMP errors follow the connection table, else the ring, and do not write the table"
+            ),
+            steps: vec![
+                configure(first.clone()),
+                send(
+                    "the client opens flow X: to backend A",
+                    open_x.clone(),
+                    to_backend(&first, &open_x, flow(40000), id, (addr(a), a), true),
+                ),
+                send(
+                    "an error about X: to A",
+                    ex.clone(),
+                    icmp_to_backend(&first, &ex, flow(40000), (addr(a), a)),
+                ),
+                send(
+                    "an error about Z, a flow the table does not hold: the ring's A",
+                    ez.clone(),
+                    icmp_to_backend(&first, &ez, flow(40002), (addr(a), a)),
+                ),
+                configure(drained.clone()),
+                send(
+                    "with A drained and B the ring's only backend, an error about X: still A, the table's",
+                    ex.clone(),
+                    icmp_to_backend(&drained, &ex, flow(40000), (addr(a), a)),
+                ),
+                send(
+                    "an error about Y, never seen: the ring's B",
+                    ey.clone(),
+                    icmp_to_backend(&drained, &ey, flow(40001), (addr(b), b)),
+                ),
+                send(
+                    "an error about Z again: B, so the first error about Z recorded nothing",
+                    ez.clone(),
+                    icmp_to_backend(&drained, &ez, flow(40002), (addr(b), b)),
+                ),
+                send(
+                    "a packet of Z: a new flow on B (the errors did not make one)",
+                    z.clone(),
+                    to_backend(&drained, &z, flow(40002), id, (addr(b), b), true),
+                ),
+                send(
+                    "a packet of X: still A, a hit",
+                    x.clone(),
+                    to_backend(&drained, &x, flow(40000), id, (addr(a), a), false),
+                ),
+                configure(removed.clone()),
+                send(
+                    "with A removed, an error about X: the ring's B",
+                    ex.clone(),
+                    icmp_to_backend(&removed, &ex, flow(40000), (addr(b), b)),
+                ),
+                send(
+                    "a packet of X: a new flow on B",
+                    x.clone(),
+                    to_backend(&removed, &x, flow(40000), id, (addr(b), b), true),
+                ),
+            ],
+        });
+    }
+
+    let mut tb = load();
+    run_cases(&mut tb, &cases, 74);
+}
+
+/// ICMP errors to a VIP whose embedded header is cut short (at every length, by the frame
+/// or by the outer IP length) or is not of a packet the VIP sent (each checked field
+/// wrong) are passed unchanged; one more byte, or a field lbx does not check, and they go
+/// to the backend. ICMP headers cut short are malformed; other ICMP types are not lbx's.
+#[test]
+fn icmp_errors_with_a_cut_or_lying_inner_header_are_passed() {
+    let c = standard();
+    let (c4, c6) = (IpAddr::V4(CLIENT4), IpAddr::V6(CLIENT6));
+    let mut cases = Vec::new();
+    let bad = |input: &[u8]| Expect::pass(input, Reason::PassIcmpBadInner);
+
+    // Embedded packets of each family and transport, with 0, 4 and 40 bytes of IPv4
+    // options: (label, flow, embedded packet, its header length, backend).
+    let tcp4 = (c4, IpAddr::V4(VIP4), L4::tcp(40000, 80));
+    let udp4 = (c4, IpAddr::V4(VIP4), L4::udp(40000, 53));
+    let tcp6 = (c6, IpAddr::V6(VIP6), L4::tcp(40000, 443));
+    let udp6 = (c6, IpAddr::V6(VIP6), L4::udp(40000, 53));
+    let with_options = |words: usize| {
+        let mut ip = V4::new(VIP4, CLIENT4);
+        ip.options = vec![1; words * 4];
+        packets::ip_packet(&packets::ipv4(&ip, reversed(tcp4.2), &[5; 16])).to_vec()
+    };
+    let bases: Vec<(&str, FlowOf, Vec<u8>, usize, Owner)> = vec![
+        ("IPv4 TCP", tcp4, sent_by_vip(tcp4, 16), 20, (b4(11), 11)),
+        ("IPv4 UDP", udp4, sent_by_vip(udp4, 16), 20, (b4(12), 12)),
+        ("IPv4 TCP, IHL 6", tcp4, with_options(1), 24, (b4(11), 11)),
+        ("IPv4 TCP, IHL 15", tcp4, with_options(10), 60, (b4(11), 11)),
+        ("IPv6 TCP", tcp6, sent_by_vip(tcp6, 16), 40, (b6(21), 21)),
+        ("IPv6 UDP", udp6, sent_by_vip(udp6, 16), 40, (b6(22), 22)),
+    ];
+    for (label, flow, embedded, header, backend) in &bases {
+        for len in 0..=header + 8 {
+            let cut = icmp_error(flow.1, &embedded[..len]);
+            // The same, and after the IP packet the embedded bytes the outer length
+            // leaves out: they are in the frame, not in the packet.
+            let mut trailing = cut.clone();
+            trailing.extend_from_slice(&embedded[len..header + 8]);
+            let place = if len < *header {
+                format!("{len} of the {header} header bytes")
+            } else {
+                format!("the header and {} port bytes", len - header)
+            };
+            let ok = len >= header + 4;
+            let expect = |input: &[u8]| {
+                if ok {
+                    icmp_to_backend(&c, input, *flow, *backend)
+                } else {
+                    bad(input)
+                }
+            };
+            let what = if ok { "to the backend" } else { "passed" };
+            cases.push(Case::one(
+                format!("ICMP error embedding {label} cut to {place}: {what}"),
+                &c,
+                cut.clone(),
+                expect(&cut),
+            ));
+            if len < header + 8 {
+                cases.push(Case::one(
+                    format!(
+                        "ICMP error embedding {label} cut by the outer IP length to {place}, the rest after the packet: {what}"
+                    ),
+                    &c,
+                    trailing.clone(),
+                    expect(&trailing),
+                ));
+            }
+        }
+    }
+
+    // Each checked field of the embedded header wrong (the ICMP checksum made right).
+    let e4 = sent_by_vip(tcp4, 16)[..28].to_vec();
+    let e6 = sent_by_vip(tcp6, 16)[..48].to_vec();
+    let edit = |base: &Vec<u8>, f: &dyn Fn(&mut Vec<u8>)| {
+        let mut v = base.clone();
+        f(&mut v);
+        v
+    };
+    let lies: Vec<(&str, IpAddr, Vec<u8>)> = vec![
+        ("IPv4 version 6", VIP4.into(), edit(&e4, &|v| v[0] = 0x65)),
+        ("IPv4 version 5", VIP4.into(), edit(&e4, &|v| v[0] = 0x55)),
+        ("IPv4 version 0", VIP4.into(), edit(&e4, &|v| v[0] = 0x05)),
+        ("IPv4 IHL 4", VIP4.into(), edit(&e4, &|v| v[0] = 0x44)),
+        ("IPv4 IHL 0", VIP4.into(), edit(&e4, &|v| v[0] = 0x40)),
+        (
+            "IPv4 IHL 7, the ports past the 28 bytes embedded",
+            VIP4.into(),
+            edit(&e4, &|v| v[0] = 0x47),
+        ),
+        (
+            "IPv4 IHL 15, the ports past the 28 bytes embedded",
+            VIP4.into(),
+            edit(&e4, &|v| v[0] = 0x4f),
+        ),
+        (
+            "IPv4 from the client to the VIP (the client's own packet)",
+            VIP4.into(),
+            packets::ip_packet(&packets::simple(c4, VIP4.into(), tcp4.2, &[1; 8]))[..28].to_vec(),
+        ),
+        (
+            "IPv4 from another VIP's address",
+            VIP4.into(),
+            edit(&e4, &|v| v[12..16].copy_from_slice(&VIP4_ALL.octets())),
+        ),
+        (
+            "IPv4 from the VIP, the error to another VIP's address",
+            VIP4_ALL.into(),
+            e4.clone(),
+        ),
+        ("IPv4 protocol ICMP", VIP4.into(), edit(&e4, &|v| v[9] = 1)),
+        ("IPv4 protocol GRE", VIP4.into(), edit(&e4, &|v| v[9] = 47)),
+        (
+            "IPv4 protocol SCTP",
+            VIP4.into(),
+            edit(&e4, &|v| v[9] = 132),
+        ),
+        (
+            "IPv4 fragment offset 1",
+            VIP4.into(),
+            edit(&e4, &|v| v[6..8].copy_from_slice(&1u16.to_be_bytes())),
+        ),
+        (
+            "IPv4 fragment offset 8191",
+            VIP4.into(),
+            edit(&e4, &|v| v[6..8].copy_from_slice(&0x1fffu16.to_be_bytes())),
+        ),
+        (
+            "IPv4 middle fragment (MF, offset 185)",
+            VIP4.into(),
+            edit(&e4, &|v| {
+                v[6..8].copy_from_slice(&(0x2000u16 | 185).to_be_bytes())
+            }),
+        ),
+        ("IPv6 version 4", VIP6.into(), edit(&e6, &|v| v[0] = 0x40)),
+        ("IPv6 version 0", VIP6.into(), edit(&e6, &|v| v[0] = 0x00)),
+        (
+            "IPv6 from the client to the VIP (the client's own packet)",
+            VIP6.into(),
+            packets::ip_packet(&packets::simple(c6, VIP6.into(), tcp6.2, &[1; 8]))[..48].to_vec(),
+        ),
+        (
+            "IPv6 from another VIP's address",
+            VIP6.into(),
+            edit(&e6, &|v| v[8..24].copy_from_slice(&VIP6_ALL.octets())),
+        ),
+        (
+            "IPv6 from the VIP, the error to another VIP's address",
+            VIP6_ALL.into(),
+            e6.clone(),
+        ),
+        (
+            "IPv6 next header hop-by-hop",
+            VIP6.into(),
+            edit(&e6, &|v| v[6] = 0),
+        ),
+        (
+            "IPv6 next header fragment",
+            VIP6.into(),
+            edit(&e6, &|v| v[6] = 44),
+        ),
+        (
+            "IPv6 next header destination options",
+            VIP6.into(),
+            edit(&e6, &|v| v[6] = 60),
+        ),
+        (
+            "IPv6 next header ICMPv6",
+            VIP6.into(),
+            edit(&e6, &|v| v[6] = 58),
+        ),
+        (
+            "IPv6 next header ESP",
+            VIP6.into(),
+            edit(&e6, &|v| v[6] = 50),
+        ),
+    ];
+    for (label, to, embedded) in lies {
+        let input = icmp_error(to, &embedded);
+        cases.push(Case::one(
+            format!("ICMP error embedding {label}: passed"),
+            &c,
+            input.clone(),
+            bad(&input),
+        ));
+    }
+    // The embedded header is checked before its VIP is looked up.
+    let twin = filter_twin4();
+    let input = icmp_error(twin.into(), &e4);
+    cases.push(Case::one(
+        "ICMP error to a non-VIP address in the filter, embedding a packet not from it: passed as a bad inner header",
+        &c,
+        input.clone(),
+        bad(&input),
+    ));
+
+    // Fields lbx does not check: the packet still goes to the flow's backend.
+    let unchecked: Vec<(&str, FlowOf, Vec<u8>, Owner)> = vec![
+        (
+            "IPv4 header checksum wrong",
+            tcp4,
+            edit(&e4, &|v| v[10] ^= 0xff),
+        ),
+        (
+            "IPv4 total length 0",
+            tcp4,
+            edit(&e4, &|v| v[2..4].copy_from_slice(&[0, 0])),
+        ),
+        (
+            "IPv4 first fragment (MF, offset 0) with DF",
+            tcp4,
+            edit(&e4, &|v| v[6..8].copy_from_slice(&0x6000u16.to_be_bytes())),
+        ),
+        ("IPv4 TTL 0", tcp4, edit(&e4, &|v| v[8] = 0)),
+        (
+            "IPv6 payload length 65535",
+            tcp6,
+            edit(&e6, &|v| v[4..6].copy_from_slice(&[0xff, 0xff])),
+        ),
+        (
+            "IPv6 traffic class and flow label",
+            tcp6,
+            edit(&e6, &|v| v[1..4].copy_from_slice(&[0xff, 0xff, 0xff])),
+        ),
+    ]
+    .into_iter()
+    .map(|(l, f, e)| {
+        let b = if f.1.is_ipv4() {
+            (b4(11), 11)
+        } else {
+            (b6(21), 21)
+        };
+        (l, f, e, b)
+    })
+    .collect();
+    for (label, flow, embedded, backend) in unchecked {
+        let input = icmp_error(flow.1, &embedded);
+        let e = icmp_to_backend(&c, &input, flow, backend);
+        cases.push(Case::one(
+            format!("ICMP error embedding {label} (not checked): to the backend"),
+            &c,
+            input,
+            e,
+        ));
+    }
+
+    // The ICMP header itself cut short: malformed, whatever the type.
+    for (label, message) in [
+        (
+            "fragmentation needed",
+            packets::icmp4_message(3, 4, [0, 0, 5, 0x78], &e4),
+        ),
+        (
+            "echo request",
+            packets::icmp4_message(8, 0, [0, 1, 0, 1], b""),
+        ),
+        (
+            "port unreachable",
+            packets::icmp4_message(3, 3, [0; 4], &e4),
+        ),
+    ] {
+        for len in 0..8 {
+            let cut = packets::ipv4(&V4::new(ROUTER4, VIP4), L4::Other(1), &message[..len]);
+            cases.push(Case::one(
+                format!("ICMP {label} cut to {len} of the 8 ICMP header bytes: malformed"),
+                &c,
+                cut.clone(),
+                Expect::pass(&cut, Reason::PassMalformed),
+            ));
+            let mut trailing = cut;
+            trailing.extend_from_slice(&message[len..]);
+            cases.push(Case::one(
+                format!(
+                    "ICMP {label} cut by the IP length to {len} of the 8 ICMP header bytes, the rest after the packet: malformed"
+                ),
+                &c,
+                trailing.clone(),
+                Expect::pass(&trailing, Reason::PassMalformed),
+            ));
+        }
+    }
+    for (label, message) in [
+        (
+            "packet too big",
+            packets::icmp6_message(ROUTER6, VIP6, 2, 0, [0, 0, 5, 0], &e6),
+        ),
+        (
+            "echo request",
+            packets::icmp6_message(CLIENT6, VIP6, 128, 0, [0, 1, 0, 1], b""),
+        ),
+    ] {
+        for len in 0..8 {
+            let cut = packets::ipv6(&V6::new(ROUTER6, VIP6), L4::Other(58), &message[..len]);
+            cases.push(Case::one(
+                format!("ICMPv6 {label} cut to {len} of the 8 ICMP header bytes: malformed"),
+                &c,
+                cut.clone(),
+                Expect::pass(&cut, Reason::PassMalformed),
+            ));
+            let mut trailing = cut;
+            trailing.extend_from_slice(&message[len..]);
+            cases.push(Case::one(
+                format!(
+                    "ICMPv6 {label} cut by the payload length to {len} of the 8 ICMP header bytes, the rest after the packet: malformed"
+                ),
+                &c,
+                trailing.clone(),
+                Expect::pass(&trailing, Reason::PassMalformed),
+            ));
+        }
+    }
+
+    // Other types and codes, even with a good embedded packet, are passed as before.
+    for (label, kind, code) in [
+        ("port unreachable (3/3)", 3u8, 3u8),
+        ("host unreachable (3/1)", 3, 1),
+        ("communication prohibited (3/13)", 3, 13),
+        ("source quench (4/0)", 4, 0),
+        ("time exceeded (11/0)", 11, 0),
+        ("parameter problem (12/0)", 12, 0),
+        ("echo reply (0/0)", 0, 0),
+        ("echo request with code 1 (8/1)", 8, 1),
+        ("timestamp (13/0)", 13, 0),
+    ] {
+        let input = packets::icmp4(&V4::new(ROUTER4, VIP4), kind, code, [0, 0, 5, 0x78], &e4);
+        cases.push(Case::one(
+            format!("ICMP {label} to a VIP: passed, not lbx's"),
+            &c,
+            input.clone(),
+            Expect::pass(&input, Reason::PassNotTcpUdp),
+        ));
+    }
+    for (label, kind, code) in [
+        ("destination unreachable (1/4)", 1u8, 4u8),
+        ("time exceeded (3/0)", 3, 0),
+        ("parameter problem (4/0)", 4, 0),
+        ("echo reply (129/0)", 129, 0),
+        ("echo request with code 1 (128/1)", 128, 1),
+        ("neighbour solicitation (135/0)", 135, 0),
+        ("neighbour advertisement (136/0)", 136, 0),
+        ("multicast listener query (130/0)", 130, 0),
+    ] {
+        let input = packets::icmp6(&V6::new(ROUTER6, VIP6), kind, code, [0, 0, 5, 0], &e6);
+        cases.push(Case::one(
+            format!("ICMPv6 {label} to a VIP: passed, not lbx's"),
+            &c,
+            input.clone(),
+            Expect::pass(&input, Reason::PassNotTcpUdp),
+        ));
+    }
+
+    // A fragmented ICMP packet is a fragment first.
+    let mut ip = V4::new(ROUTER4, VIP4);
+    ip.mf = true;
+    let input = packets::frag_needed(&ip, 1400, &e4);
+    cases.push(Case::one(
+        "ICMP error in an IPv4 first fragment: passed as a fragment",
+        &c,
+        input.clone(),
+        Expect::pass(&input, Reason::PassFragment),
+    ));
+    let mut ip = V6::new(ROUTER6, VIP6);
+    ip.ext = vec![V6Ext::Fragment {
+        offset: 3,
+        more: false,
+    }];
+    let input = packets::packet_too_big(&ip, 0, 1280, &e6);
+    cases.push(Case::one(
+        "ICMPv6 error in a later IPv6 fragment: passed as a fragment",
+        &c,
+        input.clone(),
+        Expect::pass(&input, Reason::PassFragment),
+    ));
+
+    let cut_cases: usize = bases.iter().map(|b| 2 * (b.3 + 9) - 1).sum();
+    let mut tb = load();
+    run_cases(&mut tb, &cases, cut_cases + 26 + 1 + 6 + 5 * 16 + 9 + 8 + 2);
+}
+
+/// The ICMP checksum of the expected reply to `request`.
+fn echo_reply_checksum(request: &[u8]) -> u16 {
+    let reply = packets::echo_reply(request);
+    let at = if request[12] == 0x08 {
+        14 + usize::from(request[14] & 0x0f) * 4
+    } else {
+        14 + 40
+    };
+    u16::from_be_bytes([reply[at + 2], reply[at + 3]])
+}
+
+/// Echo requests to any VIP's address are answered by the balancer: the reply built by
+/// RFC 792 / RFC 4443 (addresses and MACs swapped, TTL 64, checksums valid), everything
+/// else as it came. Cut short: malformed; to an address that is no VIP's: passed.
+#[test]
+fn icmp_echo_requests_to_a_vip_are_answered() {
+    let c = standard();
+    let mut cases = Vec::new();
+    let echo = |input: &[u8]| Expect::sent(Reason::EchoReply, packets::echo_reply(input));
+
+    // Every VIP address, whatever its VIPs' ports and protocols.
+    for (label, addr) in [
+        ("a TCP VIP's address", IpAddr::V4(VIP4)),
+        ("an all-ports TCP VIP's address", IpAddr::V4(VIP4_ALL)),
+        (
+            "an address with an exact and an all-ports VIP",
+            IpAddr::V4(VIP4_BOTH),
+        ),
+        ("an IPv6 TCP and UDP VIP's address", IpAddr::V6(VIP6)),
+        ("an IPv6 all-ports UDP VIP's address", IpAddr::V6(VIP6_ALL)),
+    ] {
+        for (size, data) in [
+            ("no data", Vec::new()),
+            ("56 bytes of data", (0..56u8).collect::<Vec<u8>>()),
+            ("1001 bytes of data (odd)", vec![0xa5; 1001]),
+        ] {
+            let input = match addr {
+                IpAddr::V4(a) => packets::echo_request4(&V4::new(CLIENT4, a), 0x4242, 7, &data),
+                IpAddr::V6(a) => packets::echo_request6(&V6::new(CLIENT6, a), 0x4242, 7, &data),
+            };
+            cases.push(Case::one(
+                format!("echo request to {label}, {size}: answered"),
+                &c,
+                input.clone(),
+                echo(&input),
+            ));
+        }
+    }
+
+    // Header choices the reply keeps: TOS, id, DF, options; TTL becomes 64.
+    let mut ip = V4::new(CLIENT4, VIP4);
+    ip.tos = 0xb9;
+    ip.id = 0xbeef;
+    ip.df = true;
+    ip.ttl = 3;
+    ip.options = vec![1, 1, 1, 0];
+    let input = packets::echo_request4(&ip, 1, 2, b"abcdefgh");
+    cases.push(Case::one(
+        "echo request with TOS, id, DF, options and TTL 3: answered with them, TTL 64",
+        &c,
+        input.clone(),
+        echo(&input),
+    ));
+    let mut ip = V6::new(CLIENT6, VIP6);
+    ip.traffic_class = 0xb9;
+    ip.flow_label = 0xabcde;
+    ip.hop_limit = 1;
+    let input = packets::echo_request6(&ip, 1, 2, b"abcdefgh");
+    cases.push(Case::one(
+        "ICMPv6 echo request with traffic class, flow label, hop limit 1: answered with them, hop limit 64",
+        &c,
+        input.clone(),
+        echo(&input),
+    ));
+    for exts in [
+        vec![V6Ext::HopByHop],
+        vec![V6Ext::DestinationOptions],
+        vec![
+            V6Ext::HopByHop,
+            V6Ext::Routing,
+            V6Ext::Fragment {
+                offset: 0,
+                more: false,
+            },
+            V6Ext::DestinationOptions,
+        ],
+    ] {
+        let mut ip = V6::new(CLIENT6, VIP6);
+        ip.ext = exts.clone();
+        let input = packets::echo_request6(&ip, 9, 9, b"behind headers");
+        cases.push(Case::one(
+            format!(
+                "ICMPv6 echo request behind {} extension header(s): answered, the headers kept",
+                exts.len()
+            ),
+            &c,
+            input.clone(),
+            echo(&input),
+        ));
+    }
+
+    // Ethernet padding after a small request: kept, outside the checksum.
+    let mut input = packets::echo_request4(&V4::new(CLIENT4, VIP4), 3, 4, b"");
+    input.resize(60, 0xaa);
+    cases.push(Case::one(
+        "echo request in a 60-byte frame padded with 0xaa: answered, the padding kept",
+        &c,
+        input.clone(),
+        echo(&input),
+    ));
+    let mut input = packets::echo_request6(&V6::new(CLIENT6, VIP6), 3, 4, b"");
+    input.extend_from_slice(&[0xaa; 9]);
+    cases.push(Case::one(
+        "ICMPv6 echo request with 9 bytes after the packet: answered, the bytes kept",
+        &c,
+        input.clone(),
+        echo(&input),
+    ));
+
+    // Checksum edges: requests whose reply checksum is 0x0000, and whose own is.
+    for v6 in [false, true] {
+        let request = |seq: u16| {
+            if v6 {
+                packets::echo_request6(&V6::new(CLIENT6, VIP6), 0x1111, seq, b"edge")
+            } else {
+                packets::echo_request4(&V4::new(CLIENT4, VIP4), 0x1111, seq, b"edge")
+            }
+        };
+        let icmp_at = if v6 { 54 } else { 34 };
+        let reply_zero = (0..=u16::MAX)
+            .map(request)
+            .find(|r| echo_reply_checksum(r) == 0)
+            .expect("some sequence number gives the reply checksum 0");
+        let request_zero = (0..=u16::MAX)
+            .map(request)
+            .find(|r| r[icmp_at + 2..icmp_at + 4] == [0, 0])
+            .expect("some sequence number gives the request checksum 0");
+        let family = if v6 { "ICMPv6" } else { "ICMP" };
+        for (what, input) in [
+            ("whose reply's checksum is 0x0000", reply_zero),
+            ("with checksum 0x0000", request_zero),
+        ] {
+            cases.push(Case::one(
+                format!("{family} echo request {what}: answered, checksum valid"),
+                &c,
+                input.clone(),
+                echo(&input),
+            ));
+        }
+    }
+
+    // Cut short.
+    let request4 = packets::echo_request4(&V4::new(CLIENT4, VIP4), 1, 1, b"");
+    let request6 = packets::echo_request6(&V6::new(CLIENT6, VIP6), 1, 1, b"");
+    for len in 0..8 {
+        for (family, full, ip_len) in [("ICMP", &request4, 20), ("ICMPv6", &request6, 40)] {
+            let message = &full[14 + ip_len..];
+            let l4 = L4::Other(if ip_len == 20 { 1 } else { 58 });
+            let cut = if ip_len == 20 {
+                packets::ipv4(&V4::new(CLIENT4, VIP4), l4, &message[..len])
+            } else {
+                packets::ipv6(&V6::new(CLIENT6, VIP6), l4, &message[..len])
+            };
+            cases.push(Case::one(
+                format!("{family} echo request to a VIP cut to {len} of 8 header bytes: malformed"),
+                &c,
+                cut.clone(),
+                Expect::pass(&cut, Reason::PassMalformed),
+            ));
+        }
+    }
+
+    // Not a VIP's address.
+    let twin = filter_twin4();
+    let (clear4, clear6) = outside_filter(&c);
+    let other: Vec<(String, Vec<u8>, Reason)> = vec![
+        (
+            format!("echo request to {twin}, in the VIP filter but no VIP's: passed"),
+            packets::echo_request4(&V4::new(CLIENT4, twin), 1, 1, b"x"),
+            Reason::PassNotTcpUdp,
+        ),
+        (
+            format!("echo request to {clear4}, outside the VIP filter: not a VIP"),
+            packets::echo_request4(&V4::new(CLIENT4, clear4), 1, 1, b"x"),
+            Reason::PassNotVip,
+        ),
+        (
+            format!("ICMPv6 echo request to {clear6}, outside the VIP filter: not a VIP"),
+            packets::echo_request6(&V6::new(CLIENT6, clear6), 1, 1, b"x"),
+            Reason::PassNotVip,
+        ),
+        (
+            "ICMPv6 echo request to the IPv4-mapped form of an IPv4 VIP: not answered".into(),
+            packets::echo_request6(&V6::new(CLIENT6, VIP4.to_ipv6_mapped()), 1, 1, b"x"),
+            // Inside the VIP filter but no VIP's: other ICMP, as before echo was answered.
+            Reason::PassNotTcpUdp,
+        ),
+        (
+            "ICMP echo request with code 1 to a VIP: passed".into(),
+            packets::icmp4(&V4::new(CLIENT4, VIP4), 8, 1, [0, 1, 0, 1], b"x"),
+            Reason::PassNotTcpUdp,
+        ),
+        (
+            "ICMPv6 echo request with code 1 to a VIP: passed".into(),
+            packets::icmp6(&V6::new(CLIENT6, VIP6), 128, 1, [0, 1, 0, 1], b"x"),
+            Reason::PassNotTcpUdp,
+        ),
+    ];
+    for (label, input, reason) in other {
+        cases.push(Case::one(
+            label,
+            &c,
+            input.clone(),
+            Expect::pass(&input, reason),
+        ));
+    }
+
+    // An address whose VIPs are all removed is no longer answered.
+    let only = one_vip(vip(VIP4, 80, Protocol::Tcp), &[(11, false)]);
+    let gone = one_vip(vip(VIP4_ALL, 0, Protocol::Tcp), &[(13, false)]);
+    let ping = packets::echo_request4(&V4::new(CLIENT4, VIP4), 5, 5, b"still there?");
+    // Stopped by the filter unless the remaining VIP shares the address's bit.
+    let bit = |a: Ipv4Addr| lbx_common::vip_filter_bit(&lbx::addr::to_words(a.into()));
+    let gone_reason = if bit(VIP4) == bit(VIP4_ALL) {
+        Reason::PassNotTcpUdp
+    } else {
+        Reason::PassNotVip
+    };
+    cases.push(Case {
+        description: "echo requests to a VIP address follow its VIPs".into(),
+        steps: vec![
+            configure(only.clone()),
+            send("with the VIP: answered", ping.clone(), echo(&ping)),
+            configure(gone),
+            send(
+                "with the address's only VIP removed: no VIP's",
+                ping.clone(),
+                Expect::pass(&ping, gone_reason),
+            ),
+            configure(only),
+            send("with the VIP back: answered", ping.clone(), echo(&ping)),
+        ],
+    });
+
+    let mut tb = load();
+    run_cases(&mut tb, &cases, 15 + 2 + 3 + 2 + 4 + 16 + 6 + 3);
+}
+
+/// `icmp_echo = false`: echo requests to VIP addresses pass to the kernel as before,
+/// while ICMP errors about VIP flows still go to their backends.
+#[test]
+fn icmp_echo_off_passes() {
+    let vips = [
+        vip_toml(
+            vip(VIP4, 80, Protocol::Tcp),
+            &[backend_toml(b4(11), 11, 100, false)],
+        ),
+        vip_toml(
+            vip(VIP6, 443, Protocol::Tcp),
+            &[backend_toml(b6(21), 21, 100, false)],
+        ),
+    ];
+    let off = config_top("icmp_echo = false", "", &vips);
+    let on = config_top("icmp_echo = true", "", &vips);
+    assert!(
+        !off.icmp_echo && on.icmp_echo,
+        "icmp_echo read from the file"
+    );
+    let ping4 = packets::echo_request4(&V4::new(CLIENT4, VIP4), 1, 1, b"ping");
+    let ping6 = packets::echo_request6(&V6::new(CLIENT6, VIP6), 1, 1, b"ping");
+    let flow4 = (IpAddr::V4(CLIENT4), IpAddr::V4(VIP4), L4::tcp(40000, 80));
+    let flow6 = (IpAddr::V6(CLIENT6), IpAddr::V6(VIP6), L4::tcp(40000, 443));
+    let err4 = error_about(flow4, 28);
+    let err6 = error_about(flow6, 48);
+    let echo = |input: &[u8]| Expect::sent(Reason::EchoReply, packets::echo_reply(input));
+    let cases = vec![
+        Case::one(
+            "icmp_echo = false: an echo request to a VIP passes",
+            &off,
+            ping4.clone(),
+            Expect::pass(&ping4, Reason::PassNotTcpUdp),
+        ),
+        Case::one(
+            "icmp_echo = false: an ICMPv6 echo request to a VIP passes",
+            &off,
+            ping6.clone(),
+            Expect::pass(&ping6, Reason::PassNotTcpUdp),
+        ),
+        Case::one(
+            "icmp_echo = false: an ICMP error still goes to the backend",
+            &off,
+            err4.clone(),
+            icmp_to_backend(&off, &err4, flow4, (b4(11), 11)),
+        ),
+        Case::one(
+            "icmp_echo = false: an ICMPv6 error still goes to the backend",
+            &off,
+            err6.clone(),
+            icmp_to_backend(&off, &err6, flow6, (b6(21), 21)),
+        ),
+        Case {
+            description: "icmp_echo turned off and on again".into(),
+            steps: vec![
+                configure(on.clone()),
+                send("on: answered", ping4.clone(), echo(&ping4)),
+                send("on: ICMPv6 answered", ping6.clone(), echo(&ping6)),
+                configure(off.clone()),
+                send(
+                    "off: passed",
+                    ping4.clone(),
+                    Expect::pass(&ping4, Reason::PassNotTcpUdp),
+                ),
+                send(
+                    "off: ICMPv6 passed",
+                    ping6.clone(),
+                    Expect::pass(&ping6, Reason::PassNotTcpUdp),
+                ),
+                configure(on),
+                send("on again: answered", ping4.clone(), echo(&ping4)),
+            ],
+        },
+    ];
+    let mut tb = load();
+    run_cases(&mut tb, &cases, 9);
+}
+
+/// IPv6 extension headers before TCP or UDP: hop-by-hop, routing, destination options
+/// and first fragments are walked (at most 4) and the packet balanced as without them,
+/// the headers inside the encapsulation; later fragments, a fifth header and the headers
+/// lbx does not walk are passed; a header beyond the packet is malformed.
+#[test]
+fn ipv6_extension_headers_are_walked() {
+    let c = standard();
+    let c6 = IpAddr::V6(CLIENT6);
+    let mut cases = Vec::new();
+    let tcp = (c6, IpAddr::V6(VIP6), L4::tcp(40000, 443));
+    let udp = (c6, IpAddr::V6(VIP6), L4::udp(40000, 53));
+    let all = (c6, IpAddr::V6(VIP6_ALL), L4::udp(40000, 4789));
+    let tcp_vip = (vip(VIP6, 443, Protocol::Tcp), (b6(21), 21));
+    let udp_vip = (vip(VIP6, 53, Protocol::Udp), (b6(22), 22));
+    let all_vip = (vip(VIP6_ALL, 0, Protocol::Udp), (b6(23), 23));
+    let first = V6Ext::Fragment {
+        offset: 0,
+        more: true,
+    };
+    let atomic = V6Ext::Fragment {
+        offset: 0,
+        more: false,
+    };
+    let later = V6Ext::Fragment {
+        offset: 100,
+        more: true,
+    };
+    let hbh = V6Ext::HopByHop;
+    let dst = V6Ext::DestinationOptions;
+    let rt = V6Ext::Routing;
+    let frame = |exts: &[V6Ext], l4: L4| {
+        let mut ip = V6::new(CLIENT6, VIP6);
+        if matches!(l4, L4::Udp { dport: 4789, .. }) {
+            ip.dst = VIP6_ALL;
+        }
+        ip.ext = exts.to_vec();
+        packets::ipv6(&ip, l4, b"behind extension headers")
+    };
+
+    let walked: Vec<(&str, Vec<V6Ext>)> = vec![
+        ("hop-by-hop", vec![hbh]),
+        ("destination options", vec![dst]),
+        ("routing", vec![rt]),
+        ("first fragment (M set)", vec![first]),
+        ("atomic fragment (offset 0, M clear)", vec![atomic]),
+        (
+            "hop-by-hop of 16 bytes (length 1)",
+            vec![V6Ext::Sized { number: 0, len: 1 }],
+        ),
+        (
+            "destination options of 256 bytes (length 31)",
+            vec![V6Ext::Sized {
+                number: 60,
+                len: 31,
+            }],
+        ),
+        (
+            "routing of 808 bytes (length 100)",
+            vec![V6Ext::Sized {
+                number: 43,
+                len: 100,
+            }],
+        ),
+        ("hop-by-hop, destination options", vec![hbh, dst]),
+        ("hop-by-hop, routing, fragment", vec![hbh, rt, first]),
+        (
+            "hop-by-hop, destination options, routing, fragment (RFC 8200's order, 4 headers)",
+            vec![hbh, dst, rt, first],
+        ),
+        (
+            "hop-by-hop, routing, fragment, destination options (4)",
+            vec![hbh, rt, atomic, dst],
+        ),
+        ("destination options four times", vec![dst, dst, dst, dst]),
+        (
+            "four headers of 16, 24, 8 and 32 bytes",
+            vec![
+                V6Ext::Sized { number: 0, len: 1 },
+                V6Ext::Sized { number: 43, len: 2 },
+                atomic,
+                V6Ext::Sized { number: 60, len: 3 },
+            ],
+        ),
+    ];
+    for (label, exts) in &walked {
+        for (flow, (id, backend)) in [(tcp, tcp_vip), (udp, udp_vip), (all, all_vip)] {
+            let input = frame(exts, flow.2);
+            let e = to_backend(&c, &input, flow, id, backend, true);
+            let what = match flow.2 {
+                L4::Udp { dport: 4789, .. } => "UDP to an all-ports VIP",
+                L4::Udp { .. } => "UDP",
+                _ => "TCP",
+            };
+            cases.push(Case::one(
+                format!("IPv6 {what} behind {label}: balanced as without them"),
+                &c,
+                input,
+                e,
+            ));
+        }
+    }
+    // The headers do not change the flow: a packet with them and one without are one flow.
+    let plain = packets::ipv6(&V6::new(CLIENT6, VIP6), tcp.2, b"plain");
+    let ext = frame(&[hbh, dst], tcp.2);
+    cases.push(Case {
+        description: "IPv6 TCP with and without extension headers: one flow".into(),
+        steps: vec![
+            configure(c.clone()),
+            send(
+                "with two extension headers: a new flow",
+                ext.clone(),
+                to_backend(&c, &ext, tcp, tcp_vip.0, tcp_vip.1, true),
+            ),
+            send(
+                "without: a hit",
+                plain.clone(),
+                to_backend(&c, &plain, tcp, tcp_vip.0, tcp_vip.1, false),
+            ),
+        ],
+    });
+
+    let passed: Vec<(&str, Vec<V6Ext>, Reason)> = vec![
+        ("a later fragment", vec![later], Reason::PassFragment),
+        (
+            "hop-by-hop then a later fragment",
+            vec![hbh, later],
+            Reason::PassFragment,
+        ),
+        (
+            "three headers then a later fragment",
+            vec![hbh, dst, rt, later],
+            Reason::PassFragment,
+        ),
+        (
+            "five headers",
+            vec![hbh, dst, rt, atomic, dst],
+            Reason::PassExtensionHeader,
+        ),
+        (
+            "destination options five times",
+            vec![dst, dst, dst, dst, dst],
+            Reason::PassExtensionHeader,
+        ),
+        (
+            "four headers then a later fragment (a fifth)",
+            vec![hbh, dst, rt, dst, later],
+            Reason::PassExtensionHeader,
+        ),
+        (
+            "ESP",
+            vec![V6Ext::Unwalked(50)],
+            Reason::PassExtensionHeader,
+        ),
+        ("AH", vec![V6Ext::Unwalked(51)], Reason::PassExtensionHeader),
+        (
+            "mobility",
+            vec![V6Ext::Unwalked(135)],
+            Reason::PassExtensionHeader,
+        ),
+        (
+            "HIP",
+            vec![V6Ext::Unwalked(139)],
+            Reason::PassExtensionHeader,
+        ),
+        (
+            "shim6",
+            vec![V6Ext::Unwalked(140)],
+            Reason::PassExtensionHeader,
+        ),
+        (
+            "hop-by-hop then AH",
+            vec![hbh, V6Ext::Unwalked(51)],
+            Reason::PassExtensionHeader,
+        ),
+        (
+            "four headers then ESP",
+            vec![hbh, dst, rt, atomic, V6Ext::Unwalked(50)],
+            Reason::PassExtensionHeader,
+        ),
+    ];
+    for (label, exts, reason) in passed {
+        let input = frame(&exts, tcp.2);
+        cases.push(Case::one(
+            format!("IPv6 TCP behind {label}: passed"),
+            &c,
+            input.clone(),
+            Expect::pass(&input, reason),
+        ));
+    }
+
+    // Cut at every length from the first extension header to the end of TCP, the
+    // payload length saying so: each header must fit the payload (and the frame).
+    let full = frame(&[V6Ext::Sized { number: 0, len: 1 }, rt, atomic], tcp.2);
+    let headers_end = 54 + 16 + 8 + 8 + 20;
+    for len in 54..headers_end {
+        let mut cut = full[..len].to_vec();
+        cut[18..20].copy_from_slice(&((len - 54) as u16).to_be_bytes());
+        cases.push(Case::one(
+            format!(
+                "IPv6 TCP behind three extension headers, payload cut to {} bytes: malformed",
+                len - 54
+            ),
+            &c,
+            cut.clone(),
+            Expect::pass(&cut, Reason::PassMalformed),
+        ));
+    }
+    // The frame cut inside a header, the payload length unchanged: malformed as a length
+    // beyond the frame.
+    let cut = full[..54 + 3].to_vec();
+    cases.push(Case::one(
+        "IPv6 frame cut 3 bytes into a hop-by-hop header: malformed",
+        &c,
+        cut.clone(),
+        Expect::pass(&cut, Reason::PassMalformed),
+    ));
+    // A header length beyond the payload, the frame longer: malformed.
+    let mut long = frame(&[hbh], tcp.2);
+    long[54 + 1] = 200;
+    cases.push(Case::one(
+        "IPv6 hop-by-hop header claiming 1608 bytes in a shorter payload: malformed",
+        &c,
+        long.clone(),
+        Expect::pass(&long, Reason::PassMalformed),
+    ));
+    let mut padded = long.clone();
+    padded.resize(54 + 1608 + 20, 0);
+    cases.push(Case::one(
+        "IPv6 hop-by-hop header claiming 1608 bytes, the frame that long but not the payload: malformed",
+        &c,
+        padded.clone(),
+        Expect::pass(&padded, Reason::PassMalformed),
+    ));
+
+    let mut tb = load();
+    run_cases(
+        &mut tb,
+        &cases,
+        3 * walked.len() + 2 + 13 + (headers_end - 54) + 3,
+    );
+}
+
+/// The second chance: while `Settings::second_chance_until` is ahead of the clock, a TCP
+/// packet without SYN that misses the table takes the previous generation's ring backend
+/// when it differs and still serves the VIP, and is recorded there; a SYN, UDP, ICMP errors
+/// and packets after the window take the current ring.
+#[test]
+fn second_chance_after_a_ring_change() {
+    let mut cases = Vec::new();
+    for v6 in [false, true] {
+        let (id, udp_id, client) = if v6 {
+            (
+                vip(VIP6, 443, Protocol::Tcp),
+                vip(VIP6, 53, Protocol::Udp),
+                IpAddr::V6(CLIENT6),
+            )
+        } else {
+            (
+                vip(VIP4, 80, Protocol::Tcp),
+                vip(VIP4, 53, Protocol::Udp),
+                IpAddr::V4(CLIENT4),
+            )
+        };
+        let addr = |n: u8| if v6 { b6(n) } else { b4(n) };
+        let both = |backends: &[(u8, bool)]| {
+            let lines: Vec<String> = backends
+                .iter()
+                .map(|&(n, drain)| backend_toml(addr(n), n, 100, drain))
+                .collect();
+            config_with("", &[vip_toml(id, &lines), vip_toml(udp_id, &lines)])
+        };
+        let first = both(&[(1, false)]);
+        let moved = both(&[(1, true), (2, false)]);
+        let removed = both(&[(2, false)]);
+        let flow = |p: u16| (client, id.address, L4::tcp(p, id.port));
+        let pkt = |p: u16| packets::simple(client, id.address, L4::tcp(p, id.port), b"ack");
+        let syn = packets::simple(client, id.address, L4::syn(40002, id.port), b"syn");
+        let udp_flow = (client, id.address, L4::udp(40003, 53));
+        let udp = packets::simple(client, id.address, udp_flow.2, b"udp");
+        let err = error_about(flow(40004), 48);
+        let second = |config: &Config, p: u16, n: u8| {
+            let input = pkt(p);
+            let output = packets::encapsulated(
+                &input,
+                client,
+                id.address,
+                flow(p).2,
+                &encap_of(config, addr(n), n),
+            );
+            Expect::tx_as(
+                Reason::ForwardedSecondChance,
+                output,
+                Traffic {
+                    vip: id,
+                    backend: addr(n),
+                    new_flow: true,
+                },
+            )
+        };
+        let family = if v6 { "IPv6" } else { "IPv4" };
+        // The clock only moves forward, across the cases too.
+        let start = if v6 { 1000 } else { 100 };
+        cases.push(Case {
+            description: format!("{family}: second chance for TCP without SYN after a ring change"),
+            steps: vec![
+                Step::Tick(start),
+                configure(first.clone()),
+                configure(moved.clone()),
+                send(
+                    "an ACK of a flow the table lacks, A drained, B the ring's: A, the previous ring's",
+                    pkt(40000),
+                    second(&moved, 40000, 1),
+                ),
+                send(
+                    "that flow again: A, recorded",
+                    pkt(40000),
+                    to_backend(&moved, &pkt(40000), flow(40000), id, (addr(1), 1), false),
+                ),
+                send(
+                    "a SYN: B, the current ring's",
+                    syn.clone(),
+                    to_backend(
+                        &moved,
+                        &syn,
+                        (client, id.address, L4::tcp(40002, id.port)),
+                        id,
+                        (addr(2), 2),
+                        true,
+                    ),
+                ),
+                send(
+                    "UDP: B",
+                    udp.clone(),
+                    to_backend(&moved, &udp, udp_flow, udp_id, (addr(2), 2), true),
+                ),
+                send(
+                    "an ICMP error about a flow the table lacks: B, the current ring's",
+                    err.clone(),
+                    icmp_to_backend(&moved, &err, flow(40004), (addr(2), 2)),
+                ),
+                Step::Tick(start + lbx::dataplane::DEFAULT_SECOND_CHANCE_S),
+                send(
+                    "an ACK of another new flow once the window closed: B",
+                    pkt(40001),
+                    to_backend(&moved, &pkt(40001), flow(40001), id, (addr(2), 2), true),
+                ),
+                configure(first.clone()),
+                configure(removed.clone()),
+                send(
+                    "after A was removed: B, A serves no more",
+                    pkt(40005),
+                    to_backend(&removed, &pkt(40005), flow(40005), id, (addr(2), 2), true),
+                ),
+            ],
+        });
+    }
+    let mut tb = load();
+    run_cases(&mut tb, &cases, 14);
 }

@@ -54,6 +54,10 @@ pub enum Request {
         src: SocketAddr,
         dst: SocketAddr,
     },
+    /// Forgets the flows the connection table holds: all, or those on the VIP's backends.
+    FlowClear {
+        vip: Option<VipId>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

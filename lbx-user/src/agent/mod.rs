@@ -205,7 +205,9 @@ impl Agent {
             plan: Plan {
                 settings: Default::default(),
                 vips: Vec::new(),
+                echo: Vec::new(),
                 backends: Vec::new(),
+                second_chance_s: 0,
             },
             health,
             published: Overrides::new(),

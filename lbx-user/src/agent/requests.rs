@@ -1,9 +1,10 @@
 //! Answers to the control API's requests: changes go through the configuration and a new
 //! generation; queries read the agent's state and the data plane's maps.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
-use lbx_common::{FlowKey, Reason, hash::flow_hash};
+use lbx_common::{FlowKey, Reason, flows::FlowSlot, hash::flow_hash};
 use serde_json::{Value, json};
 
 use super::{Agent, AgentError, api::Request};
@@ -39,6 +40,7 @@ impl Agent {
             Request::Status => Ok(self.status()),
             Request::Stats => self.stats(),
             Request::Flow { protocol, src, dst } => self.flow(protocol, src, dst),
+            Request::FlowClear { vip } => self.flow_clear(vip),
         }
     }
 
@@ -62,6 +64,43 @@ impl Agent {
                 })
                 .collect(),
         )
+    }
+
+    /// Empties the connection-table slots of flows on the VIP's backends (every slot
+    /// without a VIP). A packet that meets a slot as it is emptied misses, as it would
+    /// after a replacement: its flow takes the ring again (and the second chance).
+    pub(super) fn flow_clear(&mut self, vip: Option<VipId>) -> Result<Value, AgentError> {
+        if let Some(id) = vip
+            && self.config.vip(id).is_none()
+        {
+            return Err(ConfigError::UnknownVip { vip: id }.into());
+        }
+        let of_vip: Option<BTreeSet<u32>> = vip.map(|id| {
+            self.slots
+                .backends
+                .iter()
+                .filter(|((v, _), _)| *v == id)
+                .map(|(_, s)| s.slot)
+                .collect()
+        });
+        let mut cleared = 0u64;
+        for i in 0..self.bal.flows.len() {
+            let Some(slot) = self.bal.flows.get(i) else {
+                continue;
+            };
+            if slot.check == 0
+                || of_vip
+                    .as_ref()
+                    .is_some_and(|s| !s.contains(&slot.entry.backend))
+            {
+                continue;
+            }
+            self.bal.flows.set(i, FlowSlot::default());
+            cleared += 1;
+        }
+        let which = vip.map_or_else(|| "all flows".to_owned(), |v| format!("the flows of {v}"));
+        crate::say!("connection table: cleared {which}, {cleared} slots");
+        Ok(json!({ "cleared": cleared }))
     }
 
     pub(super) fn backend_list(&self, vip: Option<VipId>) -> Result<Value, AgentError> {
@@ -185,6 +224,8 @@ impl Agent {
                 "tcp": self.plan.settings.tcp_idle_s,
                 "udp": self.plan.settings.udp_idle_s,
             },
+            "second_chance_s": self.plan.second_chance_s,
+            "icmp_echo": self.config.icmp_echo,
             "vips": vips,
         })
     }

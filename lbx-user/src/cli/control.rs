@@ -31,7 +31,8 @@ pub enum ControlCmd {
     Status,
     /// Traffic counters per VIP and backend, and why packets were passed or dropped.
     Stats,
-    /// Which backend a flow goes to, and why (connection table or Maglev slot).
+    /// Which backend a flow goes to, and why (connection table or Maglev slot); `flow
+    /// clear` forgets flows.
     Flow(FlowArgs),
 }
 
@@ -208,15 +209,37 @@ pub enum BackendCmd {
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct FlowArgs {
+    #[command(subcommand)]
+    cmd: Option<FlowCmd>,
     /// The client's address and port, e.g. 192.0.2.7:40000 or [2001:db8::7]:40000.
-    #[arg(value_parser = values::flow_source)]
-    src: Endpoint,
+    #[arg(value_parser = values::flow_source, required = true)]
+    src: Option<Endpoint>,
     /// The VIP address and the port the flow goes to, e.g. 10.0.0.100:80.
-    #[arg(value_parser = values::flow_destination)]
-    dst: Endpoint,
+    #[arg(value_parser = values::flow_destination, required = true)]
+    dst: Option<Endpoint>,
     #[arg(long = "proto", default_value = "tcp")]
     protocol: Protocol,
+}
+
+#[derive(Subcommand)]
+pub enum FlowCmd {
+    /// Forget the flows the connection table holds: every flow, or those on a VIP's
+    /// backends. Their next packets take the Maglev ring again, which keeps most of them
+    /// on their backend; those the ring moved since they began would break, but for the
+    /// second chance (`lbx run --second-chance-s`), which sends a TCP flow without SYN
+    /// to its backend of the generation before for a while after each change.
+    Clear {
+        /// Only the flows of this VIP, e.g. 10.0.0.100:80 (default: all).
+        #[arg(value_name = "VIP")]
+        vip: Option<String>,
+        /// The VIP takes every port of its address (then VIP may be the address alone).
+        #[arg(long, requires = "vip")]
+        all_ports: bool,
+        #[arg(long = "proto", default_value = "tcp")]
+        protocol: Protocol,
+    },
 }
 
 pub(super) fn request(cmd: ControlCmd) -> Result<Request, EndpointError> {
@@ -292,11 +315,28 @@ pub(super) fn request(cmd: ControlCmd) -> Result<Request, EndpointError> {
         },
         ControlCmd::Status => Request::Status,
         ControlCmd::Stats => Request::Stats,
-        ControlCmd::Flow(f) => Request::Flow {
-            protocol: f.protocol,
-            src: SocketAddr::new(f.src.address, f.src.port),
-            dst: SocketAddr::new(f.dst.address, f.dst.port),
+        ControlCmd::Flow(FlowArgs {
+            cmd:
+                Some(FlowCmd::Clear {
+                    vip,
+                    all_ports,
+                    protocol,
+                }),
+            ..
+        }) => Request::FlowClear {
+            vip: vip.map(|v| vip_id(&v, all_ports, protocol)).transpose()?,
         },
+        ControlCmd::Flow(FlowArgs {
+            src: Some(src),
+            dst: Some(dst),
+            protocol,
+            ..
+        }) => Request::Flow {
+            protocol,
+            src: SocketAddr::new(src.address, src.port),
+            dst: SocketAddr::new(dst.address, dst.port),
+        },
+        ControlCmd::Flow(_) => unreachable!("clap requires SRC and DST without a subcommand"),
     })
 }
 

@@ -79,6 +79,7 @@ pub fn print(req: &Request, v: &Value) {
                 println!("backend {} ({})", s(&v["backend"]), s(&v["source"]));
             }
         }
+        Request::FlowClear { .. } => println!("ok: cleared {} flows", s(&v["cleared"])),
         _ => println!("ok: published generation {}", s(&v["generation"])),
     }
 }
@@ -110,6 +111,11 @@ fn status(v: &Value) {
         s(&v["mtu"]),
         s(&v["flow_idle_s"]["tcp"]),
         s(&v["flow_idle_s"]["udp"])
+    );
+    println!(
+        "second chance {} s after a change, echo replies to VIP addresses {}",
+        s(&v["second_chance_s"]),
+        if v["icmp_echo"] == true { "on" } else { "off" }
     );
     for vip in arr(&v["vips"]) {
         println!();

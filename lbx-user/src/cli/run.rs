@@ -19,7 +19,7 @@ use crate::{
         run::{runtime, stop_signal},
         socket,
     },
-    dataplane::{self, FlowIdle, Mode, Object, sys},
+    dataplane::{self, DEFAULT_SECOND_CHANCE_S, FlowIdle, Mode, Object, sys},
 };
 
 #[derive(Args)]
@@ -53,6 +53,15 @@ pub struct RunArgs {
     /// The same for UDP flows.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_UDP_IDLE_S)]
     pub udp_flow_idle_s: u16,
+    /// For this long after each publication, a TCP packet without SYN that misses the
+    /// connection table (after a restart that lost it, or on another node's flow) goes to
+    /// the backend the previous generation's ring gave it, if that backend still serves
+    /// the VIP, rather than the one the new ring gives; the flow is then recorded. A flow
+    /// begun since the change and lost from the table would be misled, hence the bound.
+    /// 0 turns it off.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_SECOND_CHANCE_S,
+          value_parser = clap::value_parser!(u32).range(0..=86_400))]
+    pub second_chance_s: u32,
     /// How often the agent reads the counters, runs the load models and revisits weights
     /// (adaptive VIPs, slow starts), in milliseconds. Shorter reacts sooner to load and
     /// moves more table slots per second (the churn budget is per interval).
@@ -135,6 +144,7 @@ pub fn run(args: RunArgs, socket: Option<PathBuf>) -> Result<()> {
         flow_idle: FlowIdle {
             tcp_s: args.flow_idle_s,
             udp_s: args.udp_flow_idle_s,
+            second_chance_s: args.second_chance_s,
         },
         control_interval: Duration::from_millis(args.control_interval_ms),
         metrics_listen: args.metrics_listen,

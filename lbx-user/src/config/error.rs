@@ -73,10 +73,11 @@ pub enum ConfigError {
     #[error("{count} VIPs configured, but at most {max} are supported: remove some")]
     TooManyVips { count: usize, max: u32 },
     #[error(
-        "the {count} VIPs do not fit the data plane's VIP table ({slots} slots, each VIP within {probes} of its hash's slot) under any of {tries} hash salts: remove some"
+        "the {count} VIPs and {echo} echo entries of their addresses do not fit the data plane's VIP table ({slots} slots, each within {probes} of its hash's slot) under any of {tries} hash salts: remove some VIPs, or set icmp_echo = false"
     )]
     VipTableFull {
         count: usize,
+        echo: usize,
         slots: usize,
         probes: u32,
         tries: u32,

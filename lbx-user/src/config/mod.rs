@@ -5,6 +5,7 @@
 //! seed = 0                 # flow-hash and Maglev seed; same on every node behind one ECMP group
 //! table_size = 65537       # Maglev table size per VIP, a prime
 //! # mtu = 1500             # optional; default: the interface's MTU
+//! icmp_echo = true         # answer ping to VIP addresses from XDP
 //! [encap]
 //! source_v4 = "172.16.0.0/16"   # outer IPv4 source prefix; low bits vary per flow
 //! source_v6 = "100::/64"        # outer IPv6 source prefix

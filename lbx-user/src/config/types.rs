@@ -6,7 +6,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use lbx_common::DEFAULT_RING_SIZE;
 use serde::{Deserialize, Serialize};
 
-use super::{DEFAULT_WEIGHT, MacAddr, Prefix, Protocol, VipId};
+use lbx_common::VipKey;
+
+use super::{DEFAULT_WEIGHT, MacAddr, Prefix, Protocol, VipId, values::echo_key};
 
 /// The whole configuration of one agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,8 +22,38 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
     pub encap: Encap,
+    /// Whether the balancer answers echo requests (ping) to VIP addresses itself.
+    #[serde(skip_serializing_if = "is_true")]
+    pub icmp_echo: bool,
     #[serde(rename = "vip", skip_serializing_if = "Vec::is_empty")]
     pub vips: Vec<VipConfig>,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+impl Config {
+    /// The VIP addresses whose echo requests the balancer answers, each once, in the
+    /// order of their first VIP.
+    pub fn echo_addresses(&self) -> Vec<IpAddr> {
+        if !self.icmp_echo {
+            return Vec::new();
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        self.vips
+            .iter()
+            .map(|v| v.address)
+            .filter(|a| seen.insert(*a))
+            .collect()
+    }
+
+    /// Every key of the data plane's VIP table: the VIPs', then the echo entries'.
+    pub fn table_keys(&self) -> Vec<VipKey> {
+        let vips = self.vips.iter().map(|v| v.id().key());
+        let echo = self.echo_addresses().into_iter().map(echo_key);
+        vips.chain(echo).collect()
+    }
 }
 
 impl Default for Config {
@@ -31,6 +63,7 @@ impl Default for Config {
             table_size: DEFAULT_RING_SIZE,
             mtu: None,
             encap: Encap::default(),
+            icmp_echo: true,
             vips: Vec::new(),
         }
     }
@@ -283,6 +316,28 @@ mod tests {
         let c = Config::from_toml("[[vip]]\naddress = \"10.0.0.1\"\nport = \"*\"\nprotocol = \"udp\"\n[[vip.backend]]\naddress = \"10.0.0.2\"\n").unwrap();
         assert_eq!(c.vips[0].backends[0], BackendConfig::new(ip("10.0.0.2")));
         assert_eq!(c.vips[0].port, super::super::ALL_PORTS);
+    }
+
+    #[test]
+    fn echo_entries_follow_the_vip_addresses() {
+        let toml = "[[vip]]\naddress = \"10.0.0.1\"\nport = 80\nprotocol = \"tcp\"\n\
+                    [[vip]]\naddress = \"10.0.0.1\"\nport = 53\nprotocol = \"udp\"\n\
+                    [[vip]]\naddress = \"2001:db8::1\"\nport = 80\nprotocol = \"tcp\"\n";
+        let c = Config::from_toml(toml).unwrap();
+        assert!(c.icmp_echo);
+        assert_eq!(c.echo_addresses(), [ip("10.0.0.1"), ip("2001:db8::1")]);
+        let keys = c.table_keys();
+        assert_eq!(keys.len(), 5);
+        assert_eq!(
+            (keys[3].proto, keys[3].port_be, keys[4].proto),
+            (lbx_common::PROTO_ICMP, 0, lbx_common::PROTO_ICMPV6)
+        );
+        // The default is not written back; turning it off is.
+        assert!(!c.to_toml().contains("icmp_echo"));
+        let off = Config::from_toml(&format!("icmp_echo = false\n{toml}")).unwrap();
+        assert!(off.echo_addresses().is_empty());
+        assert_eq!(off.table_keys().len(), 3);
+        assert!(off.to_toml().contains("icmp_echo = false"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use lbx_common::{MAX_BACKENDS, MAX_VIPS, VipKey, vips};
+use lbx_common::{MAX_BACKENDS, MAX_VIPS, vips};
 
 use super::{
     Adaptive, BackendConfig, CheckKind, Config, ConfigError, HealthCheck, MAX_MTU, MAX_TABLE_SIZE,
@@ -82,6 +82,7 @@ impl Config {
         if !vips_fit(self) {
             return Err(ConfigError::VipTableFull {
                 count: self.vips.len(),
+                echo: self.echo_addresses().len(),
                 slots: lbx_common::VIP_TABLE_SLOTS,
                 probes: lbx_common::VIP_PROBES,
                 tries: vips::SALT_TRIES,
@@ -275,7 +276,7 @@ fn check_prefix(field: &'static str, p: Prefix, v4: bool) -> Result<(), ConfigEr
 
 /// Whether the data plane's VIP table can hold all of `config`'s VIPs (distinct).
 fn vips_fit(config: &Config) -> bool {
-    let keys: Vec<VipKey> = config.vips.iter().map(|v| v.id().key()).collect();
+    let keys = config.table_keys();
     vips::layout(&keys, &mut vec![0; keys.len()]).is_some()
 }
 

@@ -263,6 +263,22 @@ impl VipId {
     }
 }
 
+/// The VIP table key of a VIP address's echo entry (`VIP_F_ECHO`): port 0 and the
+/// address family's ICMP.
+pub fn echo_key(address: IpAddr) -> VipKey {
+    let proto = if address.is_ipv4() {
+        lbx_common::PROTO_ICMP
+    } else {
+        lbx_common::PROTO_ICMPV6
+    };
+    VipKey {
+        addr: addr::to_words(address),
+        port_be: 0,
+        proto,
+        family: addr::family(address),
+    }
+}
+
 impl fmt::Display for VipId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.endpoint(), self.protocol)

@@ -14,7 +14,7 @@
 //! flips, and reach the new generation's own only once no packet reads the old slot.
 
 use aya::maps::{MapError, PerCpuValues};
-use lbx_common::{Active, Backend, Counters, MAX_BACKENDS, MAX_VIPS, VipEntry, VipTable};
+use lbx_common::{Active, Backend, Counters, MAX_BACKENDS, VIP_F_ECHO, VipEntry, VipTable};
 
 use super::{Balancer, plan::Plan, sys::ProgramBarrier};
 
@@ -146,12 +146,10 @@ impl Publisher {
         }
 
         // Rings: written through the mapped array, no syscall per entry.
-        let m = lbx_common::ring_elems(bal.ring_size) as usize;
-        let ring_region = slot as usize * MAX_VIPS as usize * m;
+        let ring_base = |number| lbx_common::ring_base(slot, number, bal.ring_size);
         for v in &plan.vips {
             if !v.ring.is_empty() {
-                bal.rings
-                    .write_ring(ring_region + v.number as usize * m, &v.ring);
+                bal.rings.write_ring(ring_base(v.number) as usize, &v.ring);
             }
         }
 
@@ -162,13 +160,29 @@ impl Publisher {
                 key: v.key,
                 id: v.number,
                 flags: v.flags,
-                ring_base: (ring_region + v.number as usize * m) as u32,
+                ring_base: ring_base(v.number),
+            };
+        }
+        for (key, table_slot) in &plan.echo {
+            table.entries[*table_slot] = VipEntry {
+                key: *key,
+                flags: VIP_F_ECHO,
+                ..VipEntry::default()
             };
         }
         bal.vips.set(slot, table, 0).map_err(map_err("VIPS"))?;
 
+        // The slot written over held the generation before last: only the one packets
+        // leave now can give a second chance, and only once the clock runs.
+        let now = self.in_map.now;
+        let second_chance_until = if self.generation > 0 && now > 0 && plan.second_chance_s > 0 {
+            now.saturating_add(plan.second_chance_s)
+        } else {
+            0
+        };
         let settings = lbx_common::Settings {
             generation,
+            second_chance_until,
             ..plan.settings
         };
         bal.settings

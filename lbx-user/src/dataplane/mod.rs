@@ -23,4 +23,4 @@ pub use error::DataPlaneError;
 pub use mode::Mode;
 pub use object::Object;
 pub use pins::Pins;
-pub use plan::FlowIdle;
+pub use plan::{DEFAULT_SECOND_CHANCE_S, FlowIdle};

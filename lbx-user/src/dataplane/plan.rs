@@ -31,7 +31,12 @@ pub struct PlannedVip {
 pub struct Plan {
     pub settings: Settings,
     pub vips: Vec<PlannedVip>,
+    /// The echo entries of VIP addresses (`VIP_F_ECHO`) and their VIP table slots.
+    pub echo: Vec<(VipKey, usize)>,
     pub backends: Vec<(u32, Backend)>,
+    /// Seconds after its publication during which the previous generation's rings give
+    /// a second chance (`Settings::second_chance_until`); zero: none.
+    pub second_chance_s: u32,
 }
 
 /// What the agent decides for a backend beyond its configuration.
@@ -57,19 +62,26 @@ pub fn effective_weight(effective: Option<&Effective>, configured: u32) -> f64 {
     })
 }
 
-/// How long a flow may go unseen and still count as active, in seconds (zero: for ever);
-/// after that its connection-table slot is free for a new flow.
+/// How the data plane treats the connection table: how long a flow may go unseen and
+/// still count as active, in seconds (zero: for ever), after which its slot is free for
+/// a new flow; and how long after a publication a TCP flow the table lost may take the
+/// previous generation's backend (zero: never).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowIdle {
     pub tcp_s: u16,
     pub udp_s: u16,
+    pub second_chance_s: u32,
 }
+
+/// Default `--second-chance-s`.
+pub const DEFAULT_SECOND_CHANCE_S: u32 = 30;
 
 impl Default for FlowIdle {
     fn default() -> Self {
         FlowIdle {
             tcp_s: lbx_common::DEFAULT_TCP_IDLE_S,
             udp_s: lbx_common::DEFAULT_UDP_IDLE_S,
+            second_chance_s: DEFAULT_SECOND_CHANCE_S,
         }
     }
 }
@@ -104,6 +116,8 @@ pub fn build(
         vip_salt: 0,
         tcp_idle_s: idle.tcp_s,
         udp_idle_s: idle.udp_s,
+        second_chance_until: 0,
+        pad: 0,
     };
     let mut vips = Vec::new();
     let mut backends = Vec::new();
@@ -182,17 +196,25 @@ pub fn build(
             ring,
         });
     }
-    let keys: Vec<VipKey> = vips.iter().map(|v| v.key).collect();
+    // The VIPs first, then the echo entries (`Config::table_keys`).
+    let keys = config.table_keys();
     let mut table_slots = vec![0; keys.len()];
     settings.vip_salt =
         vips::layout(&keys, &mut table_slots).expect("validated: the VIPs fit the VIP table");
-    for (v, s) in vips.iter_mut().zip(table_slots) {
-        v.table_slot = s;
+    for (v, s) in vips.iter_mut().zip(&table_slots) {
+        v.table_slot = *s;
     }
+    let echo = keys[vips.len()..]
+        .iter()
+        .copied()
+        .zip(table_slots[vips.len()..].iter().copied())
+        .collect();
     Plan {
         settings,
         vips,
+        echo,
         backends,
+        second_chance_s: idle.second_chance_s,
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use lbx_common::{Backend, MAX_BACKENDS, MAX_VIPS, VipTable};
+use lbx_common::{Backend, MAX_BACKENDS, MAX_VIPS, VIP_F_ECHO, VipEntry, VipTable};
 
 use crate::{
     addr,
@@ -80,12 +80,13 @@ impl Slots {
     }
 
     /// The numbers of a generation in the maps, as an agent that adopts them finds them:
-    /// VIP ids from its VIP table; backend slots, their uids and (in `Backend::vip`) their
+    /// VIP ids from its VIP table (whose echo entries are no VIPs); backend slots, their uids and (in `Backend::vip`) their
     /// VIP's id from its backend region.
     pub fn recover(vips: &VipTable, backends: &[Backend]) -> Slots {
         let mut found = Slots::default();
         let mut by_id = BTreeMap::new();
-        for e in vips.entries.iter().filter(|e| e.key.family != 0) {
+        let is_vip = |e: &&VipEntry| e.key.family != 0 && e.flags & VIP_F_ECHO == 0;
+        for e in vips.entries.iter().filter(is_vip) {
             if let Some(vip) = VipId::from_key(&e.key) {
                 found.vips.insert(vip, e.id);
                 by_id.insert(e.id, vip);
