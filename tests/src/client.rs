@@ -24,6 +24,10 @@ pub const BATCH_BUDGET: Duration = Duration::from_secs(120);
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most connections one batch may make: a bound on every traffic loop of the tests.
 pub const MAX_BATCH: usize = 5000;
+/// Largest answer [`Connection::ask_bulk`] may ask for (the test server's limit).
+pub const MAX_BULK: usize = 1 << 20;
+/// What the test server fills a bulk answer with.
+const BULK_FILLER: u8 = b'#';
 
 /// Sends connections and pings from inside one namespace.
 #[derive(Debug, Clone, Copy)]
@@ -213,6 +217,76 @@ impl Connection {
             }
         }
         let name = String::from_utf8_lossy(&answer).trim().to_owned();
+        self.first_answer.get_or_insert_with(|| name.clone());
+        Ok(name)
+    }
+}
+
+impl Connection {
+    /// Asks for an answer of `size` bytes (`bulk N`: a line naming the backend, then `size`
+    /// filler bytes), which the backend sends in full-size segments; returns the backend's
+    /// name once every byte has arrived. Fails if the whole answer has not arrived within
+    /// `limit`, saying how much had.
+    pub fn ask_bulk(&mut self, size: usize, limit: Duration) -> anyhow::Result<String> {
+        if size > MAX_BULK {
+            bail!("bulk answer of {size} bytes is over the limit of {MAX_BULK}");
+        }
+        let what = format!(
+            "TCP connection from source port {} to {}",
+            self.src_port, self.dst
+        );
+        self.stream
+            .write_all(format!("bulk {size}\n").as_bytes())
+            .with_context(|| format!("{what}: send"))?;
+        let deadline = Instant::now() + limit;
+        let mut header = Vec::new();
+        let mut body = 0usize;
+        let mut buf = vec![0u8; 64 * 1024];
+        while body < size || !header.ends_with(b"\n") {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "{what}: {body} of {size} bytes of the bulk answer arrived within \
+                     {limit:?}"
+                );
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            let n = match self.stream.read(&mut buf) {
+                Ok(0) => bail!("{what}: closed by the peer after {body} of {size} bytes"),
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(e).with_context(|| format!("{what}: receive")),
+            };
+            let mut chunk = &buf[..n];
+            if !header.ends_with(b"\n") {
+                let end = chunk.iter().position(|&b| b == b'\n').map_or(n, |i| i + 1);
+                header.extend_from_slice(&chunk[..end]);
+                chunk = &chunk[end..];
+                if header.len() > 1024 {
+                    bail!("{what}: bulk answer's first line is longer than 1024 bytes");
+                }
+            }
+            if let Some(bad) = chunk.iter().find(|&&b| b != BULK_FILLER) {
+                bail!("{what}: bulk answer has byte {bad:#04x} after {body} good ones");
+            }
+            body += chunk.len();
+            if body > size {
+                bail!("{what}: bulk answer is longer than the {size} bytes asked for");
+            }
+        }
+        self.stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        let header = String::from_utf8_lossy(&header).trim().to_owned();
+        let name = header
+            .strip_suffix(&format!(" {size}"))
+            .with_context(|| format!("{what}: bulk answer begins {header:?}, not `NAME {size}`"))?
+            .to_owned();
         self.first_answer.get_or_insert_with(|| name.clone());
         Ok(name)
     }

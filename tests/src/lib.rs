@@ -11,6 +11,10 @@
 //!   MTU 1500   `lbx run`   `lbx decap` + lbx-test-server, VIPs on lo
 //! ```
 //!
+//! With [`TopologyBuilder::client_behind_router`], a router (10.77.0.3, fd77::3, on the
+//! bridge too) carries the backends' replies to the client over links of its own with a
+//! smaller MTU; see [`topology::RouterLegs`].
+//!
 //! Everything is torn down when the [`Topology`] is dropped, including during a panic. Only
 //! addresses inside these namespaces are ever sent to.
 
@@ -44,6 +48,9 @@ pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 1);
 pub const LB_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 pub const LB_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 2);
+/// The router of [`TopologyBuilder::client_behind_router`], when there is one.
+pub const ROUTER_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 3);
+pub const ROUTER_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 3);
 /// VIP prefixes, routed by the client via the lb: 10.77.100.0/24 and fd77:100::/64.
 pub const VIP_PREFIX_V4: &str = "10.77.100.0/24";
 pub const VIP_PREFIX_V6: &str = "fd77:100::/64";

@@ -100,6 +100,46 @@ impl Netns {
         Ok(links[0]["xdp"]["prog"]["id"].as_u64())
     }
 
+    /// The namespace's IP, ICMP, TCP and UDP counters from /proc/net/snmp and
+    /// /proc/net/snmp6, named as `nstat` names them (`IcmpOutDestUnreachs`,
+    /// `Icmp6OutPktTooBigs`).
+    pub fn snmp_counters(&self) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+        // /proc/net is the namespace of the reading thread only through thread-self (plain
+        // /proc/net follows the process's first thread).
+        let (snmp, snmp6) = self.run(|| {
+            (
+                std::fs::read_to_string("/proc/thread-self/net/snmp"),
+                std::fs::read_to_string("/proc/thread-self/net/snmp6"),
+            )
+        })?;
+        let snmp = snmp.context("read /proc/net/snmp")?;
+        let snmp6 = snmp6.context("read /proc/net/snmp6")?;
+        let mut counters = std::collections::BTreeMap::new();
+        // snmp: a line of names, then a line of values, both beginning with `Group:`.
+        let lines: Vec<&str> = snmp.lines().collect();
+        for pair in lines.chunks(2) {
+            let [names, values] = pair else { continue };
+            let (Some((group, names)), Some((_, values))) =
+                (names.split_once(':'), values.split_once(':'))
+            else {
+                continue;
+            };
+            for (name, value) in names.split_whitespace().zip(values.split_whitespace()) {
+                if let Ok(v) = value.parse() {
+                    counters.insert(format!("{group}{name}"), v);
+                }
+            }
+        }
+        // snmp6: one `Name value` a line.
+        for line in snmp6.lines() {
+            let mut words = line.split_whitespace();
+            if let (Some(name), Some(Ok(v))) = (words.next(), words.next().map(str::parse)) {
+                counters.insert(name.to_owned(), v);
+            }
+        }
+        Ok(counters)
+    }
+
     /// Reads one interface counter (`rx_packets`, `tx_packets`, ...) from /sys.
     pub fn link_counter(&self, iface: &str, counter: &str) -> anyhow::Result<u64> {
         let out = self.ip(&["-s", "-j", "link", "show", "dev", iface])?;

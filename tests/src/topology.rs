@@ -16,8 +16,8 @@ use crate::client::{Client, Connection};
 use crate::netns::{self, Netns};
 use crate::process::{Process, run_bounded};
 use crate::{
-    Binaries, CLIENT_V4, CLIENT_V6, DIRECT_PORT, LB_V4, LB_V6, MAX_BACKENDS, VIP_PREFIX_V4,
-    VIP_PREFIX_V6, backend_name, backend_v4, backend_v6, bpffs, ethtool,
+    Binaries, CLIENT_V4, CLIENT_V6, DIRECT_PORT, LB_V4, LB_V6, MAX_BACKENDS, ROUTER_V4, ROUTER_V6,
+    VIP_PREFIX_V4, VIP_PREFIX_V6, backend_name, backend_v4, backend_v6, bpffs, ethtool,
 };
 
 /// Every host's interface toward the switch has this name inside the host's namespace.
@@ -39,6 +39,40 @@ const CLI_TIMEOUT: Duration = Duration::from_secs(20);
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Lines of each process's stdout and stderr shown when a test fails.
 const TAIL_LINES: usize = 30;
+
+/// The router's link to the client for IPv4 replies: its end's name in the router, its end's
+/// name in the client, and the last byte of each end's MAC (02:77:00:00:04:xx).
+const ROUTER_LEG_V4: (&str, &str, u8) = ("c4", "r4", 0x04);
+/// The same for IPv6 replies (02:77:00:00:06:xx). One link per family, so that each has
+/// its own MTU: an IPv4 one may be below IPv6's minimum of 1280.
+const ROUTER_LEG_V6: (&str, &str, u8) = ("c6", "r6", 0x06);
+
+/// The MTUs of the router's links to the client ([`TopologyBuilder::client_behind_router`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouterLegs {
+    /// MTU of the link that carries IPv4 replies (at least 576).
+    pub mtu_v4: u16,
+    /// MTU of the link that carries IPv6 replies (at least 1280).
+    pub mtu_v6: u16,
+}
+
+impl RouterLegs {
+    /// The client's interface on which the replies of `family` arrive.
+    pub fn client_iface(family: IpAddr) -> &'static str {
+        match family {
+            IpAddr::V4(_) => ROUTER_LEG_V4.1,
+            IpAddr::V6(_) => ROUTER_LEG_V6.1,
+        }
+    }
+
+    /// The MTU of the link that carries replies of `family`.
+    pub fn mtu_like(&self, family: IpAddr) -> u16 {
+        match family {
+            IpAddr::V4(_) => self.mtu_v4,
+            IpAddr::V6(_) => self.mtu_v6,
+        }
+    }
+}
 
 /// One host: its namespace and where it sits on the link.
 #[derive(Debug)]
@@ -227,6 +261,8 @@ pub struct TopologyBuilder {
     decap: Option<DecapMode>,
     /// Extra arguments of `lbx run`.
     agent_args: Vec<String>,
+    /// A router on the backends' return path to the client.
+    router: Option<RouterLegs>,
 }
 
 /// The running test network. Dropping it stops every process it started (process groups,
@@ -241,6 +277,10 @@ pub struct Topology {
     pub client: Host,
     pub lb: Host,
     pub backends: Vec<Host>,
+    /// The router of [`TopologyBuilder::client_behind_router`], if asked for.
+    pub router: Option<Host>,
+    /// The MTUs of its links to the client.
+    pub router_legs: Option<RouterLegs>,
     pub switch: Netns,
     dir: PathBuf,
     bins: Binaries,
@@ -288,6 +328,19 @@ impl TopologyBuilder {
         self
     }
 
+    /// Puts a router on the backends' way back to the client, where the MTU drops: the
+    /// router (10.77.0.3, fd77::3) is on the bridge like every host and has one more link
+    /// per family straight to the client, with MTU `mtu_v4` for IPv4 and `mtu_v6` for IPv6
+    /// on both ends. The backends route the client's addresses via the router, which sends
+    /// them out those links; everything else is as without it (the client still reaches the
+    /// VIPs through the lb, on its own link). The router routes the VIP prefixes to the
+    /// lb, so the ICMP errors it sends about a backend's reply (from a VIP) that does not
+    /// fit reach lbx, as they would from a router on the Internet.
+    pub fn client_behind_router(mut self, mtu_v4: u16, mtu_v6: u16) -> Self {
+        self.router = Some(RouterLegs { mtu_v4, mtu_v6 });
+        self
+    }
+
     pub fn build(self) -> anyhow::Result<Topology> {
         ensure!(
             crate::is_root(),
@@ -298,6 +351,13 @@ impl TopologyBuilder {
             "a topology has 1 to {MAX_BACKENDS} backends, not {}",
             self.backends
         );
+        if let Some(legs) = self.router {
+            ensure!(
+                (576..INNER_MTU).contains(&legs.mtu_v4) && (1280..INNER_MTU).contains(&legs.mtu_v6),
+                "the router's links need an MTU below {INNER_MTU} and at least 576 (IPv4) or \
+                 1280 (IPv6): {legs:?}"
+            );
+        }
         ensure!(
             !(self.lbx && self.vips.is_empty()),
             "a topology with lbx needs at least one VIP"
@@ -322,12 +382,18 @@ impl TopologyBuilder {
         let client = make_host("client", CLIENT_V4, CLIENT_V6, 0x01)?;
         let lb = make_host("lb", LB_V4, LB_V6, 0x02)?;
         let switch = Netns::create("switch")?;
+        let router = self
+            .router
+            .map(|_| make_host("router", ROUTER_V4, ROUTER_V6, 0x03))
+            .transpose()?;
         let dir = make_temp_dir()?;
         let mut topo = Topology {
             processes: Vec::new(),
             client,
             lb,
             backends: Vec::new(),
+            router,
+            router_legs: self.router,
             switch,
             socket: dir.join("lbx.sock"),
             dir,
@@ -351,6 +417,7 @@ impl TopologyBuilder {
         topo.configure_client()?;
         topo.configure_lb()?;
         topo.configure_backends(&self.vips)?;
+        topo.configure_router()?;
         topo.start_backends(&self.vips, self.lbx.then_some(decap))?;
         if self.lbx {
             topo.start_lbx()?;
@@ -442,11 +509,15 @@ impl Topology {
             lbx: true,
             decap: None,
             agent_args: Vec::new(),
+            router: None,
         }
     }
 
     fn hosts(&self) -> impl Iterator<Item = &Host> {
-        [&self.client, &self.lb].into_iter().chain(&self.backends)
+        [&self.client, &self.lb]
+            .into_iter()
+            .chain(&self.router)
+            .chain(&self.backends)
     }
 
     /// Names of every namespace of this topology.
@@ -599,6 +670,107 @@ impl Topology {
             .with_context(|| {
                 format!("failed to turn TX checksum offload off on the client's {IFACE}")
             })
+    }
+
+    /// The router's links to the client, its routes, and the backends' routes to the client
+    /// through it; nothing without a router.
+    fn configure_router(&self) -> anyhow::Result<()> {
+        let (Some(router), Some(legs)) = (&self.router, self.router_legs) else {
+            return Ok(());
+        };
+        let r = &router.netns;
+        let c = &self.client.netns;
+        r.sysctl("net.ipv4.ip_forward", "1")?;
+        r.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        // ICMP errors about the replies go to their source, a VIP: through the lb.
+        r.ip(&[
+            "route",
+            "add",
+            VIP_PREFIX_V4,
+            "via",
+            &LB_V4.to_string(),
+            "dev",
+            IFACE,
+        ])?;
+        r.ip(&[
+            "-6",
+            "route",
+            "add",
+            VIP_PREFIX_V6,
+            "via",
+            &LB_V6.to_string(),
+            "dev",
+            IFACE,
+        ])?;
+        let client_addrs: [(IpAddr, _, u16); 2] = [
+            (CLIENT_V4.into(), ROUTER_LEG_V4, legs.mtu_v4),
+            (CLIENT_V6.into(), ROUTER_LEG_V6, legs.mtu_v6),
+        ];
+        for (addr, (router_end, client_end, mac_byte), mtu) in client_addrs {
+            let mtu = mtu.to_string();
+            let router_mac = format_mac(&[0x02, 0x77, 0, 0, mac_byte, 0x03]);
+            let client_mac = format_mac(&[0x02, 0x77, 0, 0, mac_byte, 0x01]);
+            r.ip(&[
+                "link",
+                "add",
+                router_end,
+                "mtu",
+                &mtu,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                client_end,
+                "netns",
+                c.name(),
+            ])?;
+            r.ip(&["link", "set", router_end, "address", &router_mac, "up"])?;
+            c.ip(&[
+                "link",
+                "set",
+                client_end,
+                "address",
+                &client_mac,
+                "mtu",
+                &mtu,
+                "up",
+            ])?;
+            let (family, host) = match addr {
+                IpAddr::V4(a) => ("-4", format!("{a}/32")),
+                IpAddr::V6(a) => ("-6", format!("{a}/128")),
+            };
+            r.ip(&[family, "route", "add", &host, "dev", router_end])?;
+            // Static, so nothing waits on ARP or neighbour discovery over a link where the
+            // client has no address of its own.
+            r.ip(&[
+                family,
+                "neigh",
+                "replace",
+                &addr.to_string(),
+                "lladdr",
+                &client_mac,
+                "dev",
+                router_end,
+                "nud",
+                "permanent",
+            ])?;
+            for b in &self.backends {
+                let via = router.addr_like(addr).to_string();
+                b.netns
+                    .ip(&[family, "route", "add", &host, "via", &via, "dev", IFACE])?;
+            }
+        }
+        // A black hole stays one: without the router's errors a backend never finds the
+        // path MTU (the kernel's default, set for hosts whose default differs).
+        for b in &self.backends {
+            b.netns.sysctl("net.ipv4.tcp_mtu_probing", "0")?;
+        }
+        // Replies from the VIPs arrive on the router's links, while the client routes the
+        // VIPs via eth0: no reverse path filtering (IPv6 has none).
+        for conf in ["all", "default", ROUTER_LEG_V4.1, ROUTER_LEG_V6.1] {
+            c.sysctl(&format!("net.ipv4.conf.{conf}.rp_filter"), "0")?;
+        }
+        Ok(())
     }
 
     fn configure_lb(&self) -> anyhow::Result<()> {
