@@ -60,16 +60,19 @@ struct RConfig {
     mtu: u32,
     src4: (Ipv4Addr, u8),
     src6: (Ipv6Addr, u8),
+    /// Whether echo requests to VIP addresses are answered.
+    icmp_echo: bool,
     vips: Vec<RVip>,
 }
 
 impl RConfig {
     fn toml(&self) -> String {
         let mut s = format!(
-            "seed = {}\ntable_size = {}\nmtu = {}\n[encap]\nsource_v4 = \"{}/{}\"\nsource_v6 = \"{}/{}\"\n",
+            "seed = {}\ntable_size = {}\nmtu = {}\nicmp_echo = {}\n[encap]\nsource_v4 = \"{}/{}\"\nsource_v6 = \"{}/{}\"\n",
             self.seed,
             self.table_size,
             self.mtu,
+            self.icmp_echo,
             self.src4.0,
             self.src4.1,
             self.src6.0,
@@ -190,6 +193,7 @@ fn random_config(rng: &mut Rng, table_size: u32) -> RConfig {
         mtu: *rng.pick(&[1280u32, 1400, 1500, 9000]),
         src4,
         src6,
+        icmp_echo: rng.chance(3, 4),
         vips: Vec::new(),
     };
     for _ in 0..rng.range(1, 9) {
@@ -211,6 +215,7 @@ fn evolve(rng: &mut Rng, c: &RConfig) -> RConfig {
                 let i = rng.range(0, n.vips.len());
                 n.vips.remove(i);
             }
+            2 if rng.chance(1, 4) => n.icmp_echo = !n.icmp_echo,
             2 => n.mtu = *rng.pick(&[1280u32, 1400, 1500, 9000]),
             3 => (n.src4, n.src6) = random_prefixes(rng),
             _ if !n.vips.is_empty() => {
@@ -263,6 +268,11 @@ fn client(rng: &mut Rng, v6: bool) -> IpAddr {
 /// A well-formed frame, mostly towards the configuration's VIPs, from a small set of
 /// clients and ports so flows repeat (connection-table hits).
 fn valid(rng: &mut Rng, c: &RConfig) -> Vec<u8> {
+    match rng.range(0, 100) {
+        0..=6 => return icmp_error(rng, c),
+        7..=10 => return echo_request(rng, c),
+        _ => {}
+    }
     let target = if !c.vips.is_empty() && rng.chance(4, 5) {
         Some(rng.pick(&c.vips).clone())
     } else {
@@ -322,28 +332,207 @@ fn valid(rng: &mut Rng, c: &RConfig) -> Vec<u8> {
             ip.traffic_class = rng.u8();
             ip.flow_label = rng.u32() & 0xf_ffff;
             ip.hop_limit = rng.u8();
-            if rng.chance(1, 25) {
-                let exts = [
-                    V6Ext::Fragment {
-                        offset: 0,
-                        more: true,
-                    },
-                    V6Ext::Fragment {
-                        offset: 7,
-                        more: false,
-                    },
-                    V6Ext::HopByHop,
-                    V6Ext::DestinationOptions,
-                    V6Ext::Routing,
-                ];
-                // Chains of one to five: the fifth is past the walk's bound.
-                let n = rng.range(1, 6);
-                ip.ext = (0..n).map(|_| *rng.pick(&exts)).collect();
+            if rng.chance(1, 8) {
+                ip.ext = extension_chain(rng);
             }
             packets::ipv6(&ip, l4, &payload)
         }
         _ => unreachable!("client of the destination's family"),
     }
+}
+
+/// One to six IPv6 extension headers, mostly those lbx walks (so chains of up to 4 and
+/// the fifth that stops it both occur), now and then a later fragment or one it does not
+/// walk.
+fn extension_chain(rng: &mut Rng) -> Vec<V6Ext> {
+    let n = if rng.chance(1, 2) { 1 } else { rng.range(2, 7) };
+    (0..n)
+        .map(|_| match rng.range(0, 20) {
+            0..=3 => V6Ext::HopByHop,
+            4..=6 => V6Ext::DestinationOptions,
+            7..=8 => V6Ext::Routing,
+            9..=11 => V6Ext::Fragment {
+                offset: 0,
+                more: rng.chance(1, 2),
+            },
+            12 => V6Ext::Fragment {
+                offset: rng.range(1, 0x2000) as u16,
+                more: rng.chance(1, 2),
+            },
+            13..=16 => V6Ext::Sized {
+                number: *rng.pick(&[0u8, 43, 60]),
+                len: rng.range(0, 6) as u8,
+            },
+            _ => V6Ext::Unwalked(*rng.pick(&[50u8, 51, 135, 139, 140])),
+        })
+        .collect()
+}
+
+/// A VIP of the configuration, mostly, or an address of the VIP pool; whether its flows
+/// are TCP, and its port (0: every port).
+fn icmp_target(rng: &mut Rng, c: &RConfig) -> (IpAddr, bool, u16) {
+    if !c.vips.is_empty() && rng.chance(5, 6) {
+        let v = rng.pick(&c.vips);
+        (v.addr, v.tcp, v.port)
+    } else {
+        let v6 = rng.chance(1, 2);
+        (vip_pool(rng, v6), rng.chance(1, 2), 80)
+    }
+}
+
+/// An ICMP message (type, code, the four type-dependent bytes, then `body`) in a frame
+/// from `src` to `dst`: IPv4 header choices at random (options, rarely a fragment), IPv6
+/// extension headers now and then; sometimes bytes after the packet.
+fn icmp_frame(
+    rng: &mut Rng,
+    src: IpAddr,
+    dst: IpAddr,
+    (kind, code, rest): (u8, u8, [u8; 4]),
+    body: &[u8],
+) -> Vec<u8> {
+    let mut f = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut ip = V4::new(s, d);
+            ip.tos = rng.u8();
+            ip.ttl = rng.u8();
+            ip.id = rng.u16();
+            ip.df = rng.chance(1, 2);
+            if rng.chance(1, 10) {
+                let words = rng.range(1, 11);
+                ip.options = rng.bytes(4 * words);
+            }
+            ip.mf = rng.chance(1, 40);
+            packets::icmp4(&ip, kind, code, rest, body)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut ip = V6::new(s, d);
+            ip.traffic_class = rng.u8();
+            ip.flow_label = rng.u32() & 0xf_ffff;
+            ip.hop_limit = rng.u8();
+            if rng.chance(1, 10) {
+                ip.ext = extension_chain(rng);
+            }
+            packets::icmp6(&ip, kind, code, rest, body)
+        }
+        _ => unreachable!("one family"),
+    };
+    if rng.chance(1, 10) {
+        let n = rng.range(1, 30);
+        f.extend(rng.bytes(n));
+    }
+    f
+}
+
+/// An ICMP error to a VIP address about a packet its backend sent to a client (of the
+/// clients and ports the valid frames use, so it often names a flow in the table): mostly
+/// fragmentation needed / packet too big embedding what RFC 792 asks or the whole packet;
+/// else cut anywhere, with a header byte changed, of another type, or to another address.
+fn icmp_error(rng: &mut Rng, c: &RConfig) -> Vec<u8> {
+    let (vip, tcp, port) = icmp_target(rng, c);
+    let v6 = vip.is_ipv6();
+    let peer = client(rng, v6);
+    let tcp = if rng.chance(1, 10) { !tcp } else { tcp };
+    let vport = if port == 0 || rng.chance(1, 10) {
+        rng.u16()
+    } else {
+        port
+    };
+    let cport = if rng.chance(2, 3) {
+        1000 + rng.range(0, 16) as u16
+    } else {
+        rng.u16()
+    };
+    let reply = if tcp {
+        L4::tcp(vport, cport)
+    } else {
+        L4::udp(vport, cport)
+    };
+    let len = rng.range(0, 64);
+    let data = rng.bytes(len);
+    let sent = match (vip, peer) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut ip = V4::new(s, d);
+            ip.df = rng.chance(1, 2);
+            if rng.chance(1, 8) {
+                let words = rng.range(1, 11);
+                ip.options = rng.bytes(4 * words);
+            }
+            packets::ipv4(&ip, reply, &data)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => packets::ipv6(&V6::new(s, d), reply, &data),
+        _ => unreachable!("one family"),
+    };
+    let mut embedded = packets::ip_packet(&sent).to_vec();
+    let header = if v6 {
+        40
+    } else {
+        usize::from(embedded[0] & 0x0f) * 4
+    };
+    match rng.range(0, 8) {
+        0..=2 => embedded.truncate(header + 8),
+        3 => {
+            let n = rng.range(0, header + 9);
+            embedded.truncate(n);
+        }
+        4 => {
+            let i = rng.range(0, header);
+            embedded[i] = rng.u8();
+        }
+        _ => {}
+    }
+    let message = if rng.chance(9, 10) {
+        if v6 {
+            let code = if rng.chance(4, 5) { 0 } else { rng.u8() };
+            (2, code, 1280u32.to_be_bytes())
+        } else {
+            (3, 4, [0, 0, 0x05, 0x78])
+        }
+    } else {
+        let kind = *rng.pick(&[0u8, 1, 2, 3, 4, 8, 11, 12, 128, 129, 135]);
+        (kind, rng.range(0, 5) as u8, [0, 0, 0x05, 0x00])
+    };
+    let to = if rng.chance(9, 10) {
+        vip
+    } else {
+        vip_pool(rng, v6)
+    };
+    let router = client(rng, v6);
+    icmp_frame(rng, router, to, message, &embedded)
+}
+
+/// An echo request to a VIP address (or a pool address); now and then with another code,
+/// a wrong checksum, or cut inside the ICMP header.
+fn echo_request(rng: &mut Rng, c: &RConfig) -> Vec<u8> {
+    let (dst, _, _) = icmp_target(rng, c);
+    let v6 = dst.is_ipv6();
+    let src = client(rng, v6);
+    let len = if rng.chance(1, 10) {
+        rng.range(1000, 1500)
+    } else {
+        rng.range(0, 100)
+    };
+    let data = rng.bytes(len);
+    let code = if rng.chance(1, 10) { rng.u8() } else { 0 };
+    let kind = if v6 { 128 } else { 8 };
+    let rest = [rng.u8(), rng.u8(), rng.u8(), rng.u8()];
+    let mut f = icmp_frame(rng, src, dst, (kind, code, rest), &data);
+    // Where the ICMP header is: after the IPv4 header, or counted back from the end of
+    // the IPv6 packet (past any extension headers).
+    let at = if v6 {
+        let payload = usize::from(u16::from_be_bytes([f[18], f[19]]));
+        14 + 40 + payload - data.len() - 8
+    } else {
+        14 + usize::from(f[14] & 0x0f) * 4
+    };
+    match rng.range(0, 12) {
+        0 => f[at + 2] = rng.u8(),
+        1 => {
+            let n = rng.range(at, at + 8);
+            f.truncate(n);
+        }
+        _ => {}
+    }
+    f
 }
 
 /// A valid frame with a mistake: cut, bytes changed in the headers, a length field or
@@ -529,8 +718,13 @@ fn program_and_model_agree_on_random_configurations_and_frames() {
             cfg = evolve(&mut rng, &cfg);
             // Idle times of a few seconds and a clock that moves by as much between
             // configurations: flows go idle, and new ones take their slots.
+            // A second-chance window now and then, about as long as the clock's steps.
             tb.idle = FlowIdle {
-                second_chance_s: 0,
+                second_chance_s: if rng.chance(1, 2) {
+                    0
+                } else {
+                    rng.range(1, 40) as u32
+                },
                 tcp_s: rng.range(0, 40) as u16,
                 udp_s: rng.range(0, 20) as u16,
             };
@@ -747,8 +941,14 @@ fn program_and_model_agree_on_random_configurations_and_frames() {
     );
     for must in [
         Reason::Forwarded,
+        Reason::ForwardedSecondChance,
+        Reason::ForwardedIcmp,
+        Reason::EchoReply,
+        Reason::PassIcmpBadInner,
         Reason::PassMalformed,
         Reason::PassNotVip,
+        Reason::PassFragment,
+        Reason::PassExtensionHeader,
         Reason::DropTooBig,
         Reason::DropNoBackend,
     ] {
