@@ -202,6 +202,41 @@ fn random_config(rng: &mut Rng, table_size: u32) -> RConfig {
     c
 }
 
+/// A backend added to a TCP VIP that has some: its ring moves a share of slots while
+/// every old backend still serves, the case the second chance is for.
+fn move_ring(rng: &mut Rng, c: &mut RConfig) {
+    let with_backends: Vec<usize> = (0..c.vips.len())
+        .filter(|&i| c.vips[i].tcp && !c.vips[i].backends.is_empty())
+        .collect();
+    let i = if with_backends.is_empty() {
+        let mut v = random_vip(rng);
+        v.tcp = true;
+        while v.backends.len() < 2 {
+            add_backend(rng, &mut v);
+        }
+        c.vips
+            .retain(|x| !(x.addr == v.addr && x.port == v.port && x.tcp));
+        c.vips.push(v);
+        c.vips.len() - 1
+    } else {
+        *rng.pick(&with_backends)
+    };
+    let v = &mut c.vips[i];
+    let free: Vec<RBackend> = (0..24)
+        .map(|_| random_backend(rng, v.addr.is_ipv6()))
+        .filter(|b| !v.backends.iter().any(|x| x.addr == b.addr))
+        .collect();
+    match free.into_iter().next() {
+        Some(b) => v.backends.push(RBackend { drain: false, ..b }),
+        // A full pool: a new weight moves the ring as well.
+        None => {
+            let b = &mut v.backends[0];
+            b.drain = false;
+            b.weight = if b.weight > 1 { b.weight / 2 } else { 7 };
+        }
+    }
+}
+
 /// The next configuration: a few operator-style edits of `c`, or now and then a new one.
 fn evolve(rng: &mut Rng, c: &RConfig) -> RConfig {
     if rng.chance(1, 8) {
@@ -714,13 +749,19 @@ fn program_and_model_agree_on_random_configurations_and_frames() {
         let mut cfg = random_config(&mut rng, ring);
         let mut reasons = tb.reasons().expect("REASONS");
         let mut clock = 1 + rng.range(0, 1000) as u32;
-        for _ in 0..CONFIGS_PER_PHASE {
+        for round in 0..CONFIGS_PER_PHASE {
             cfg = evolve(&mut rng, &cfg);
+            // Every other configuration moves a TCP VIP's ring under a second-chance
+            // window, so each phase sees second chances whatever the edits were.
+            let moved = round % 2 == 1;
+            if moved {
+                move_ring(&mut rng, &mut cfg);
+            }
             // Idle times of a few seconds and a clock that moves by as much between
             // configurations: flows go idle, and new ones take their slots.
             // A second-chance window now and then, about as long as the clock's steps.
             tb.idle = FlowIdle {
-                second_chance_s: if rng.chance(1, 2) {
+                second_chance_s: if !moved && rng.chance(1, 2) {
                     0
                 } else {
                     rng.range(1, 40) as u32
