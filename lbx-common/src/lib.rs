@@ -18,10 +18,10 @@ pub const PROTO_ICMPV6: u8 = 58;
 pub const PROTO_IPIP: u8 = 4;
 pub const PROTO_IPV6: u8 = 41;
 
-/// How many VIPs one agent serves; also the number of rings in a generation.
-pub const MAX_VIPS: u32 = 64;
+/// How many VIPs one agent serves (VIP ids are 16-bit in `VipEntry`).
+pub const MAX_VIPS: u32 = 1024;
 /// Backend slots (a backend of one VIP is one slot) across all VIPs.
-pub const MAX_BACKENDS: u32 = 4096;
+pub const MAX_BACKENDS: u32 = 16384;
 /// Default connection-table size (flows); `lbx run --flows` changes it.
 pub const DEFAULT_FLOWS: u32 = 1 << 20;
 /// Default seconds a TCP flow may go unseen and still count as active (`--flow-idle-s`).
@@ -43,12 +43,15 @@ pub const fn ring_elems(ring_size: u32) -> u32 {
     ring_size.div_ceil(RING_LANES)
 }
 
-/// Index in `RINGS` of the first element of the ring of VIP `number` in generation slot
-/// `slot`: each slot holds `MAX_VIPS` rings back to back.
-#[inline(always)]
-pub const fn ring_base(slot: u32, number: u32, ring_size: u32) -> u32 {
-    (slot * MAX_VIPS + number) * ring_elems(ring_size)
+/// Ring entries `rings` rings of `ring_size` take in `RINGS`: each is rounded up to whole
+/// elements of `RING_LANES` entries.
+pub const fn ring_entries_for(rings: u32, ring_size: u32) -> u32 {
+    rings * ring_elems(ring_size) * RING_LANES
 }
+
+/// Default ring entries each generation slot of `RINGS` holds (`lbx run --ring-entries`):
+/// 64 rings of the default size, 8 MiB per slot.
+pub const DEFAULT_RING_ENTRIES: u32 = ring_entries_for(64, DEFAULT_RING_SIZE);
 
 /// Ring entry `index` from its element of `RINGS` (`ring_base + index / RING_LANES`).
 #[inline(always)]
@@ -78,8 +81,9 @@ pub mod maps {
     pub const VIPS: &str = "VIPS";
     /// Backends, slot 0's table then slot 1's: `Array<Backend>[2 * MAX_BACKENDS]`.
     pub const BACKENDS: &str = "BACKENDS";
-    /// Maglev rings, slot 0's then slot 1's, each `MAX_VIPS` rings back to back:
-    /// `Array<u64>[2 * MAX_VIPS * ring_elems(ring_size)]`, `RING_LANES` backend slots per
+    /// Maglev rings, slot 0's region then slot 1's, each holding the rings of its
+    /// generation wherever the agent placed them (`VipEntry::ring_base`):
+    /// `Array<u64>[2 * ring_elems(ring_entries)]`, `RING_LANES` backend slots per
     /// element (`ring_entry`); memory-mappable so the agent writes a whole ring with one
     /// copy.
     pub const RINGS: &str = "RINGS";
@@ -146,18 +150,21 @@ const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 pub struct VipEntry {
     pub key: VipKey,
     /// Stable id: index into `VIP_STATS`.
-    pub id: u32,
+    pub id: u16,
     /// `VIP_F_*` bits.
-    pub flags: u32,
+    pub flags: u16,
     /// Index in `RINGS` of the element holding this VIP's first ring entry in this
     /// generation slot.
     pub ring_base: u32,
+    /// Entries of this VIP's ring (its Maglev table size, a prime); zero without a ring.
+    pub ring_size: u32,
 }
 const _: () = assert!(core::mem::size_of::<VipEntry>() == 32);
+const _: () = assert!(MAX_VIPS <= 1 << 16, "VIP ids are 16-bit");
 
-/// Slots of a generation's VIP table: a power of two, four times `MAX_VIPS`, so probe
-/// chains stay short.
-pub const VIP_TABLE_SLOTS: usize = 256;
+/// Slots of a generation's VIP table: a power of two, four times the most entries it
+/// holds (`MAX_VIPS` VIPs and as many echo addresses), so probe chains stay short.
+pub const VIP_TABLE_SLOTS: usize = 8192;
 /// Slots a lookup probes from its home slot at most; the agent places every VIP within.
 pub const VIP_PROBES: u32 = 8;
 
@@ -178,11 +185,11 @@ impl Default for VipTable {
 }
 
 /// The VIP's ring holds at least one backend; without it new flows are dropped.
-pub const VIP_F_HAS_BACKENDS: u32 = 1;
+pub const VIP_F_HAS_BACKENDS: u16 = 1;
 /// Not a VIP: the entry of a VIP address whose echo requests the balancer answers. Its
 /// key is the address with port 0 and protocol `PROTO_ICMP` or `PROTO_ICMPV6`; it has no
 /// ring, backends or counters.
-pub const VIP_F_ECHO: u32 = 2;
+pub const VIP_F_ECHO: u16 = 2;
 
 /// A backend of one VIP. Its slot number (stable across generations, index of
 /// `BACKEND_STATS`) is what rings and the connection table hold; generation slot `g` keeps
@@ -232,7 +239,8 @@ const _: () = assert!(core::mem::size_of::<Active>() == 16);
 pub struct Settings {
     /// Seed of the flow hash; equal on every node behind the same ECMP group.
     pub seed: u32,
-    /// Maglev ring size of every VIP (prime).
+    /// The configuration's default Maglev table size (prime); each VIP's own is in its
+    /// `VipEntry::ring_size`. Nonzero once a generation is in this slot.
     pub ring_size: u32,
     /// Largest inner IP packet that still fits the link once encapsulated.
     pub mtu: u32,

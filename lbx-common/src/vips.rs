@@ -125,9 +125,10 @@ mod tests {
         for (i, k) in keys.iter().enumerate() {
             t[slots[i]] = VipEntry {
                 key: *k,
-                id: i as u32,
+                id: i as u16,
                 flags: 0,
                 ring_base: 0,
+                ring_size: 0,
             };
         }
         Some((t, salt))
@@ -140,7 +141,7 @@ mod tests {
         });
         let (t, salt) = table::<VIP_TABLE_SLOTS>(&keys, VIP_PROBES).expect("64 VIPs fit");
         for (i, k) in keys.iter().enumerate() {
-            assert_eq!(find(&t, k, salt).map(|e| e.id), Some(i as u32));
+            assert_eq!(find(&t, k, salt).map(|e| e.id), Some(i as u16));
         }
         for miss in [
             key(0x0a00_0000, 81, PROTO_UDP),
@@ -176,7 +177,7 @@ mod tests {
         let (t, salt) = table::<8>(&same, 3).unwrap();
         assert_eq!(salt, 0);
         for (i, k) in same.iter().enumerate() {
-            assert_eq!(find_in(&t, k, 0, 3).map(|e| e.id), Some(i as u32));
+            assert_eq!(find_in(&t, k, 0, 3).map(|e| e.id), Some(i as u16));
         }
         // With a bound of 2 the third one does not fit under this salt.
         assert!(!place_in::<8>(&same, 0, 2, &mut slots));

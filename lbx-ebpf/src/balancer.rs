@@ -82,7 +82,7 @@ fn try_balance<const UNTIL: u32>(ctx: &XdpContext) -> Result<Reason, Reason> {
             if vip.flags & VIP_F_HAS_BACKENDS == 0 {
                 return Err(Reason::DropNoBackend);
             }
-            let index = hash % g.ring_size;
+            let index = lookup::ring_index(vip, hash)?;
             let mut found = lookup::ring_backend(vip, index, key.family, &g)?;
             // An established TCP flow the table lost, shortly after the ring changed: its
             // backend is more likely the one the ring gave before.
@@ -118,7 +118,7 @@ fn try_balance<const UNTIL: u32>(ctx: &XdpContext) -> Result<Reason, Reason> {
     } else {
         encap::ip6ip6(ctx, &net, backend, g.settings, hash)?;
     }
-    add_traffic(&VIP_STATS, vip.id, frame_bytes, new_flow);
+    add_traffic(&VIP_STATS, u32::from(vip.id), frame_bytes, new_flow);
     add_traffic(&BACKEND_STATS, backend_slot, frame_bytes, new_flow);
     Ok(reason)
 }

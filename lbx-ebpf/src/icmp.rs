@@ -181,7 +181,7 @@ fn forward_error(
             if vip.flags & VIP_F_HAS_BACKENDS == 0 {
                 return Err(Reason::DropNoBackend);
             }
-            lookup::ring_backend(vip, hash % g.ring_size, key.family, g)?
+            lookup::ring_backend(vip, lookup::ring_index(vip, hash)?, key.family, g)?
         }
     };
     if key.family == FAMILY_V4 {

@@ -17,9 +17,6 @@ pub struct Generation<'a> {
     pub slot: u32,
     pub now: u32,
     pub settings: &'a Settings,
-    /// Nonzero: the compiler then knows the divisor is not zero and emits no panic path
-    /// (which the verifier would reject).
-    pub ring_size: u32,
     /// Index of the generation's backend region in `BACKENDS`.
     pub backend_base: u32,
 }
@@ -35,15 +32,13 @@ pub fn generation<'a>(active: *const Active) -> Result<Generation<'a>, Reason> {
     let slot = unsafe { core::ptr::read_volatile(&(*active).slot) } & 1;
     let now = unsafe { core::ptr::read_volatile(&(*active).now) };
     let settings = SETTINGS.get(slot).ok_or(Reason::PassNoConfig)?;
-    let ring_size = settings.ring_size;
-    if ring_size == 0 {
+    if settings.ring_size == 0 {
         return Err(Reason::PassNoConfig);
     }
     Ok(Generation {
         slot,
         now,
         settings,
-        ring_size,
         backend_base: slot * MAX_BACKENDS,
     })
 }
@@ -116,6 +111,17 @@ pub fn established<'a, const TOUCH: bool>(
     Some((entry.backend, backend))
 }
 
+/// The entry of the VIP's ring a flow of `hash` takes. The check makes the divisor known
+/// nonzero, so the compiler emits no panic path (which the verifier would reject).
+#[inline(always)]
+pub fn ring_index(vip: &VipEntry, hash: u32) -> Result<u32, Reason> {
+    let size = vip.ring_size;
+    if size == 0 {
+        return Err(Reason::DropBadRing);
+    }
+    Ok(hash % size)
+}
+
 /// The backend slot at ring entry `index` of the ring whose first element is `base`.
 #[inline(always)]
 fn ring_slot(base: u32, index: u32) -> Result<u32, Reason> {
@@ -141,9 +147,9 @@ pub fn ring_backend<'a>(
     Ok((slot, backend))
 }
 
-/// The second chance: the backend the previous generation's ring gave entry `index` of
-/// the VIP, if it is not `current` and still serves the VIP, the same instance (uid),
-/// not down. The previous generation is the other slot when it holds the generation
+/// The second chance: the backend the previous generation's ring (of the same size)
+/// gave entry `index` of the VIP, if it is not `current` and still serves the VIP, the
+/// same instance (uid), not down. The previous generation is the other slot when it holds the generation
 /// before this one; the agent may be rewriting it for the next one, so whatever it
 /// holds is only trusted once the current generation confirms the backend.
 #[inline(always)]
@@ -156,12 +162,15 @@ pub fn previous_backend<'a>(
 ) -> Option<(u32, &'a Backend)> {
     let prev = g.slot ^ 1;
     let settings = SETTINGS.get(prev)?;
-    if settings.generation + 1 != g.settings.generation || settings.ring_size != g.ring_size {
+    if settings.generation + 1 != g.settings.generation {
         return None;
     }
     let table = VIPS.get(prev)?;
     let before = vips::find(&table.entries, &vip.key, settings.vip_salt)?;
-    if before.id != vip.id || before.flags & VIP_F_HAS_BACKENDS == 0 {
+    if before.id != vip.id
+        || before.ring_size != vip.ring_size
+        || before.flags & VIP_F_HAS_BACKENDS == 0
+    {
         return None;
     }
     let slot = ring_slot(before.ring_base, index).ok()?;
@@ -172,7 +181,7 @@ pub fn previous_backend<'a>(
     let now = BACKENDS.get(g.backend_base + slot)?;
     if now.family != family
         || now.uid != then.uid
-        || now.vip != vip.id
+        || now.vip != u32::from(vip.id)
         || now.flags & BACKEND_F_DOWN != 0
     {
         return None;

@@ -25,7 +25,7 @@ pub static VIPS: Array<VipTable> = Array::with_max_entries(2, 0);
 #[map(name = "BACKENDS")]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(2 * MAX_BACKENDS, 0);
 
-/// Sized by the agent at load time (`2 * MAX_VIPS * ring_elems(ring_size)`).
+/// Sized by the agent at load time (`2 * ring_elems(ring_entries)`).
 #[map(name = "RINGS")]
 pub static RINGS: Array<u64> = Array::with_max_entries(1, F_MMAPABLE);
 

@@ -1,9 +1,10 @@
 //! Control-plane benchmarks (criterion), run by `cargo xtask bench`:
 //! - `maglev_build_65537/N`: building one weighted Maglev table of M = 65537 for N
 //!   backends of unequal weights;
-//! - `publish_generation/4x10`: publishing a whole new generation (4 VIPs of 10 backends,
-//!   M = 65537; one weight changed, so every ring is rewritten) into a loaded balancer,
-//!   including the wait for in-flight packets. Needs root; skipped (said so) otherwise.
+//! - `publish_generation/4x10`: publishing a new generation (4 VIPs of 10 backends,
+//!   M = 65537; one weight changed, so one ring is rebuilt and written) into a loaded
+//!   balancer, including the wait for in-flight packets. Needs root; skipped (said so)
+//!   otherwise.
 //! - `scrape/64x64`: one Prometheus scrape of an agent with 64 VIPs of 64 backends (M =
 //!   65537), attached in generic mode to the loopback of a network namespace of its own:
 //!   reading every counter and the connection-table sample (`maps`), and encoding the
@@ -73,9 +74,12 @@ fn publish_generation(c: &mut Criterion) {
         return;
     }
     lbx::dataplane::sys::raise_memlock_limit();
-    let mut bal = Balancer::load(M, 1 << 16, None).expect("load the balancer");
+    let mut bal = Balancer::load(lbx_common::ring_entries_for(4, M), 1 << 16, None)
+        .expect("load the balancer");
     let mut publisher = Publisher::new().expect("publication barrier");
-    let configs = [config(100), config(200)];
+    // Three weights in turn: the slot written holds the generation before last, whose
+    // ring of VIP 1 differs, so each publication writes that ring.
+    let configs = [config(100), config(200), config(300)];
     let (slots, _) = Slots::default().assign(&configs[0]);
     let plans: Vec<plan::Plan> = configs
         .iter()
@@ -87,6 +91,7 @@ fn publish_generation(c: &mut Criterion) {
                 1500,
                 Default::default(),
                 &Default::default(),
+                None,
             )
         })
         .collect();
@@ -98,7 +103,7 @@ fn publish_generation(c: &mut Criterion) {
     group.bench_function("4x10", |b| {
         b.iter(|| {
             i += 1;
-            publisher.publish(&mut bal, &plans[i % 2]).expect("publish")
+            publisher.publish(&mut bal, &plans[i % 3]).expect("publish")
         });
     });
     group.finish();
@@ -156,6 +161,7 @@ fn scrape(c: &mut Criterion) {
         object: lbx::dataplane::Object::builtin(),
         migrate: false,
         flows: 1 << 20,
+        ring_entries: lbx_common::DEFAULT_RING_ENTRIES,
         flow_idle: Default::default(),
         control_interval: Duration::from_secs(1),
         metrics_listen: None,

@@ -376,7 +376,7 @@ impl<'a> Reference<'a> {
                 if vip.flags & VIP_F_HAS_BACKENDS == 0 {
                     return Err(Reason::DropNoBackend);
                 }
-                let index = hash % t.settings.ring_size;
+                let index = ring_index(vip, hash)?;
                 let (mut slot, mut b) = ring_backend(t, vip, index, pkt.key.family)?;
                 let mut source = Source::Ring;
                 if pkt.key.proto == PROTO_TCP
@@ -438,11 +438,14 @@ impl<'a> Reference<'a> {
     ) -> Option<(u32, Backend)> {
         let t = self.tables.as_ref()?;
         let (prev, until) = self.previous.as_ref()?;
-        if self.now >= *until || prev.settings.ring_size != t.settings.ring_size {
+        if self.now >= *until {
             return None;
         }
         let before = prev.vips.get(&vip.key)?;
-        if before.number != vip.number || before.flags & VIP_F_HAS_BACKENDS == 0 {
+        if before.number != vip.number
+            || before.ring.len() != vip.ring.len()
+            || before.flags & VIP_F_HAS_BACKENDS == 0
+        {
             return None;
         }
         let slot = *before.ring.get(index as usize)?;
@@ -497,7 +500,7 @@ impl<'a> Reference<'a> {
                 if vip.flags & VIP_F_HAS_BACKENDS == 0 {
                     return Err(Reason::DropNoBackend);
                 }
-                let (slot, b) = ring_backend(t, vip, hash % t.settings.ring_size, key.family)?;
+                let (slot, b) = ring_backend(t, vip, ring_index(vip, hash)?, key.family)?;
                 (slot, b, Source::Ring)
             }
         };
@@ -517,6 +520,14 @@ impl<'a> Reference<'a> {
 }
 
 /// The backend of ring entry `index` of the VIP.
+/// The ring entry of a flow of `hash`: the VIP's own table size is the ring's length.
+fn ring_index(vip: &PlannedVip, hash: u32) -> Result<u32, Reason> {
+    match vip.ring.len() as u32 {
+        0 => Err(Reason::DropBadRing),
+        size => Ok(hash % size),
+    }
+}
+
 fn ring_backend(
     t: &Tables,
     vip: &PlannedVip,
@@ -1023,6 +1034,7 @@ mod tests {
             c.mtu.unwrap(),
             FlowIdle::default(),
             &Overrides::new(),
+            None,
         )
     }
 
@@ -1240,6 +1252,7 @@ mod tests {
             1500,
             FlowIdle::default(),
             &Overrides::new(),
+            None,
         );
         let d = Reference::new(&drained).decide(&mut flows, &f);
         assert_eq!(d.backend.unwrap().source, Source::Table);
@@ -1257,6 +1270,7 @@ mod tests {
             1500,
             FlowIdle::default(),
             &Overrides::new(),
+            None,
         );
         let d = Reference::new(&removed).decide(&mut flows, &f);
         assert_eq!(d.backend.unwrap().source, Source::Ring);

@@ -83,6 +83,13 @@ pub fn sum(values: &PerCpuValues<Counters>) -> Counters {
 }
 
 /// The balancer and what the agent would hold: slot numbers and the published plan.
+/// Rings of the largest table size a test balancer loaded for `ring_size` has room for.
+pub const RING_VIPS: u32 = 64;
+
+fn ring_entries(ring_size: u32) -> u32 {
+    lbx_common::ring_entries_for(RING_VIPS, ring_size)
+}
+
 pub struct TestBalancer {
     pub bal: Balancer,
     publisher: Publisher,
@@ -96,13 +103,18 @@ pub struct TestBalancer {
 }
 
 impl TestBalancer {
-    /// Loads the balancer with Maglev tables of `ring_size` and a connection table of
-    /// `flows` entries. Configurations published later must use the same `table_size`.
+    /// Loads the balancer with room for `RING_VIPS` Maglev tables of `ring_size` and a
+    /// connection table of `flows` entries.
     pub fn load(ring_size: u32, flows: u32) -> Result<Self> {
+        Self::load_entries(ring_entries(ring_size), flows)
+    }
+
+    /// Loads the balancer with room for `ring_entries` ring entries per generation.
+    pub fn load_entries(ring_entries: u32, flows: u32) -> Result<Self> {
         // BPF needs root; anything else (the verifier, map limits) is in the error's chain.
-        let bal = Balancer::load(ring_size, flows, None).with_context(|| {
+        let bal = Balancer::load(ring_entries, flows, None).with_context(|| {
             format!(
-                "load the balancer (ring {ring_size}, {flows} flows; the packet tests run as root)"
+                "load the balancer ({ring_entries} ring entries, {flows} flows; the packet tests run as root)"
             )
         })?;
         Self::with(bal)
@@ -110,9 +122,14 @@ impl TestBalancer {
 
     /// As `load`, from another build of the XDP object (`lbx-bench --baseline`).
     pub fn load_object(object: &[u8], ring_size: u32, flows: u32) -> Result<Self> {
-        let bal = Balancer::load_object(object, ring_size, flows, None)
+        let bal = Balancer::load_object(object, ring_entries(ring_size), flows, None)
             .context("load the balancer from the given object")?;
         Self::with(bal)
+    }
+
+    /// The publisher, to ask what its last publication wrote.
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
     }
 
     fn with(bal: Balancer) -> Result<Self> {
@@ -132,12 +149,6 @@ impl TestBalancer {
         config
             .validate()
             .context("the test configuration is invalid")?;
-        anyhow::ensure!(
-            config.table_size == self.bal.ring_size,
-            "table_size {} differs from the loaded ring size {}",
-            config.table_size,
-            self.bal.ring_size
-        );
         let (slots, fresh) = self.slots.assign(config);
         let mtu = config.mtu.unwrap_or(DEFAULT_MTU);
         let plan = plan::build(
@@ -147,6 +158,7 @@ impl TestBalancer {
             mtu,
             self.idle,
             &Default::default(),
+            self.plan.as_ref(),
         );
         self.publisher
             .reset_counters(&mut self.bal, &fresh.vips, &fresh.backends)?;

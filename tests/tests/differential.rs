@@ -28,7 +28,8 @@ use lbx_tests::{
     testrun::TestBalancer,
 };
 
-/// Ring sizes of the balancer phases (one load each; `table_size` is fixed per load).
+/// The configurations' table sizes, one phase (and one load of the balancer) each; VIPs may
+/// have their own.
 const PHASES: [u32; 3] = [101, 1021, 65537];
 /// Configurations per phase; the frames are spread evenly over them.
 const CONFIGS_PER_PHASE: usize = 12;
@@ -50,6 +51,9 @@ struct RVip {
     addr: IpAddr,
     port: u16,
     tcp: bool,
+    /// Its own Maglev table size, written when it holds the backends (ten slots each);
+    /// otherwise the configuration's applies.
+    table_size: Option<u32>,
     backends: Vec<RBackend>,
 }
 
@@ -91,6 +95,12 @@ impl RConfig {
                 },
                 if v.tcp { "tcp" } else { "udp" }
             );
+            if let Some(m) = v
+                .table_size
+                .filter(|m| v.backends.len() * 10 <= *m as usize)
+            {
+                let _ = writeln!(s, "table_size = {m}");
+            }
             for b in &v.backends {
                 let m = b.mac;
                 let _ = writeln!(
@@ -157,12 +167,18 @@ fn random_vip(rng: &mut Rng) -> RVip {
         addr: vip_pool(rng, v6),
         port: *rng.pick(&[0u16, 80, 443, 53, 8080]),
         tcp: rng.chance(1, 2),
+        table_size: own_table_size(rng),
         backends: Vec::new(),
     };
     for _ in 0..rng.range(0, 6) {
         add_backend(rng, &mut v);
     }
     v
+}
+
+/// A VIP's own table size now and then.
+fn own_table_size(rng: &mut Rng) -> Option<u32> {
+    rng.chance(1, 3).then(|| *rng.pick(&[131u32, 211, 1021]))
 }
 
 fn add_vip(rng: &mut Rng, c: &mut RConfig) {
@@ -256,8 +272,9 @@ fn evolve(rng: &mut Rng, c: &RConfig) -> RConfig {
             _ if !n.vips.is_empty() => {
                 let i = rng.range(0, n.vips.len());
                 let v = &mut n.vips[i];
-                match rng.range(0, 4) {
+                match rng.range(0, 5) {
                     0 => add_backend(rng, v),
+                    4 => v.table_size = own_table_size(rng),
                     1 if !v.backends.is_empty() => {
                         let j = rng.range(0, v.backends.len());
                         v.backends.remove(j);
@@ -744,7 +761,10 @@ fn program_and_model_agree_on_random_configurations_and_frames() {
     let mut refused = 0usize;
 
     for ring in PHASES {
-        let mut tb = TestBalancer::load(ring, FLOWS).expect("load the balancer (root needed)");
+        // Room for the VIPs' own table sizes besides the configuration's.
+        let entries = lbx_common::ring_entries_for(lbx_tests::testrun::RING_VIPS, ring.max(1021));
+        let mut tb =
+            TestBalancer::load_entries(entries, FLOWS).expect("load the balancer (root needed)");
         let mut model_flows = tb.empty_flows();
         let mut cfg = random_config(&mut rng, ring);
         let mut reasons = tb.reasons().expect("REASONS");

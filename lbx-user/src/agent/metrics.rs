@@ -32,7 +32,7 @@ impl Agent {
             let mut counts = BTreeMap::new();
             for v in &self.plan.vips {
                 let mut per_slot: BTreeMap<u32, u64> = BTreeMap::new();
-                for slot in &v.ring {
+                for slot in v.ring.iter() {
                     *per_slot.entry(*slot).or_default() += 1;
                 }
                 counts.extend(per_slot.into_iter().map(|(s, n)| ((v.id, s), n)));

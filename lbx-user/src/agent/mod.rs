@@ -70,6 +70,8 @@ pub struct Options {
     /// Pinned maps of other sizes are migrated, not refused (`lbx run --migrate`).
     pub migrate: bool,
     pub flows: u32,
+    /// Ring entries per generation (`lbx run --ring-entries`).
+    pub ring_entries: u32,
     pub flow_idle: FlowIdle,
     /// How often the agent measures, runs the models and revisits weights.
     pub control_interval: Duration,
@@ -183,7 +185,7 @@ impl Agent {
             dir,
             migrate: opts.migrate,
         });
-        let bal = Balancer::load_from(&opts.object, config.table_size, opts.flows, pins)?;
+        let bal = Balancer::load_from(&opts.object, opts.ring_entries, opts.flows, pins)?;
         bal.check_mode(&opts.iface, opts.mode)?;
         // Maps an agent before this one published into: its generation, numbers,
         // counters and health decisions go on, so established flows keep their backends.
@@ -299,6 +301,7 @@ impl Agent {
             self.mtu,
             self.opts.flow_idle,
             &overrides,
+            Some(&self.plan),
         );
         self.publisher
             .reset_counters(&mut self.bal, &fresh.vips, &fresh.backends)?;
@@ -320,12 +323,6 @@ impl Agent {
     /// Validates `new` whole, publishes it, and saves it. On any error nothing changes.
     fn apply(&mut self, new: Config) -> Result<u64, AgentError> {
         new.validate()?;
-        if new.table_size != self.config.table_size {
-            return Err(AgentError::Invalid(format!(
-                "table_size changes from {} to {} need a restart of the agent",
-                self.config.table_size, new.table_size
-            )));
-        }
         let macs = resolve_macs(&new, &self.macs, &self.opts.iface)?;
         let old = self.config.clone();
         new.save(&self.opts.config_path)?;

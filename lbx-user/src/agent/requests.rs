@@ -11,7 +11,7 @@ use super::{Agent, AgentError, api::Request};
 use crate::{
     addr,
     config::{ConfigError, MacAddr, Protocol, VipId},
-    dataplane::plan,
+    dataplane::{memory::Memory, plan},
 };
 
 impl Agent {
@@ -201,6 +201,7 @@ impl Agent {
                     .collect();
                 json!({
                     "vip": id.to_string(),
+                    "table_size": v.ring_size(self.config.table_size),
                     "health_panic": v.health.is_some() && self.panicking(v),
                     "backends": backends,
                 })
@@ -226,6 +227,7 @@ impl Agent {
             },
             "second_chance_s": self.plan.second_chance_s,
             "icmp_echo": self.config.icmp_echo,
+            "memory": Memory::of(&self.bal, self.plan.vips.iter().map(|v| v.ring.len())),
             "vips": vips,
         })
     }
@@ -325,7 +327,7 @@ impl Agent {
             }));
         }
         let hash = flow_hash(&key, self.plan.settings.seed);
-        let index = hash % self.plan.settings.ring_size;
+        let index = hash % pv.ring.len() as u32;
         let slot = pv.ring[index as usize];
         let (addr, _) = by_slot(slot)
             .ok_or_else(|| AgentError::Other("ring names an unknown backend".into()))?;
@@ -335,7 +337,7 @@ impl Agent {
             "source": "maglev",
             "hash": format!("{hash:#010x}"),
             "table_index": index,
-            "table_size": self.plan.settings.ring_size,
+            "table_size": pv.ring.len(),
         }))
     }
 }

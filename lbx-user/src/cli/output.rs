@@ -117,13 +117,28 @@ fn status(v: &Value) {
         s(&v["second_chance_s"]),
         if v["icmp_echo"] == true { "on" } else { "off" }
     );
+    let m = &v["memory"];
+    let mib = |x: &Value| format!("{:.1} MiB", x.as_f64().unwrap_or(0.0) / (1 << 20) as f64);
+    println!(
+        "maps {}: rings {} ({} of {} ring entries a generation used), connection table {} ({} flows), tables {}, counters {} ({} CPUs)",
+        mib(&m["total"]),
+        mib(&m["rings"]),
+        s(&m["ring_entries_used"]),
+        s(&m["ring_entries"]),
+        mib(&m["flows"]),
+        s(&m["flow_slots"]),
+        mib(&m["tables"]),
+        mib(&m["counters"]),
+        s(&m["cpus"]),
+    );
     for vip in arr(&v["vips"]) {
         println!();
         let id = s(&vip["vip"]);
+        let size = s(&vip["table_size"]);
         if id.contains(":*/") {
-            println!("VIP {id} (every port of the address)");
+            println!("VIP {id} (every port of the address), table size {size}");
         } else {
-            println!("VIP {id}");
+            println!("VIP {id}, table size {size}");
         }
         table(
             &[

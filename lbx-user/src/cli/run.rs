@@ -10,7 +10,10 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::HashMap;
 use clap::Args;
-use lbx_common::{AddrKey, DEFAULT_FLOWS, DEFAULT_TCP_IDLE_S, DEFAULT_UDP_IDLE_S, maps, programs};
+use lbx_common::{
+    AddrKey, DEFAULT_FLOWS, DEFAULT_RING_ENTRIES, DEFAULT_TCP_IDLE_S, DEFAULT_UDP_IDLE_S, maps,
+    programs,
+};
 
 use crate::{
     addr,
@@ -44,6 +47,15 @@ pub struct RunArgs {
     #[arg(long, default_value_t = DEFAULT_FLOWS,
           value_parser = clap::value_parser!(u32).range(1..=1 << 26))]
     pub flows: u32,
+    /// Ring entries each generation holds for the VIPs' Maglev rings together: a VIP
+    /// takes its table_size of them rounded up to a multiple of 4 (2 bytes each), twice
+    /// over for the two generations the data plane keeps. The default holds 64 VIPs at
+    /// table_size 65537 (16 MiB); 1,024 VIPs at 65537 need 67,112,960 (256 MiB), at 4093
+    /// 4,194,304 (16 MiB). A configuration whose rings do not fit is refused, with what it
+    /// needs.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_RING_ENTRIES,
+          value_parser = clap::value_parser!(u32).range(101..=1 << 28))]
+    pub ring_entries: u32,
     /// Seconds a TCP flow (and any flow but UDP) may go unseen and still count as
     /// active: `lbx status`, `lbx backend list` and `lbx backend drain --wait` count the
     /// active flows, and a slot unseen for longer is free for a new flow. 0: never idle.
@@ -74,7 +86,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR:PORT", value_parser = super::values::listen_address)]
     pub metrics_listen: Option<SocketAddr>,
     /// Take over maps an agent before this one pinned with other sizes (another
-    /// table_size or --flows) by filling maps of the new sizes from them, the connection
+    /// --ring-entries or --flows) by filling maps of the new sizes from them, the connection
     /// table included. Without it such maps are refused and nothing changes.
     #[arg(long)]
     pub migrate: bool,
@@ -141,6 +153,7 @@ pub fn run(args: RunArgs, socket: Option<PathBuf>) -> Result<()> {
         object,
         migrate: args.migrate,
         flows: args.flows,
+        ring_entries: args.ring_entries,
         flow_idle: FlowIdle {
             tcp_s: args.flow_idle_s,
             udp_s: args.udp_flow_idle_s,

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use lbx_common::{MAX_BACKENDS, MAX_VIPS};
 
-use super::validate::{check_address, check_backend, check_weight};
+use super::validate::{check_address, check_backend, check_table_fits, check_weight};
 use super::{Adaptive, BackendConfig, Config, ConfigError, HealthCheck, VipConfig, VipId};
 
 impl Config {
@@ -45,6 +45,7 @@ impl Config {
             address: id.address,
             port: id.port,
             protocol: id.protocol,
+            table_size: None,
             health: None,
             adaptive: None,
             backends: Vec::new(),
@@ -64,7 +65,7 @@ impl Config {
 
     pub fn add_backend(&mut self, id: VipId, backend: BackendConfig) -> Result<(), ConfigError> {
         let total = self.backend_count();
-        let table_size = self.table_size;
+        let default_size = self.table_size;
         let vip = self.vip_mut(id)?;
         check_backend(id, &backend)?;
         if vip.backend(backend.address).is_some() {
@@ -73,13 +74,7 @@ impl Config {
                 backend: backend.address,
             });
         }
-        if vip.backends.len() >= table_size as usize {
-            return Err(ConfigError::TableTooSmall {
-                vip: id,
-                count: vip.backends.len() + 1,
-                table_size,
-            });
-        }
+        check_table_fits(id, vip.table_size, default_size, vip.backends.len() + 1)?;
         if total >= MAX_BACKENDS as usize {
             return Err(ConfigError::TooManyBackends {
                 count: total + 1,

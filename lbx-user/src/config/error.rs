@@ -5,7 +5,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use super::{
-    EndpointError, MAX_MTU, MAX_TABLE_SIZE, MAX_WEIGHT, MIN_TABLE_SIZE, MIN_WEIGHT, Prefix, VipId,
+    EndpointError, MAX_MTU, MAX_TABLE_SIZE, MAX_WEIGHT, MIN_SLOTS_PER_BACKEND, MIN_TABLE_SIZE,
+    MIN_WEIGHT, Prefix, VipId,
 };
 
 fn family(addr: IpAddr) -> &'static str {
@@ -70,7 +71,9 @@ pub enum ConfigError {
     BadAddress { value: String, reason: String },
     #[error("unknown protocol \"{value}\": use tcp or udp")]
     BadProtocol { value: String },
-    #[error("{count} VIPs configured, but at most {max} are supported: remove some")]
+    #[error(
+        "{count} VIPs configured, but one agent serves at most {max} (MAX_VIPS, a limit built into lbx-common and its data plane): remove some, or spread them over agents on other interfaces"
+    )]
     TooManyVips { count: usize, max: u32 },
     #[error(
         "the {count} VIPs and {echo} echo entries of their addresses do not fit the data plane's VIP table ({slots} slots, each within {probes} of its hash's slot) under any of {tries} hash salts: remove some VIPs, or set icmp_echo = false"
@@ -83,7 +86,7 @@ pub enum ConfigError {
         tries: u32,
     },
     #[error(
-        "{count} backends configured across all VIPs, but at most {max} are supported: remove some"
+        "{count} backends configured across all VIPs, but one agent serves at most {max} (MAX_BACKENDS, a limit built into lbx-common and its data plane): remove some"
     )]
     TooManyBackends { count: usize, max: u32 },
     #[error(
@@ -94,6 +97,20 @@ pub enum ConfigError {
         count: usize,
         table_size: u32,
     },
+    #[error(
+        "VIP {vip} has table_size {table_size} for {count} backends: a VIP's own table_size needs at least {MIN_SLOTS_PER_BACKEND} slots per backend; use a larger prime, or leave it out for the configuration's"
+    )]
+    VipTableTooSmall {
+        vip: VipId,
+        count: usize,
+        table_size: u32,
+    },
+    #[error("VIP {vip}: table_size {size} is not a prime: use a prime such as 1021, 4093 or 65537")]
+    VipTableSizeNotPrime { vip: VipId, size: u32 },
+    #[error(
+        "VIP {vip}: table_size {size} is out of range: use a prime from {MIN_TABLE_SIZE} to {MAX_TABLE_SIZE}"
+    )]
+    VipTableSizeOutOfRange { vip: VipId, size: u32 },
     #[error("VIP {vip} already exists: each address, port and protocol may appear once")]
     DuplicateVip { vip: VipId },
     #[error("VIP {vip} does not exist")]

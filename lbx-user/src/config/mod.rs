@@ -43,9 +43,10 @@ pub use values::{MacAddr, Prefix, Protocol, VipId};
 
 /// Smallest table size accepted: below this a handful of backends already share it badly.
 pub const MIN_TABLE_SIZE: u32 = 101;
-/// Largest table size accepted: the rings map holds `2 * MAX_VIPS` tables of this many
-/// 16-bit entries (256 MB at this size).
+/// Largest table size accepted (16-bit entries: 2 MB a ring, twice for two generations).
 pub const MAX_TABLE_SIZE: u32 = 1_000_003;
+/// Slots per backend a VIP's own (smaller) table size must keep at least.
+pub const MIN_SLOTS_PER_BACKEND: u32 = 10;
 pub const MIN_WEIGHT: u32 = 1;
 pub const MAX_WEIGHT: u32 = 65535;
 /// Weight of a backend whose `weight` is left out.

@@ -103,6 +103,10 @@ pub struct VipConfig {
     #[serde(with = "super::endpoint::port_field")]
     pub port: u16,
     pub protocol: Protocol,
+    /// This VIP's own Maglev table size (a prime, at least `MIN_SLOTS_PER_BACKEND` per
+    /// backend); none: the configuration's `table_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_size: Option<u32>,
     /// How the agent checks this VIP's backends; none: they are assumed healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthCheck>,
@@ -251,6 +255,12 @@ impl VipConfig {
             port: self.port,
             protocol: self.protocol,
         }
+    }
+
+    /// The Maglev table size of this VIP's ring: its own, else `default` (the
+    /// configuration's `table_size`).
+    pub fn ring_size(&self, default: u32) -> u32 {
+        self.table_size.unwrap_or(default)
     }
 
     pub fn backend(&self, address: IpAddr) -> Option<&BackendConfig> {

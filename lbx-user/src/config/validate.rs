@@ -8,7 +8,8 @@ use lbx_common::{MAX_BACKENDS, MAX_VIPS, vips};
 
 use super::{
     Adaptive, BackendConfig, CheckKind, Config, ConfigError, HealthCheck, MAX_MTU, MAX_TABLE_SIZE,
-    MAX_WEIGHT, MIN_MTU_V4, MIN_MTU_V6, MIN_TABLE_SIZE, MIN_WEIGHT, MacAddr, Prefix, VipId,
+    MAX_WEIGHT, MIN_MTU_V4, MIN_MTU_V6, MIN_SLOTS_PER_BACKEND, MIN_TABLE_SIZE, MIN_WEIGHT, MacAddr,
+    Prefix, VipId,
 };
 use crate::maglev::is_prime;
 
@@ -61,13 +62,15 @@ impl Config {
             if let Some(a) = &v.adaptive {
                 a.validate(vip, v.health.as_ref())?;
             }
-            if v.backends.len() > size as usize {
-                return Err(ConfigError::TableTooSmall {
-                    vip,
-                    count: v.backends.len(),
-                    table_size: size,
-                });
+            if let Some(own) = v.table_size {
+                if !(MIN_TABLE_SIZE..=MAX_TABLE_SIZE).contains(&own) {
+                    return Err(ConfigError::VipTableSizeOutOfRange { vip, size: own });
+                }
+                if !is_prime(own) {
+                    return Err(ConfigError::VipTableSizeNotPrime { vip, size: own });
+                }
             }
+            check_table_fits(vip, v.table_size, size, v.backends.len())?;
             let mut seen = HashSet::new();
             for b in &v.backends {
                 check_backend(vip, b)?;
@@ -89,6 +92,33 @@ impl Config {
             });
         }
         Ok(())
+    }
+}
+
+/// Whether `count` backends fit the VIP's ring: with the configuration's table size, no
+/// more backends than slots (as always); with a VIP's own, smaller one, at least
+/// `MIN_SLOTS_PER_BACKEND` slots per backend, so each backend's share of the ring stays
+/// within a tenth of its weight's.
+pub(super) fn check_table_fits(
+    vip: VipId,
+    own: Option<u32>,
+    default: u32,
+    count: usize,
+) -> Result<(), ConfigError> {
+    match own {
+        Some(size) if count as u64 * u64::from(MIN_SLOTS_PER_BACKEND) > u64::from(size) => {
+            Err(ConfigError::VipTableTooSmall {
+                vip,
+                count,
+                table_size: size,
+            })
+        }
+        None if count > default as usize => Err(ConfigError::TableTooSmall {
+            vip,
+            count,
+            table_size: default,
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -419,22 +449,35 @@ mod tests {
         let before = c.clone();
         let extra = VipId {
             address: ip("10.0.0.1"),
-            port: 999,
+            port: 5000,
             protocol: Protocol::Tcp,
         };
-        let e = assert_names(c.add_vip(extra), &["65", "64"]);
-        assert!(matches!(e, ConfigError::TooManyVips { count: 65, max: 64 }));
+        let e = assert_names(c.add_vip(extra), &["1025", "1024", "MAX_VIPS"]);
+        assert!(matches!(
+            e,
+            ConfigError::TooManyVips {
+                count: 1025,
+                max: 1024
+            }
+        ));
         assert_eq!(c, before);
         c.vips.push(VipConfig {
             address: extra.address,
             port: extra.port,
             protocol: extra.protocol,
+            table_size: None,
             health: None,
             adaptive: None,
             backends: vec![],
         });
-        let e = assert_names(c.validate(), &["65", "64"]);
-        assert!(matches!(e, ConfigError::TooManyVips { count: 65, max: 64 }));
+        let e = assert_names(c.validate(), &["1025", "1024"]);
+        assert!(matches!(
+            e,
+            ConfigError::TooManyVips {
+                count: 1025,
+                max: 1024
+            }
+        ));
     }
 
     #[test]
@@ -458,23 +501,23 @@ mod tests {
         let before = c.clone();
         let e = assert_names(
             c.add_backend(vip, BackendConfig::new(ip("10.9.9.9"))),
-            &["4097", "4096"],
+            &["16385", "16384"],
         );
         assert!(matches!(
             e,
             ConfigError::TooManyBackends {
-                count: 4097,
-                max: 4096
+                count: 16385,
+                max: 16384
             }
         ));
         assert_eq!(c, before);
         c.vips[0].backends.push(BackendConfig::new(ip("10.9.9.9")));
-        let e = assert_names(c.validate(), &["4097", "4096"]);
+        let e = assert_names(c.validate(), &["16385", "16384"]);
         assert!(matches!(
             e,
             ConfigError::TooManyBackends {
-                count: 4097,
-                max: 4096
+                count: 16385,
+                max: 16384
             }
         ));
     }
@@ -511,6 +554,58 @@ mod tests {
         c.vips[0].backends.push(BackendConfig::new(ip("10.9.9.9")));
         let e = assert_names(c.validate(), &["10.0.0.1:80/tcp", "102", "101"]);
         assert!(matches!(e, ConfigError::TableTooSmall { count: 102, .. }));
+    }
+
+    #[test]
+    fn a_vip_table_size_is_a_prime_with_ten_slots_per_backend() {
+        let text =
+            "[[vip]]\naddress = \"10.0.0.1\"\nport = 80\nprotocol = \"tcp\"\ntable_size = 101\n";
+        let mut c = Config::from_toml(text).unwrap();
+        c.validate().unwrap();
+        let vip = c.vips[0].id();
+        assert_eq!(c.vips[0].ring_size(c.table_size), 101);
+        for b in 0..10u32 {
+            c.add_backend(
+                vip,
+                BackendConfig::new(IpAddr::V4(Ipv4Addr::from(0x0a01_0000 + b))),
+            )
+            .unwrap();
+        }
+        let before = c.clone();
+        // 11 backends need 110 slots: refused, with the VIP, the counts and the rule named.
+        let e = assert_names(
+            c.add_backend(vip, BackendConfig::new(ip("10.9.9.9"))),
+            &[
+                "10.0.0.1:80/tcp",
+                "101",
+                "11 backends",
+                "10 slots per backend",
+            ],
+        );
+        assert!(matches!(
+            e,
+            ConfigError::VipTableTooSmall {
+                count: 11,
+                table_size: 101,
+                ..
+            }
+        ));
+        assert_eq!(c, before);
+        c.vips[0].table_size = Some(102);
+        let e = assert_names(c.validate(), &["10.0.0.1:80/tcp", "102", "prime"]);
+        assert!(matches!(
+            e,
+            ConfigError::VipTableSizeNotPrime { size: 102, .. }
+        ));
+        c.vips[0].table_size = Some(97);
+        let e = assert_names(c.validate(), &["10.0.0.1:80/tcp", "97", "out of range"]);
+        assert!(matches!(
+            e,
+            ConfigError::VipTableSizeOutOfRange { size: 97, .. }
+        ));
+        // Without its own size the configuration's applies, with the rule as before.
+        c.vips[0].table_size = None;
+        c.validate().unwrap();
     }
 
     #[test]
@@ -553,6 +648,7 @@ mod tests {
                 address: vip.address,
                 port: 80,
                 protocol: Protocol::Tcp,
+                table_size: None,
                 health: None,
                 adaptive: None,
                 backends: vec![],

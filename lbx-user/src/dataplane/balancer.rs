@@ -15,7 +15,7 @@ use aya::{
     },
 };
 use lbx_common::{
-    Active, Backend, Counters, FlowEntry, FlowKey, MAX_VIPS, Reason, Settings, VipTable,
+    Active, Backend, Counters, FlowEntry, FlowKey, Reason, Settings,
     flows::{self, FLOW_WAYS},
     hash::flow_hash,
     maps, programs,
@@ -29,6 +29,7 @@ use super::{
     object::Object,
     pins::{BALANCER_MAPS, LINK, Pins},
     sys::{self, MappedFlows, MappedRings},
+    vip_tables::VipTables,
 };
 
 /// Checks what every attaching command needs before it touches the kernel. `pins` is
@@ -207,7 +208,7 @@ fn sum_cpus(values: &PerCpuValues<Counters>) -> Counters {
 pub struct Balancer {
     pub active: Array<MapData, Active>,
     pub settings: Array<MapData, Settings>,
-    pub vips: Array<MapData, VipTable>,
+    pub vips: VipTables,
     pub backends: Array<MapData, Backend>,
     pub rings: MappedRings,
     pub flows: MappedFlows,
@@ -218,7 +219,9 @@ pub struct Balancer {
     pub reasons: PerCpuArray<MapData, u64>,
     /// How it is attached, if it is.
     pub mode: Option<Mode>,
-    pub ring_size: u32,
+    /// Elements of `RINGS` each generation slot has for its rings (`ring_elems` of
+    /// `--ring-entries`).
+    pub ring_capacity: u32,
     /// The maps were pinned by an agent before this one, and are used as they are.
     pub inherited: bool,
     pin_dir: Option<PathBuf>,
@@ -240,33 +243,35 @@ pub struct Balancer {
 }
 
 impl Balancer {
-    /// Loads the balancer (not attached to any interface yet) with rings of `ring_size`
-    /// and a connection table of `flows` entries, its maps pinned as `pins` says.
-    pub fn load(ring_size: u32, flows: u32, pins: Option<Pins>) -> Result<Self, DataPlaneError> {
-        Self::load_from(&Object::builtin(), ring_size, flows, pins)
+    /// Loads the balancer (not attached to any interface yet) with room for
+    /// `ring_entries` ring entries per generation and a connection table of `flows`
+    /// entries, its maps pinned as `pins` says.
+    pub fn load(ring_entries: u32, flows: u32, pins: Option<Pins>) -> Result<Self, DataPlaneError> {
+        Self::load_from(&Object::builtin(), ring_entries, flows, pins)
     }
 
     /// As `load`, from another build of lbx-ebpf with the same map layouts (`lbx-bench
     /// --baseline` compares two builds in one run).
     pub fn load_object(
         object: &[u8],
-        ring_size: u32,
+        ring_entries: u32,
         flows: u32,
         pins: Option<Pins>,
     ) -> Result<Self, DataPlaneError> {
-        Self::load_from(&Object::from_bytes(object), ring_size, flows, pins)
+        Self::load_from(&Object::from_bytes(object), ring_entries, flows, pins)
     }
 
     /// As `load`, from `object`: pinned maps are checked against the maps it defines, the
     /// program that is to serve from them.
     pub fn load_from(
         object: &Object,
-        ring_size: u32,
+        ring_entries: u32,
         flows: u32,
         pins: Option<Pins>,
     ) -> Result<Self, DataPlaneError> {
         let (origin, object) = (object.path(), object.bytes());
-        let ring_elems = 2 * MAX_VIPS * lbx_common::ring_elems(ring_size);
+        let ring_capacity = lbx_common::ring_elems(ring_entries);
+        let ring_elems = 2 * ring_capacity;
         let sets = flows::sets_for(flows);
         let flow_slots = sets * FLOW_WAYS;
         let sizes = [(maps::RINGS, ring_elems), (maps::FLOWS, flow_slots)];
@@ -335,7 +340,10 @@ impl Balancer {
         let mut bal = Self {
             active: typed!(&mut ebpf, maps::ACTIVE),
             settings: typed!(&mut ebpf, maps::SETTINGS),
-            vips: typed!(&mut ebpf, maps::VIPS),
+            vips: match take(&mut ebpf, maps::VIPS) {
+                Map::Array(data) => VipTables::new(data),
+                _ => unreachable!("VIPS is an array"),
+            },
             backends: typed!(&mut ebpf, maps::BACKENDS),
             flows,
             flow_set_mask: sets - 1,
@@ -344,7 +352,7 @@ impl Balancer {
             reasons: typed!(&mut ebpf, maps::REASONS),
             rings,
             mode: None,
-            ring_size,
+            ring_capacity,
             inherited,
             remove_pins: pin_dir.is_some() && !inherited,
             pin_dir,

@@ -8,6 +8,11 @@
 //! configuration or the whole new one, and the next publication may overwrite the old
 //! slot safely.
 //!
+//! A publication writes only what differs from what the slot it writes holds (the
+//! generation before last): the backend entries that changed, and the rings of VIPs whose
+//! ring changed in either of the last two generations (`rings`). The VIP table and the
+//! settings, one update each, are written whole.
+//!
 //! `ACTIVE` also carries the address bits no VIP has (`Active::no_vip`). Around a switch
 //! it holds only the bits neither generation has, so a packet never stops as "not a VIP"
 //! for an address the generation it reads serves: the bits narrow before the slot
@@ -16,7 +21,12 @@
 use aya::maps::{MapError, PerCpuValues};
 use lbx_common::{Active, Backend, Counters, MAX_BACKENDS, VIP_F_ECHO, VipEntry, VipTable};
 
-use super::{Balancer, plan::Plan, sys::ProgramBarrier};
+use super::{
+    Balancer,
+    plan::Plan,
+    rings::{RingsFull, SlotRings},
+    sys::ProgramBarrier,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -24,6 +34,8 @@ pub enum PublishError {
     Map { map: &'static str, source: MapError },
     #[error("waiting for in-flight packets: {0}")]
     Barrier(std::io::Error),
+    #[error(transparent)]
+    RingsFull(#[from] RingsFull),
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> PublishError {
@@ -31,9 +43,11 @@ fn map_err(map: &'static str) -> impl FnOnce(MapError) -> PublishError {
 }
 
 /// What one generation slot holds, to write only what changed.
-#[derive(Default)]
 struct SlotShadow {
     backends: Vec<Backend>,
+    /// Where the slot's rings are; made on the first publication, when the size of the
+    /// balancer's rings is known.
+    rings: Option<SlotRings>,
 }
 
 pub struct Publisher {
@@ -45,12 +59,15 @@ pub struct Publisher {
     in_map: Active,
     shadow: [SlotShadow; 2],
     barrier: ProgramBarrier,
+    /// Rings the last publication wrote.
+    rings_written: usize,
 }
 
 impl Publisher {
     pub fn new() -> std::io::Result<Self> {
         let empty = || SlotShadow {
             backends: vec![Backend::default(); MAX_BACKENDS as usize],
+            rings: None,
         };
         Ok(Self {
             active: 1,
@@ -58,6 +75,7 @@ impl Publisher {
             in_map: Active::default(),
             shadow: [empty(), empty()],
             barrier: ProgramBarrier::new()?,
+            rings_written: 0,
         })
     }
 
@@ -92,13 +110,18 @@ impl Publisher {
     pub fn active_contents(
         &self,
         bal: &Balancer,
-    ) -> Result<(VipTable, Vec<Backend>), PublishError> {
-        let table = bal.vips.get(&self.active, 0).map_err(map_err("VIPS"))?;
+    ) -> Result<(Box<VipTable>, Vec<Backend>), PublishError> {
+        let table = bal.vips.get(self.active).map_err(map_err("VIPS"))?;
         Ok((table, self.shadow[self.active as usize].backends.clone()))
     }
 
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// How many rings the last publication wrote (the others were as the slot held them).
+    pub fn rings_written(&self) -> usize {
+        self.rings_written
     }
 
     /// Zeroes the counters of newly numbered VIPs and backends before they are published.
@@ -129,6 +152,17 @@ impl Publisher {
         let slot = 1 - self.active;
         let generation = self.generation + 1;
         let shadow = &mut self.shadow[slot as usize];
+        let rings = shadow
+            .rings
+            .get_or_insert_with(|| SlotRings::new(slot, bal.ring_capacity));
+        // Where every ring goes, refused before anything is written if they do not fit.
+        let placed: Vec<(u32, super::rings::Ring)> = plan
+            .vips
+            .iter()
+            .filter(|v| !v.ring.is_empty())
+            .map(|v| (v.number, v.ring.clone()))
+            .collect();
+        let writes = rings.place(&placed)?;
 
         // Backends: write the slots whose content differs from what this region holds.
         let mut wanted = vec![Backend::default(); MAX_BACKENDS as usize];
@@ -145,22 +179,23 @@ impl Publisher {
             }
         }
 
-        // Rings: written through the mapped array, no syscall per entry.
-        let ring_base = |number| lbx_common::ring_base(slot, number, bal.ring_size);
-        for v in &plan.vips {
-            if !v.ring.is_empty() {
-                bal.rings.write_ring(ring_base(v.number) as usize, &v.ring);
-            }
+        // Rings that differ: written through the mapped array, no syscall per entry.
+        for w in &writes {
+            bal.rings.write_ring(w.base as usize, &w.ring);
         }
+        self.rings_written = writes.len();
 
         // VIPs: this slot's table, written whole in one update.
-        let mut table = VipTable::default();
+        // SAFETY: VipTable is plain old data: all zeroes is the empty table.
+        let mut table: Box<VipTable> = unsafe { Box::new_zeroed().assume_init() };
         for v in &plan.vips {
+            let placed = rings.base(v.number).filter(|_| !v.ring.is_empty());
             table.entries[v.table_slot] = VipEntry {
                 key: v.key,
-                id: v.number,
+                id: v.number as u16,
                 flags: v.flags,
-                ring_base: ring_base(v.number),
+                ring_base: placed.unwrap_or(0),
+                ring_size: placed.map_or(0, |_| v.ring.len() as u32),
             };
         }
         for (key, table_slot) in &plan.echo {
@@ -170,7 +205,7 @@ impl Publisher {
                 ..VipEntry::default()
             };
         }
-        bal.vips.set(slot, table, 0).map_err(map_err("VIPS"))?;
+        bal.vips.set(slot, &table).map_err(map_err("VIPS"))?;
 
         // The slot written over held the generation before last: only the one packets
         // leave now can give a second chance, and only once the clock runs.

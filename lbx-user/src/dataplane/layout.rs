@@ -17,7 +17,7 @@ impl Difference {
     /// size where one does.
     pub fn explain(&self) -> String {
         let from = match self.map {
-            lbx_common::maps::RINGS => " (the configuration's table_size)",
+            lbx_common::maps::RINGS => " (--ring-entries)",
             lbx_common::maps::FLOWS => " (--flows)",
             _ => "",
         };

@@ -12,19 +12,19 @@ use std::{
 
 use aya::maps::{Array, Map, MapData, PerCpuArray};
 use lbx_common::{
-    Active, Backend, Counters, MAX_BACKENDS, MAX_VIPS, Settings, VipTable,
+    Active, Backend, Counters, MAX_BACKENDS, MAX_VIPS, Settings,
     flows::{self, FLOW_WAYS},
     hash::flow_hash,
     maps,
 };
 
-use super::{error::DataPlaneError, pins::LINK, sys::MappedFlows};
+use super::{error::DataPlaneError, pins::LINK, sys::MappedFlows, vip_tables::VipTables};
 
 /// The new maps a migration fills.
 pub struct Target<'a> {
     pub active: &'a mut Array<MapData, Active>,
     pub settings: &'a mut Array<MapData, Settings>,
-    pub vips: &'a mut Array<MapData, VipTable>,
+    pub vips: &'a mut VipTables,
     pub backends: &'a mut Array<MapData, Backend>,
     pub vip_stats: &'a mut PerCpuArray<MapData, Counters>,
     pub backend_stats: &'a mut PerCpuArray<MapData, Counters>,
@@ -96,14 +96,15 @@ pub fn copy(old: &Path, dir: &Path, bal: Target<'_>) -> Result<(), DataPlaneErro
     let active: Array<MapData, Active> = array(old, maps::ACTIVE)?;
     let a = active.get(&0, 0).map_err(map_err(maps::ACTIVE))?;
     let settings: Array<MapData, Settings> = array(old, maps::SETTINGS)?;
-    let vips: Array<MapData, VipTable> = array(old, maps::VIPS)?;
+    let vips =
+        VipTables::new(MapData::from_pin(old.join(maps::VIPS)).map_err(map_err(maps::VIPS))?);
     for slot in 0..2 {
         let s = settings.get(&slot, 0).map_err(map_err(maps::SETTINGS))?;
         bal.settings
             .set(slot, s, 0)
             .map_err(map_err(maps::SETTINGS))?;
-        let t = vips.get(&slot, 0).map_err(map_err(maps::VIPS))?;
-        bal.vips.set(slot, t, 0).map_err(map_err(maps::VIPS))?;
+        let t = vips.get(slot).map_err(map_err(maps::VIPS))?;
+        bal.vips.set(slot, &t).map_err(map_err(maps::VIPS))?;
     }
     let backends: Array<MapData, Backend> = array(old, maps::BACKENDS)?;
     for i in 0..2 * MAX_BACKENDS {

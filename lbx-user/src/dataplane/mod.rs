@@ -9,14 +9,17 @@ mod error;
 pub mod generation;
 pub mod holder;
 mod layout;
+pub mod memory;
 mod migrate;
 mod mode;
 pub mod neighbour;
 mod object;
 mod pins;
 pub mod plan;
+pub mod rings;
 pub mod slots;
 pub mod sys;
+pub mod vip_tables;
 
 pub use balancer::{Balancer, load_and_attach, load_unattached, preflight, remove_pins};
 pub use error::DataPlaneError;

@@ -8,7 +8,7 @@ use lbx_common::{
     VIP_F_HAS_BACKENDS, VipKey, vips,
 };
 
-use super::slots::Slots;
+use super::{rings::Ring, slots::Slots};
 use crate::{
     addr,
     config::{Config, MacAddr, VipId},
@@ -22,9 +22,43 @@ pub struct PlannedVip {
     pub key: VipKey,
     /// Its slot in the generation's VIP table (under `Settings::vip_salt`).
     pub table_slot: usize,
-    pub flags: u32,
-    /// Backend slots, one per ring position; empty when no backend takes new flows.
-    pub ring: Vec<u32>,
+    pub flags: u16,
+    /// Backend slots, one per ring position (the VIP's table size of them); empty when
+    /// no backend takes new flows.
+    pub ring: Ring,
+    /// What the ring was built from: a VIP whose inputs did not change keeps its ring.
+    pub ring_inputs: RingInputs,
+}
+
+/// Everything a VIP's Maglev ring depends on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RingInputs {
+    pub table_size: u32,
+    pub seed: u32,
+    /// (backend slot, weight in the ring, identity), in the configuration's order.
+    pub backends: Vec<(u32, u32, IpAddr)>,
+}
+
+impl RingInputs {
+    fn build(&self) -> Ring {
+        if self.backends.is_empty() {
+            return Vec::new().into();
+        }
+        let identities: Vec<Vec<u8>> = self.backends.iter().map(|b| identity(b.2)).collect();
+        let mb: Vec<MaglevBackend<'_>> = identities
+            .iter()
+            .zip(&self.backends)
+            .map(|(ident, b)| MaglevBackend {
+                identity: ident,
+                weight: b.1,
+            })
+            .collect();
+        maglev::build(&mb, self.table_size, self.seed)
+            .expect("validated config builds a table")
+            .into_iter()
+            .map(|i| self.backends[i as usize].0)
+            .collect()
+    }
 }
 
 /// One whole configuration, ready to publish.
@@ -89,7 +123,9 @@ impl Default for FlowIdle {
 /// Effective weights and health by (VIP, backend); a backend not in it runs as configured.
 pub type Overrides = BTreeMap<(VipId, IpAddr), Effective>;
 
-/// `macs` must hold a next-hop MAC for every backend without one in the config.
+/// `macs` must hold a next-hop MAC for every backend without one in the config. A VIP
+/// whose ring inputs are those it had in `previous` keeps that plan's ring; the others
+/// are built, on every core.
 pub fn build(
     config: &Config,
     slots: &Slots,
@@ -97,6 +133,7 @@ pub fn build(
     mtu: u32,
     idle: FlowIdle,
     overrides: &Overrides,
+    previous: Option<&Plan>,
 ) -> Plan {
     let (src_v4, mask_v4) =
         addr::prefix_words(config.encap.source_v4.addr, config.encap.source_v4.len);
@@ -132,8 +169,11 @@ pub fn build(
                 SETTINGS_F_PORT0_V6
             };
         }
-        let mut in_ring = Vec::new();
-        let mut identities = Vec::new();
+        let mut inputs = RingInputs {
+            table_size: vip.ring_size(config.table_size),
+            seed: config.seed,
+            backends: Vec::new(),
+        };
         for b in &vip.backends {
             let s = slots.backends[&(id, b.address)];
             let mac = b
@@ -162,40 +202,32 @@ pub fn build(
             if !b.drain && !eff.down && eff.permille > 0 {
                 // Maglev needs only ratios: scaling every weight by 1000 lets a weight of
                 // 1 ramp up as finely as any other.
-                in_ring.push((s.slot, eff.weight.unwrap_or(b.weight) * eff.permille));
-                identities.push(identity(b.address));
+                inputs.backends.push((
+                    s.slot,
+                    eff.weight.unwrap_or(b.weight) * eff.permille,
+                    b.address,
+                ));
             }
         }
-        let ring = if in_ring.is_empty() {
-            Vec::new()
-        } else {
-            let mb: Vec<MaglevBackend<'_>> = identities
-                .iter()
-                .zip(&in_ring)
-                .map(|(ident, (_, w))| MaglevBackend {
-                    identity: ident,
-                    weight: *w,
-                })
-                .collect();
-            maglev::build(&mb, config.table_size, config.seed)
-                .expect("validated config builds a table")
-                .into_iter()
-                .map(|i| in_ring[i as usize].0)
-                .collect()
-        };
+        let kept = previous
+            .and_then(|p| p.vips.iter().find(|v| v.id == id))
+            .filter(|v| v.ring_inputs == inputs)
+            .map(|v| v.ring.clone());
         vips.push(PlannedVip {
             id,
             number: slots.vips[&id],
             key: id.key(),
             table_slot: 0,
-            flags: if ring.is_empty() {
+            flags: if inputs.backends.is_empty() {
                 0
             } else {
                 VIP_F_HAS_BACKENDS
             },
-            ring,
+            ring: kept.unwrap_or_else(|| Vec::new().into()),
+            ring_inputs: inputs,
         });
     }
+    build_rings(&mut vips);
     // The VIPs first, then the echo entries (`Config::table_keys`).
     let keys = config.table_keys();
     let mut table_slots = vec![0; keys.len()];
@@ -216,6 +248,35 @@ pub fn build(
         backends,
         second_chance_s: idle.second_chance_s,
     }
+}
+
+/// Builds the rings `build` did not keep, spread over the cores: at a thousand VIPs
+/// the Maglev builds are most of a publication's time.
+fn build_rings(vips: &mut [PlannedVip]) {
+    let todo: Vec<&mut PlannedVip> = vips
+        .iter_mut()
+        .filter(|v| v.ring.is_empty() && !v.ring_inputs.backends.is_empty())
+        .collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(todo.len());
+    if threads <= 1 {
+        for v in todo {
+            v.ring = v.ring_inputs.build();
+        }
+        return;
+    }
+    let per = todo.len().div_ceil(threads);
+    let mut todo = todo;
+    std::thread::scope(|scope| {
+        for chunk in todo.chunks_mut(per) {
+            scope.spawn(move || {
+                for v in chunk {
+                    v.ring = v.ring_inputs.build();
+                }
+            });
+        }
+    });
 }
 
 /// What Maglev hashes for a backend: its address, so every node agrees whatever order
@@ -266,6 +327,7 @@ mod tests {
             1500,
             FlowIdle::default(),
             &Overrides::new(),
+            None,
         );
         let mut table = [VipEntry::default(); VIP_TABLE_SLOTS];
         let mut used = std::collections::BTreeSet::new();
@@ -273,14 +335,15 @@ mod tests {
             assert!(used.insert(v.table_slot), "two VIPs in one slot");
             table[v.table_slot] = VipEntry {
                 key: v.key,
-                id: v.number,
+                id: v.number as u16,
                 flags: v.flags,
                 ring_base: 0,
+                ring_size: 0,
             };
         }
         for v in &p.vips {
             let found = vips::find(&table, &v.key, p.settings.vip_salt);
-            assert_eq!(found.map(|e| e.id), Some(v.number), "{:?}", v.id);
+            assert_eq!(found.map(|e| u32::from(e.id)), Some(v.number), "{:?}", v.id);
         }
     }
 }

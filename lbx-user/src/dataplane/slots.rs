@@ -88,8 +88,8 @@ impl Slots {
         let is_vip = |e: &&VipEntry| e.key.family != 0 && e.flags & VIP_F_ECHO == 0;
         for e in vips.entries.iter().filter(is_vip) {
             if let Some(vip) = VipId::from_key(&e.key) {
-                found.vips.insert(vip, e.id);
-                by_id.insert(e.id, vip);
+                found.vips.insert(vip, u32::from(e.id));
+                by_id.insert(u32::from(e.id), vip);
             }
         }
         for (slot, b) in backends.iter().enumerate().filter(|(_, b)| b.family != 0) {
@@ -173,7 +173,7 @@ mod tests {
         let mut backends = vec![Backend::default(); MAX_BACKENDS as usize];
         for (i, (vip, id)) in slots.vips.iter().enumerate() {
             table.entries[i * 7].key = vip.key();
-            table.entries[i * 7].id = *id;
+            table.entries[i * 7].id = *id as u16;
         }
         for ((vip, address), s) in &slots.backends {
             backends[s.slot as usize] = Backend {

@@ -230,6 +230,12 @@ impl MappedRings {
         unsafe { std::slice::from_raw_parts_mut(self.0.ptr.as_ptr(), self.0.len) }
     }
 
+    /// Every element of the rings as they are now (both generation slots).
+    pub fn snapshot(&self) -> Vec<u64> {
+        // SAFETY: the mapping holds `len` u64 elements for as long as self lives; read only.
+        unsafe { std::slice::from_raw_parts(self.0.ptr.as_ptr(), self.0.len) }.to_vec()
+    }
+
     /// The `len` ring entries (backend slots) from element `start` on, as the program
     /// reads them; `None` if they would run past the end of the rings.
     pub fn read_ring(&self, start: usize, len: usize) -> Option<Vec<u32>> {

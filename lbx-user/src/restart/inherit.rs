@@ -78,16 +78,14 @@ fn ring_weights(
         let Some(number) = slots.vips.get(&id) else {
             continue;
         };
-        let Some(entry) = table
-            .entries
-            .iter()
-            .find(|e| e.key.family != 0 && e.id == *number && e.flags & VIP_F_HAS_BACKENDS != 0)
-        else {
+        let Some(entry) = table.entries.iter().find(|e| {
+            e.key.family != 0 && u32::from(e.id) == *number && e.flags & VIP_F_HAS_BACKENDS != 0
+        }) else {
             continue;
         };
         let Some(ring) = bal
             .rings
-            .read_ring(entry.ring_base as usize, bal.ring_size as usize)
+            .read_ring(entry.ring_base as usize, entry.ring_size as usize)
         else {
             continue;
         };
