@@ -5,6 +5,9 @@
 //!   M = 65537; one weight changed, so one ring is rebuilt and written) into a loaded
 //!   balancer, including the wait for in-flight packets. Needs root; skipped (said so)
 //!   otherwise.
+//! - `publish_1024x16/{full,one_vip,health_100_vips}`: publications at 1,024 VIPs of 16
+//!   backends (M = 65537): every ring new, one VIP's weight changed, one backend shared
+//!   by 100 VIPs down. Needs root.
 //! - `scrape/64x64`: one Prometheus scrape of an agent with 64 VIPs of 64 backends (M =
 //!   65537), attached in generic mode to the loopback of a network namespace of its own:
 //!   reading every counter and the connection-table sample (`maps`), and encoding the
@@ -109,7 +112,144 @@ fn publish_generation(c: &mut Criterion) {
     group.finish();
 }
 
-/// 64 VIPs of 64 backends each, 4,096 backends in all (lbx's limit).
+/// `MAX_VIPS` VIPs of 16 backends at M = 65537, seed `seed`; VIP 0's first backend has
+/// `weight`. The first 100 VIPs share their 16 backend addresses.
+fn scale_config(seed: u32, weight: u32) -> Config {
+    let mut text = format!("seed = {seed}\ntable_size = {M}\nmtu = 1500\n");
+    for v in 0..lbx_common::MAX_VIPS {
+        text.push_str(&format!(
+            "[[vip]]\naddress = \"198.18.{}.{}\"\nport = 80\nprotocol = \"tcp\"\n",
+            v / 250,
+            v % 250 + 1
+        ));
+        for b in 0..16u32 {
+            let address = if v < 100 {
+                format!("10.0.0.{}", b + 1)
+            } else {
+                format!("10.{}.{}.{}", 1 + v / 256, v % 256, b + 1)
+            };
+            let w = if v == 0 && b == 0 { weight } else { 100 };
+            text.push_str(&format!(
+                "[[vip.backend]]\naddress = \"{address}\"\nweight = {w}\nmac = \"02:00:00:{:02x}:{:02x}:{b:02x}\"\n",
+                v >> 8,
+                v & 0xff
+            ));
+        }
+    }
+    Config::from_toml(&text).expect("scale configuration")
+}
+
+/// Publications at 1,024 VIPs of 16 backends (M = 65537), each its plan and its
+/// publication into a loaded balancer, barrier included:
+/// - `full`: a new seed, so every ring is rebuilt and written;
+/// - `one_vip`: one backend of one VIP reweighted (three weights in turn, so the slot
+///   written always held another): one ring rebuilt and written;
+/// - `health_100_vips`: a backend shared by 100 VIPs goes down (and the one down before
+///   comes back): 100 rings rebuilt and written.
+fn publish_scale(c: &mut Criterion) {
+    use lbx::dataplane::{
+        memory::Memory,
+        plan::{Effective, FULL, Overrides},
+    };
+    if !lbx::dataplane::sys::is_root() {
+        eprintln!("publish_1024x16: skipped, it loads the balancer and needs root");
+        return;
+    }
+    lbx::dataplane::sys::raise_memlock_limit();
+    let vips = lbx_common::MAX_VIPS;
+    let mut bal = Balancer::load(lbx_common::ring_entries_for(vips, M), 1 << 20, None)
+        .expect("load the balancer");
+    let mut publisher = Publisher::new().expect("publication barrier");
+    let base = scale_config(1, 100);
+    let (slots, _) = Slots::default().assign(&base);
+    let build = |config: &Config, overrides: &Overrides, previous: Option<&plan::Plan>| {
+        plan::build(
+            config,
+            &slots,
+            &BTreeMap::new(),
+            1500,
+            Default::default(),
+            overrides,
+            previous,
+        )
+    };
+    let mut last = build(&base, &Overrides::new(), None);
+    publisher.publish(&mut bal, &last).expect("publish");
+    let memory = Memory::of(&bal, last.vips.iter().map(|v| v.ring.len()));
+    eprintln!(
+        "publish_1024x16: maps {:.1} MiB: rings {:.1} MiB ({} of {} entries), connection table {:.1} MiB, tables {:.1} MiB, counters {:.1} MiB on {} CPUs",
+        memory.total as f64 / f64::from(1 << 20),
+        memory.rings as f64 / f64::from(1 << 20),
+        memory.ring_entries_used,
+        memory.ring_entries,
+        memory.flows as f64 / f64::from(1 << 20),
+        memory.tables as f64 / f64::from(1 << 20),
+        memory.counters as f64 / f64::from(1 << 20),
+        memory.cpus
+    );
+    let mut group = c.benchmark_group("publish_1024x16");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(8));
+    let mut seed = 1u32;
+    group.bench_function("full", |b| {
+        b.iter(|| {
+            seed += 1;
+            let plan = build(&scale_config(seed, 100), &Overrides::new(), None);
+            publisher.publish(&mut bal, &plan).expect("publish");
+            assert_eq!(publisher.rings_written(), vips as usize);
+        });
+    });
+    // From here on the configuration stays; only weights or health change.
+    let config = scale_config(seed, 100);
+    last = build(&config, &Overrides::new(), None);
+    publisher.publish(&mut bal, &last).expect("publish");
+    let weighted: Vec<Config> = [100u32, 200, 300]
+        .iter()
+        .map(|w| scale_config(seed, *w))
+        .collect();
+    let mut i = 0usize;
+    group
+        .sample_size(50)
+        .measurement_time(Duration::from_secs(4));
+    group.bench_function("one_vip", |b| {
+        b.iter(|| {
+            i += 1;
+            let plan = build(&weighted[i % 3], &Overrides::new(), Some(&last));
+            publisher.publish(&mut bal, &plan).expect("publish");
+            last = plan;
+        });
+    });
+    let shared: Vec<_> = (1..=16u8)
+        .map(|b| std::net::IpAddr::from([10, 0, 0, b]))
+        .collect();
+    let ids: Vec<_> = config.vips.iter().take(100).map(|v| v.id()).collect();
+    let mut k = 0usize;
+    group.bench_function("health_100_vips", |b| {
+        b.iter(|| {
+            k += 1;
+            let down = shared[k % shared.len()];
+            let overrides: Overrides = ids
+                .iter()
+                .map(|id| {
+                    let e = Effective {
+                        weight: None,
+                        permille: FULL,
+                        down: true,
+                    };
+                    ((*id, down), e)
+                })
+                .collect();
+            let plan = build(&weighted[i % 3], &overrides, Some(&last));
+            publisher.publish(&mut bal, &plan).expect("publish");
+            assert!(publisher.rings_written() >= 100);
+            last = plan;
+        });
+    });
+    group.finish();
+}
+
+/// 64 VIPs of 64 backends each, 4,096 backends in all.
 fn scrape_config() -> String {
     let mut text = format!("table_size = {M}\nmtu = 1500\n");
     for v in 0..64u32 {
@@ -267,6 +407,7 @@ criterion_group!(
     benches,
     maglev_build,
     publish_generation,
+    publish_scale,
     scrape,
     active_flows
 );

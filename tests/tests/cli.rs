@@ -203,6 +203,29 @@ fn addresses_as_an_operator_types_them() {
     // The same VIP by its other spelling: it exists already.
     let e = refused_text(&topo, &["vip", "add", "10.77.100.1:*"]);
     must_mention("vip add 10.77.100.1:*", &e, &["already"]);
+
+    // A VIP's own table size: shown, saved; one that is no prime is refused, naming it,
+    // and nothing is added.
+    topo.lbx(&["vip", "add", "10.77.100.1:8080", "--table-size", "1021"])
+        .expect("a VIP with its own table size");
+    let status = topo.lbx(&["status"]).expect("status");
+    assert!(
+        status.contains("VIP 10.77.100.1:8080/tcp, table size 1021"),
+        "status does not show the VIP's table size: {status}"
+    );
+    let saved = std::fs::read_to_string(topo.config_path()).expect("saved configuration");
+    assert!(saved.contains("table_size = 1021"), "saved: {saved}");
+    let e = refused_text(
+        &topo,
+        &["vip", "add", "10.77.100.1:8081", "--table-size", "1000"],
+    );
+    must_mention(
+        "vip add --table-size 1000",
+        &e,
+        &["10.77.100.1:8081", "1000", "prime"],
+    );
+    let list = topo.lbx(&["vip", "list"]).expect("vip list");
+    assert!(!list.contains("8081"), "a refused VIP was added: {list}");
 }
 
 /// `{"error": {...}}` on stdout, nothing else, and the kind's exit status.

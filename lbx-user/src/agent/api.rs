@@ -13,6 +13,9 @@ use crate::config::{Adaptive, BackendConfig, HealthCheck, Protocol, VipId};
 pub enum Request {
     VipAdd {
         vip: VipId,
+        /// Its own Maglev table size; none: the configuration's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        table_size: Option<u32>,
     },
     VipDel {
         vip: VipId,

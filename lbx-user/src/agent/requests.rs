@@ -17,7 +17,10 @@ use crate::{
 impl Agent {
     pub fn handle(&mut self, req: Request) -> Result<Value, AgentError> {
         match req {
-            Request::VipAdd { vip } => self.edit(|c| c.add_vip(vip)),
+            Request::VipAdd { vip, table_size } => self.edit(|c| {
+                c.add_vip(vip)?;
+                c.set_vip_table_size(vip, table_size)
+            }),
             Request::VipDel { vip } => self.edit(|c| c.del_vip(vip).map(drop)),
             Request::BackendAdd { vip, backend } => self.edit(|c| c.add_backend(vip, backend)),
             Request::BackendDel { vip, address } => {

@@ -62,10 +62,21 @@ pub fn vip_id(text: &str, all_ports: bool, protocol: Protocol) -> Result<VipId, 
     Ok(VipId::new(Endpoint::parse_vip(text, all_ports)?, protocol))
 }
 
+#[derive(Args)]
+pub struct VipAddArgs {
+    #[command(flatten)]
+    vip: VipArg,
+    /// The VIP's own Maglev table size, a prime with at least 10 slots per backend the
+    /// VIP will have (e.g. 1021 for up to 102); a small one saves ring memory for a VIP of
+    /// few backends. Default: the configuration's table_size.
+    #[arg(long, value_name = "PRIME")]
+    table_size: Option<u32>,
+}
+
 #[derive(Subcommand)]
 pub enum VipCmd {
     /// Add a VIP (with no backends yet: its packets are dropped until one is added).
-    Add(VipArg),
+    Add(VipAddArgs),
     /// Remove a VIP and its backends.
     Del(VipArg),
     /// Turn adaptive weights on or off: every second the agent measures each backend (new
@@ -244,7 +255,10 @@ pub enum FlowCmd {
 
 pub(super) fn request(cmd: ControlCmd) -> Result<Request, EndpointError> {
     Ok(match cmd {
-        ControlCmd::Vip(VipCmd::Add(v)) => Request::VipAdd { vip: v.id()? },
+        ControlCmd::Vip(VipCmd::Add(v)) => Request::VipAdd {
+            vip: v.vip.id()?,
+            table_size: v.table_size,
+        },
         ControlCmd::Vip(VipCmd::Del(v)) => Request::VipDel { vip: v.id()? },
         ControlCmd::Vip(VipCmd::List) => Request::VipList,
         ControlCmd::Vip(VipCmd::Adaptive(a)) => Request::VipAdaptive {

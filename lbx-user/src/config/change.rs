@@ -6,7 +6,9 @@ use std::net::IpAddr;
 
 use lbx_common::{MAX_BACKENDS, MAX_VIPS};
 
-use super::validate::{check_address, check_backend, check_table_fits, check_weight};
+use super::validate::{
+    check_address, check_backend, check_own_table_size, check_table_fits, check_weight,
+};
 use super::{Adaptive, BackendConfig, Config, ConfigError, HealthCheck, VipConfig, VipId};
 
 impl Config {
@@ -50,6 +52,19 @@ impl Config {
             adaptive: None,
             backends: Vec::new(),
         });
+        Ok(())
+    }
+
+    /// Gives a VIP its own Maglev table size (none: the configuration's), checked as the
+    /// whole configuration's validation checks it.
+    pub fn set_vip_table_size(&mut self, id: VipId, size: Option<u32>) -> Result<(), ConfigError> {
+        let default = self.table_size;
+        let vip = self.vip_mut(id)?;
+        if let Some(own) = size {
+            check_own_table_size(id, own)?;
+        }
+        check_table_fits(id, size, default, vip.backends.len())?;
+        vip.table_size = size;
         Ok(())
     }
 

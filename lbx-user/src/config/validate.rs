@@ -63,12 +63,7 @@ impl Config {
                 a.validate(vip, v.health.as_ref())?;
             }
             if let Some(own) = v.table_size {
-                if !(MIN_TABLE_SIZE..=MAX_TABLE_SIZE).contains(&own) {
-                    return Err(ConfigError::VipTableSizeOutOfRange { vip, size: own });
-                }
-                if !is_prime(own) {
-                    return Err(ConfigError::VipTableSizeNotPrime { vip, size: own });
-                }
+                check_own_table_size(vip, own)?;
             }
             check_table_fits(vip, v.table_size, size, v.backends.len())?;
             let mut seen = HashSet::new();
@@ -93,6 +88,17 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A VIP's own table size: a prime in the accepted range.
+pub(super) fn check_own_table_size(vip: VipId, size: u32) -> Result<(), ConfigError> {
+    if !(MIN_TABLE_SIZE..=MAX_TABLE_SIZE).contains(&size) {
+        return Err(ConfigError::VipTableSizeOutOfRange { vip, size });
+    }
+    if !is_prime(size) {
+        return Err(ConfigError::VipTableSizeNotPrime { vip, size });
+    }
+    Ok(())
 }
 
 /// Whether `count` backends fit the VIP's ring: with the configuration's table size, no
