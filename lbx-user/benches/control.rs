@@ -8,6 +8,8 @@
 //! - `publish_1024x16/{full,one_vip,health_100_vips}`: publications at 1,024 VIPs of 16
 //!   backends (M = 65537): every ring new, one VIP's weight changed, one backend shared
 //!   by 100 VIPs down. Needs root.
+//! - `agent_1024x16/backend_weight`: `one_vip`'s change as a request to an agent (what
+//!   the control socket hands it): validation, plan, publication, the file saved.
 //! - `scrape/64x64`: one Prometheus scrape of an agent with 64 VIPs of 64 backends (M =
 //!   65537), attached in generic mode to the loopback of a network namespace of its own:
 //!   reading every counter and the connection-table sample (`maps`), and encoding the
@@ -115,6 +117,10 @@ fn publish_generation(c: &mut Criterion) {
 /// `MAX_VIPS` VIPs of 16 backends at M = 65537, seed `seed`; VIP 0's first backend has
 /// `weight`. The first 100 VIPs share their 16 backend addresses.
 fn scale_config(seed: u32, weight: u32) -> Config {
+    Config::from_toml(&scale_text(seed, weight)).expect("scale configuration")
+}
+
+fn scale_text(seed: u32, weight: u32) -> String {
     let mut text = format!("seed = {seed}\ntable_size = {M}\nmtu = 1500\n");
     for v in 0..lbx_common::MAX_VIPS {
         text.push_str(&format!(
@@ -136,7 +142,7 @@ fn scale_config(seed: u32, weight: u32) -> Config {
             ));
         }
     }
-    Config::from_toml(&text).expect("scale configuration")
+    text
 }
 
 /// Publications at 1,024 VIPs of 16 backends (M = 65537), each its plan and its
@@ -146,6 +152,10 @@ fn scale_config(seed: u32, weight: u32) -> Config {
 ///   written always held another): one ring rebuilt and written;
 /// - `health_100_vips`: a backend shared by 100 VIPs goes down (and the one down before
 ///   comes back): 100 rings rebuilt and written.
+///
+/// `one_vip_plan` is `one_vip`'s plan alone, without its publication. Publications run
+/// back to back: each waits for the barrier of the one before, which ran on during its
+/// plan.
 fn publish_scale(c: &mut Criterion) {
     use lbx::dataplane::{
         memory::Memory,
@@ -220,6 +230,13 @@ fn publish_scale(c: &mut Criterion) {
             last = plan;
         });
     });
+    // The plan alone (the rest is the publication).
+    group.bench_function("one_vip_plan", |b| {
+        b.iter(|| {
+            i += 1;
+            build(&weighted[i % 3], &Overrides::new(), Some(&last))
+        });
+    });
     let shared: Vec<_> = (1..=16u8)
         .map(|b| std::net::IpAddr::from([10, 0, 0, b]))
         .collect();
@@ -249,6 +266,41 @@ fn publish_scale(c: &mut Criterion) {
     group.finish();
 }
 
+/// A weight change at 1,024 VIPs x 16 backends through an agent's request handler, as
+/// the control socket delivers it: the whole configuration validated, the plan, the
+/// publication and the configuration file saved.
+fn agent_scale(c: &mut Criterion) {
+    use lbx::{agent::api::Request, config::Protocol};
+    let entries = lbx_common::ring_entries_for(lbx_common::MAX_VIPS, M);
+    let Some((mut agent, dir)) = agent_on_loopback("agent_1024x16", &scale_text(1, 100), entries)
+    else {
+        return;
+    };
+    let vip = lbx::config::VipId::parse("198.18.0.1:80", Protocol::Tcp).expect("VIP 0");
+    let address = std::net::IpAddr::from([10, 0, 0, 1]);
+    let mut group = c.benchmark_group("agent_1024x16");
+    group
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(5));
+    let mut i = 0u32;
+    group.bench_function("backend_weight", |b| {
+        b.iter(|| {
+            i += 1;
+            let weight = 100 + 100 * (i % 3);
+            agent
+                .handle(Request::BackendWeight {
+                    vip,
+                    address,
+                    weight,
+                })
+                .expect("the weight change is published")
+        });
+    });
+    group.finish();
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// 64 VIPs of 64 backends each, 4,096 backends in all.
 fn scrape_config() -> String {
     let mut text = format!("table_size = {M}\nmtu = 1500\n");
@@ -268,31 +320,37 @@ fn scrape_config() -> String {
     text
 }
 
-fn scrape(c: &mut Criterion) {
-    use lbx::{agent, metrics::exposition};
+/// An agent serving `config` from the loopback of a network namespace of the
+/// benchmark's own, in generic mode, and its temporary folder; None (said so) without
+/// root or a namespace.
+fn agent_on_loopback(
+    name: &str,
+    config: &str,
+    ring_entries: u32,
+) -> Option<(lbx::agent::Agent, std::path::PathBuf)> {
+    use lbx::agent;
     if !lbx::dataplane::sys::is_root() {
-        eprintln!("scrape: skipped, it attaches the balancer and needs root");
-        return;
+        eprintln!("{name}: skipped, it attaches the balancer and needs root");
+        return None;
     }
-    // A network namespace of the benchmark's own: the balancer goes on its loopback.
     // SAFETY: unshare affects only this process, before it starts any thread that cares.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
         eprintln!(
-            "scrape: skipped, no network namespace: {}",
+            "{name}: skipped, no network namespace: {}",
             std::io::Error::last_os_error()
         );
-        return;
+        return None;
     }
     let up = std::process::Command::new("ip")
         .args(["link", "set", "lo", "up"])
         .status();
     assert!(up.is_ok_and(|s| s.success()), "ip link set lo up");
-    let dir = std::env::temp_dir().join(format!("lbx-bench-scrape-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("lbx-bench-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a temporary folder");
     let config_path = dir.join("lbx.toml");
-    std::fs::write(&config_path, scrape_config()).expect("write the configuration");
+    std::fs::write(&config_path, config).expect("write the configuration");
     lbx::dataplane::sys::raise_memlock_limit();
-    let mut agent = agent::Agent::start(agent::Options {
+    let agent = agent::Agent::start(agent::Options {
         iface: "lo".into(),
         config_path,
         mode: lbx::dataplane::Mode::Generic,
@@ -301,12 +359,22 @@ fn scrape(c: &mut Criterion) {
         object: lbx::dataplane::Object::builtin(),
         migrate: false,
         flows: 1 << 20,
-        ring_entries: lbx_common::DEFAULT_RING_ENTRIES,
+        ring_entries,
         flow_idle: Default::default(),
         control_interval: Duration::from_secs(1),
         metrics_listen: None,
     })
     .expect("start an agent on lo");
+    Some((agent, dir))
+}
+
+fn scrape(c: &mut Criterion) {
+    use lbx::metrics::exposition;
+    let Some((mut agent, dir)) =
+        agent_on_loopback("scrape", &scrape_config(), lbx_common::DEFAULT_RING_ENTRIES)
+    else {
+        return;
+    };
     let live = agent.live_metrics();
     let snapshot = std::sync::Arc::new(agent.scrape());
     assert_eq!(snapshot.vips.len(), 64, "every VIP in the scrape");
@@ -408,6 +476,7 @@ criterion_group!(
     maglev_build,
     publish_generation,
     publish_scale,
+    agent_scale,
     scrape,
     active_flows
 );

@@ -163,6 +163,8 @@ impl TestBalancer {
         self.publisher
             .reset_counters(&mut self.bal, &fresh.vips, &fresh.backends)?;
         self.publisher.publish(&mut self.bal, &plan)?;
+        // As the agent does after answering: the model knows the settled state.
+        self.publisher.settle(&mut self.bal)?;
         self.slots = slots;
         self.previous = self.plan.replace(plan);
         Ok(())

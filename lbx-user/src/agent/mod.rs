@@ -349,6 +349,13 @@ impl Agent {
         Ok(json!({ "generation": applied? }))
     }
 
+    /// Waits for the last publication's in-flight packets (see `Publisher::settle`).
+    pub fn settle(&mut self) {
+        if let Err(e) = self.publisher.settle(&mut self.bal) {
+            eprintln!("waiting for the packets of the generation before: {e}");
+        }
+    }
+
     /// Moves the data plane's coarse clock to now: stamps of flows seen from here on
     /// tell them apart from flows gone quiet.
     fn tick_clock(&mut self) -> Result<(), PublishError> {

@@ -104,6 +104,9 @@ pub fn run(opts: Options) -> Result<()> {
                         Err(e) => Response::Error(e.failure()),
                     };
                     let _ = reply.send(answer);
+                    // The change is in effect since its switch; the wait for packets
+                    // of the generation before runs after the answer.
+                    agent.settle();
                     targets_tx.send_if_modified(|t| {
                         let now = agent.health_targets();
                         let changed = *t != now;

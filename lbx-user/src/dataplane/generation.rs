@@ -6,7 +6,9 @@
 //! no packet reads, flips `ACTIVE`, then waits until every packet that may still have
 //! read the old slot has left the program. So a packet sees either the whole old
 //! configuration or the whole new one, and the next publication may overwrite the old
-//! slot safely.
+//! slot safely. The wait (an RCU grace period, milliseconds) runs in a thread while the
+//! caller goes on: the publication is in effect from the flip, and anything that next
+//! writes the maps waits for it first (`settle`).
 //!
 //! A publication writes only what differs from what the slot it writes holds (the
 //! generation before last): the backend entries that changed, and the rings of VIPs whose
@@ -17,6 +19,8 @@
 //! it holds only the bits neither generation has, so a packet never stops as "not a VIP"
 //! for an address the generation it reads serves: the bits narrow before the slot
 //! flips, and reach the new generation's own only once no packet reads the old slot.
+
+use std::sync::Arc;
 
 use aya::maps::{MapError, PerCpuValues};
 use lbx_common::{Active, Backend, Counters, MAX_BACKENDS, VIP_F_ECHO, VipEntry, VipTable};
@@ -58,9 +62,19 @@ pub struct Publisher {
     /// What `ACTIVE` holds now (all zero before the first publication).
     in_map: Active,
     shadow: [SlotShadow; 2],
-    barrier: ProgramBarrier,
+    barrier: Arc<ProgramBarrier>,
+    /// The last switch's wait for in-flight packets, in a thread of its own: a
+    /// publication is in effect once the slot flipped, and whatever next writes the maps
+    /// (a publication, a tick, counters) first waits for it (`settle`).
+    pending: Option<Pending>,
     /// Rings the last publication wrote.
     rings_written: usize,
+}
+
+/// A switch whose barrier may still be running, and the `ACTIVE` that follows it.
+struct Pending {
+    widen: Active,
+    barrier: std::thread::JoinHandle<std::io::Result<()>>,
 }
 
 impl Publisher {
@@ -74,7 +88,8 @@ impl Publisher {
             generation: 0,
             in_map: Active::default(),
             shadow: [empty(), empty()],
-            barrier: ProgramBarrier::new()?,
+            barrier: Arc::new(ProgramBarrier::new()?),
+            pending: None,
             rings_written: 0,
         })
     }
@@ -124,13 +139,29 @@ impl Publisher {
         self.rings_written
     }
 
+    /// Waits for the last switch's barrier, if it still runs, and gives `ACTIVE` the new
+    /// generation's own not-a-VIP bits: then no packet reads the slot before the active
+    /// one.
+    pub fn settle(&mut self, bal: &mut Balancer) -> Result<(), PublishError> {
+        if let Some(p) = self.pending.take() {
+            p.barrier
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the barrier thread panicked")))
+                .map_err(PublishError::Barrier)?;
+            self.set_active(bal, p.widen)?;
+        }
+        Ok(())
+    }
+
     /// Zeroes the counters of newly numbered VIPs and backends before they are published.
     pub fn reset_counters(
-        &self,
+        &mut self,
         bal: &mut Balancer,
         vips: &[u32],
         backends: &[u32],
     ) -> Result<(), PublishError> {
+        // No packet of the generation before the active one may count into them.
+        self.settle(bal)?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| PublishError::Barrier(e))?;
         let zero = || PerCpuValues::try_from(vec![Counters::default(); cpus]).expect("non-empty");
         for &v in vips {
@@ -149,6 +180,8 @@ impl Publisher {
     /// Writes `plan` into the inactive slot and switches packets to it. Returns the new
     /// generation number.
     pub fn publish(&mut self, bal: &mut Balancer, plan: &Plan) -> Result<u64, PublishError> {
+        // The slot written now is the one packets left at the last switch.
+        self.settle(bal)?;
         let slot = 1 - self.active;
         let generation = self.generation + 1;
         let shadow = &mut self.shadow[slot as usize];
@@ -224,12 +257,16 @@ impl Publisher {
             .set(slot, settings, 0)
             .map_err(map_err("SETTINGS"))?;
 
-        // The switch (see `switch_steps`); the barrier after the flip.
+        // The switch (see `switch_steps`); the barrier after the flip runs on while the
+        // caller goes on, and the widening waits for it.
         let [narrow, flip, widen] = switch_steps(self.in_map, slot, settings.vip_filter);
         self.set_active(bal, narrow)?;
         self.set_active(bal, flip)?;
-        self.barrier.wait().map_err(PublishError::Barrier)?;
-        self.set_active(bal, widen)?;
+        let barrier = Arc::clone(&self.barrier);
+        self.pending = Some(Pending {
+            widen,
+            barrier: std::thread::spawn(move || barrier.wait()),
+        });
         self.active = slot;
         self.generation = generation;
         Ok(generation)
@@ -238,6 +275,7 @@ impl Publisher {
     /// Moves the data plane's coarse clock (`Active::now`) to `now`: one word of
     /// `ACTIVE`, the others as they are.
     pub fn tick(&mut self, bal: &mut Balancer, now: u32) -> Result<(), PublishError> {
+        self.settle(bal)?;
         self.set_active(bal, Active { now, ..self.in_map })
     }
 
@@ -252,6 +290,15 @@ impl Publisher {
             self.in_map = value;
         }
         Ok(())
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        // The barrier thread holds only its own maps; it ends within a grace period.
+        if let Some(p) = self.pending.take() {
+            let _ = p.barrier.join();
+        }
     }
 }
 

@@ -158,6 +158,9 @@ pub fn build(
     };
     let mut vips = Vec::new();
     let mut backends = Vec::new();
+    let before: BTreeMap<VipId, &PlannedVip> = previous
+        .map(|p| p.vips.iter().map(|v| (v.id, v)).collect())
+        .unwrap_or_default();
     for vip in &config.vips {
         let id = vip.id();
         let family = addr::family(vip.address);
@@ -209,8 +212,8 @@ pub fn build(
                 ));
             }
         }
-        let kept = previous
-            .and_then(|p| p.vips.iter().find(|v| v.id == id))
+        let kept = before
+            .get(&id)
             .filter(|v| v.ring_inputs == inputs)
             .map(|v| v.ring.clone());
         vips.push(PlannedVip {

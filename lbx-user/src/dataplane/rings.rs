@@ -113,12 +113,16 @@ impl SlotRings {
         for (number, ring) in rings {
             let elems = wanted[number];
             if let Some(p) = self.placed.get_mut(number) {
-                if !Arc::ptr_eq(&p.ring, ring) && p.ring[..] != ring[..] {
+                if !Arc::ptr_eq(&p.ring, ring) {
+                    if p.ring[..] != ring[..] {
+                        writes.push(Write {
+                            base: self.offset + p.start,
+                            ring: ring.clone(),
+                        });
+                    }
+                    // Equal or written: the same ring from now on, so a plan that keeps
+                    // it is told apart without comparing its entries.
                     p.ring = ring.clone();
-                    writes.push(Write {
-                        base: self.offset + p.start,
-                        ring: ring.clone(),
-                    });
                 }
                 continue;
             }
