@@ -13,7 +13,9 @@
 //! - `measure`: the live-frames and all-cores figures; `flood`: the flood of new flows.
 
 pub mod account;
+pub mod flood;
 pub mod live;
+pub mod measure;
 pub mod rig;
 pub mod scene;
 pub mod sender;

@@ -184,6 +184,7 @@ impl Scene {
                 pair: i % self.rig.pairs.len(),
                 frame: frame.to_vec(),
                 flows: flows(i),
+                pace: None,
             })
             .collect()
     }

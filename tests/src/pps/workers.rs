@@ -19,6 +19,8 @@ pub struct Job {
     pub pair: usize,
     pub frame: Vec<u8>,
     pub flows: Flows,
+    /// Frames per second to hold to; `None`: as fast as the CPU sends.
+    pub pace: Option<f64>,
 }
 
 /// When the workers stop.
@@ -96,6 +98,12 @@ pub fn run(rig: &Rig, jobs: &[Job], batch: usize, stop: Stop) -> Result<Ran> {
                             .send()
                             .with_context(|| format!("send on CPU {}", job.cpu))?;
                         batches += 1;
+                        if let Some(pps) = job.pace {
+                            let due = start + Duration::from_secs_f64(frames as f64 / pps);
+                            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                                std::thread::sleep(wait);
+                            }
+                        }
                     }
                     Ok((frames, Instant::now()))
                 })
