@@ -7,11 +7,15 @@
 //! lost its entry to the backend the ring gave before the change; the flood runs with it
 //! off and on.
 
-use std::{net::IpAddr, time::Duration};
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use lbx::config::{Protocol, VipId};
 use lbx_common::flows::FLOW_WAYS;
+use std::net::Ipv4Addr;
 
 use super::{
     account::Tally,
@@ -19,6 +23,7 @@ use super::{
     sender::Flows,
     workers::{self, Job, Stop},
 };
+use crate::reference::Verdict;
 
 const ESTABLISHED_BASE: u32 = 0x0a40_0000;
 const FLOOD_BASE: u32 = 0x4000_0000;
@@ -49,8 +54,8 @@ pub struct Outcome {
     pub entries_lost: u64,
     /// Established flows missing from the table when the flood ended.
     pub missing_at_end: u64,
-    /// Established flows whose backend, after one more packet each, is not the one they
-    /// had before the flood.
+    /// Established flows whose next packet, after the flood, goes to another backend than
+    /// their packet before it did.
     pub changed_backend: u64,
     /// Frames that do not add up, if any.
     pub accounted: Result<(), String>,
@@ -70,15 +75,30 @@ fn established_vip() -> VipId {
     }
 }
 
-/// The backend slot of each established flow, `None` where the table has none.
-fn backends(scene: &Scene, n: u32) -> Vec<Option<u32>> {
+/// Whether the table holds each established flow now.
+fn held(scene: &Scene, n: u32) -> Vec<bool> {
     (0..n)
         .map(|i| {
-            scene
-                .tb
-                .bal
-                .flow(&key4(ESTABLISHED_BASE + i, VIP4), 1)
-                .map(|e| e.backend)
+            let key = key4(ESTABLISHED_BASE + i, VIP4);
+            scene.tb.bal.flow(&key, scene::SEED).is_some()
+        })
+        .collect()
+}
+
+/// The backend the next packet of each established flow goes to: one frame of each
+/// through the balancer (BPF_PROG_TEST_RUN), its outer destination address.
+fn next_backends(scene: &Scene, n: u32) -> Result<Vec<Option<Ipv4Addr>>> {
+    (0..n)
+        .map(|i| {
+            let frame = scene::frame_from(Shape::TCP4, ESTABLISHED_BASE + i);
+            let run = scene.tb.run(&frame)?;
+            Ok(run
+                .filter(|r| r.verdict() == Some(Verdict::Tx))
+                .and_then(|r| {
+                    r.output
+                        .get(30..34)
+                        .map(|d| Ipv4Addr::new(d[0], d[1], d[2], d[3]))
+                }))
         })
         .collect()
 }
@@ -89,6 +109,9 @@ pub fn run(scene: &mut Scene, plan: Plan) -> Result<Outcome> {
     scene.attach(Target::Balancer)?;
     scene.tb.clear_flows()?;
     scene.tb.idle.second_chance_s = plan.second_chance_s;
+    // Twice: the generation before is then the same ring too, so the flood starts with
+    // no change of ring behind it (a run before may have left another).
+    scene.tb.configure(&scene::config(BACKENDS))?;
     scene.tb.configure(&scene::config(BACKENDS))?;
     let vip = scene
         .tb
@@ -111,7 +134,7 @@ pub fn run(scene: &mut Scene, plan: Plan) -> Result<Outcome> {
         ..steady.clone()
     };
     scene.run(std::slice::from_ref(&warm), Stop::Batches(pass))?;
-    let before = backends(scene, plan.established);
+    let before = next_backends(scene, plan.established)?;
     let new_before = scene.tb.vip_counters(vip)?.new_flows;
 
     let flood = Job {
@@ -132,17 +155,34 @@ pub fn run(scene: &mut Scene, plan: Plan) -> Result<Outcome> {
     let tally_before = Tally::read(scene)?;
     let Scene { tb, rig, batch, .. } = &mut *scene;
     let jobs = [flood, steady];
-    let (ran, added) = std::thread::scope(|s| {
+    let (ran, agent) = std::thread::scope(|s| {
         let workers = s.spawn(|| workers::run(rig, &jobs, *batch, Stop::After(plan.flood)));
-        std::thread::sleep(plan.flood / 2);
-        let added = tb.configure(&scene::config(BACKENDS + 1));
+        // The agent meanwhile: its clock ticks every second, and halfway through the
+        // flood the established flows' VIP gets one more backend.
+        let agent = (|| -> Result<()> {
+            let start = Instant::now();
+            let mut added = false;
+            while start.elapsed() < plan.flood {
+                std::thread::sleep(Duration::from_millis(50));
+                let now = tb.clock();
+                if start.elapsed().as_secs() + 1 > u64::from(now) {
+                    tb.tick(now + 1)?;
+                }
+                if !added && start.elapsed() >= plan.flood / 2 {
+                    tb.configure(&scene::config(BACKENDS + 1))
+                        .context("add a backend during the flood")?;
+                    added = true;
+                }
+            }
+            Ok(())
+        })();
         match workers.join() {
-            Ok(r) => (r, added),
+            Ok(r) => (r, agent),
             Err(panic) => std::panic::resume_unwind(panic),
         }
     });
     let ran = ran?;
-    added.context("add a backend during the flood")?;
+    agent?;
     let tally = Tally::read_settled(scene)?.since(&tally_before);
 
     let slots = scene.tb.bal.flows.len() as u64;
@@ -150,13 +190,12 @@ pub fn run(scene: &mut Scene, plan: Plan) -> Result<Outcome> {
         .filter(|&i| scene.tb.bal.flows.get(i).is_some_and(|s| s.check != 0))
         .count() as u64;
     debug_assert_eq!(slots % u64::from(FLOW_WAYS), 0);
-    let at_end = backends(scene, plan.established);
-    let missing_at_end = at_end.iter().filter(|b| b.is_none()).count() as u64;
+    let missing_at_end = held(scene, plan.established)
+        .iter()
+        .filter(|h| !**h)
+        .count() as u64;
     let new_during = scene.tb.vip_counters(vip)?.new_flows - new_before;
-    // One more packet of every established flow: those that lost their entry take a
-    // backend now, as their next packet would.
-    scene.run(std::slice::from_ref(&warm), Stop::Batches(pass))?;
-    let after = backends(scene, plan.established);
+    let after = next_backends(scene, plan.established)?;
     let changed_backend = before.iter().zip(&after).filter(|(b, a)| b != a).count() as u64;
     // Of the established frames, the share that arrived is the one the flood run sent
     // (both jobs' frames go through the same balancer; split by the workers' counts).

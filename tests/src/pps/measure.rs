@@ -300,3 +300,37 @@ pub fn all_cores(
     }
     Ok(rows)
 }
+
+/// What the host itself gives to every CPU at once: a loop that only counts, pinned on
+/// each CPU, against the same loop on one. On a host whose CPUs share a core, or whose
+/// CPUs other guests use, no program scales beyond this.
+pub fn spin_ceiling(each: Duration) -> Result<f64> {
+    let cpus = super::workers::cpus()?;
+    let spin = |on: &[usize]| -> Result<u64> {
+        std::thread::scope(|s| {
+            let threads: Vec<_> = on
+                .iter()
+                .map(|&cpu| {
+                    s.spawn(move || -> Result<u64> {
+                        super::workers::pin(cpu)?;
+                        let start = std::time::Instant::now();
+                        let mut n = 0u64;
+                        while start.elapsed() < each {
+                            for _ in 0..1000 {
+                                n = std::hint::black_box(n + 1);
+                            }
+                        }
+                        Ok(n)
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .sum()
+        })
+    };
+    let one = spin(&cpus[..1])?;
+    let all = spin(&cpus)?;
+    Ok(all as f64 / one.max(1) as f64)
+}

@@ -10,12 +10,14 @@
 //! - `workers`: pinned threads, one per CPU, that send at the same time.
 //! - `account`: where every frame went (veth counters, reason counters).
 //! - `scene`: all of it with the balancer loaded and configured as `lbx run` would.
-//! - `measure`: the live-frames and all-cores figures; `flood`: the flood of new flows.
+//! - `measure`: the one-CPU and all-CPUs figures; `flood`: the flood of new flows;
+//!   `report`: the tables and JSON of `lbx-bench`.
 
 pub mod account;
 pub mod flood;
 pub mod live;
 pub mod measure;
+pub mod report;
 pub mod rig;
 pub mod scene;
 pub mod sender;

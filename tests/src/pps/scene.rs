@@ -30,11 +30,13 @@ pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
 pub const FLOOD_VIP4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
 pub const BACKENDS: u8 = 10;
 pub const SPORT: u16 = 40_000;
+/// The configuration's flow-hash seed.
+pub const SEED: u32 = 1;
 
 /// The configuration: every VIP with `backends` backends; the TCP VIP 192.0.2.10:80 with
 /// `first_backends` (the flood adds one to it).
 pub fn config(first_backends: u8) -> Config {
-    let mut text = format!("seed = 1\ntable_size = {RING}\nmtu = 1500\n");
+    let mut text = format!("seed = {SEED}\ntable_size = {RING}\nmtu = 1500\n");
     for (addr, port, proto, n) in [
         (IpAddr::V4(VIP4), 80, "tcp", first_backends),
         (IpAddr::V4(VIP4), 53, "udp", BACKENDS),
@@ -94,6 +96,15 @@ pub fn frame(shape: Shape) -> Vec<u8> {
     }
 }
 
+/// The frame of `shape` from the source whose last four bytes are `src`, as the sender
+/// sends it.
+pub fn frame_from(shape: Shape, src: u32) -> Vec<u8> {
+    let mut f = frame(shape);
+    let at = if shape.v6 { 14 + 8 + 12 } else { 14 + 12 };
+    f[at..at + 4].copy_from_slice(&src.to_be_bytes());
+    f
+}
+
 /// The connection-table key of the IPv4 TCP flow from `src` to `dst`:80.
 pub fn key4(src: u32, dst: Ipv4Addr) -> FlowKey {
     FlowKey {
@@ -133,6 +144,9 @@ impl Scene {
     pub fn new(flows: u32, batch: usize) -> Result<Self> {
         lbx::dataplane::sys::raise_memlock_limit();
         let mut tb = TestBalancer::load(RING, flows)?;
+        // The agent's clock runs from 1 (`Active::now`, seconds); a second chance is only
+        // given once it runs.
+        tb.tick(1)?;
         tb.configure(&config(BACKENDS))?;
         let sink = lbx::dataplane::load_unattached(programs::BENCH_DROP)?;
         let rig = Rig::create(
