@@ -89,10 +89,3 @@ pub fn run(prog: BorrowedFd<'_>, frame: &[u8], ifindex: u32, batch: u32) -> io::
     }
     Ok(())
 }
-
-/// Whether this kernel runs live frames: one frame of `prog` (which should send nothing
-/// anyone else sees: a rig's device) on `ifindex` of the calling thread's namespace.
-/// `Err` carries the kernel's refusal (this host's kernel answers EPERM).
-pub fn probe(prog: BorrowedFd<'_>, frame: &[u8], ifindex: u32) -> io::Result<()> {
-    run(prog, frame, ifindex, 1)
-}

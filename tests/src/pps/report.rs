@@ -9,10 +9,8 @@ use serde_json::{Value, json};
 
 use super::{
     flood::{self, Outcome, Plan},
-    live,
     measure::{self, CoresRow, Problems, SingleRow, TX4, spread},
-    rig::Rig,
-    scene::{self, Scene, Shape, Target},
+    scene::{Scene, Shape, Target},
     workers,
 };
 
@@ -29,31 +27,11 @@ pub struct Options {
 
 /// Whether the kernel runs BPF_F_TEST_XDP_LIVE_FRAMES, tried once on the rig.
 fn live_frames(scene: &Scene) -> Result<String, String> {
-    let prog = scene.program(Target::Tx).map_err(|e| e.to_string())?;
-    let fd = prog.fd().map_err(|e| e.to_string())?;
-    let handle = scene.rig.handle().map_err(|e| e.to_string())?;
-    let pair = scene.rig.pairs[0].clone();
-    let frame = scene::frame(Shape::TCP4);
-    let ifindex = scene
-        .rig
-        .netns()
-        .ip(&["-j", "link", "show", "dev", &pair.a])
-        .ok()
-        .and_then(|o| serde_json::from_str::<Value>(&o).ok())
-        .and_then(|v| v[0]["ifindex"].as_u64())
-        .unwrap_or(0) as u32;
-    use std::os::fd::AsFd as _;
-    let fd = fd.as_fd();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            Rig::enter(&handle).map_err(|e| e.to_string())?;
-            live::probe(fd, &frame, ifindex)
-                .map(|()| "available".to_owned())
-                .map_err(|e| format!("refused by this kernel: {e}"))
-        })
-        .join()
-        .unwrap_or_else(|_| Err("the probe panicked".to_owned()))
-    })
+    match scene.live(Target::Tx, Shape::TCP4, 1) {
+        Ok(Ok(_)) => Ok("available".to_owned()),
+        Ok(Err(e)) => Err(format!("refused by this kernel: {e}")),
+        Err(e) => Err(format!("not tried: {e:#}")),
+    }
 }
 
 fn memory_rows() -> Vec<(u64, u64, u64)> {

@@ -109,6 +109,12 @@ impl Rig {
         }
     }
 
+    /// The index of pair `i`'s `a` in the namespace (the ingress of live frames).
+    pub fn a_ifindex(&self, i: usize) -> Result<u32> {
+        let p = self.pairs.get(i).context("no such pair")?;
+        self.ifindex(&p.a)
+    }
+
     /// Pins `prog` as `name` in the rig's BPF filesystem.
     fn pin(&self, name: &str, prog: BorrowedFd<'_>) -> Result<PathBuf> {
         let path = self.pins.join(name);

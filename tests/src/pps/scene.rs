@@ -189,6 +189,29 @@ impl Scene {
         Ok((ran, after.since(&before)))
     }
 
+    /// Runs `batch` live frames (`BPF_F_TEST_XDP_LIVE_FRAMES`) of `t` as if they arrived
+    /// on the first pair's `a`, from a thread in the rig's namespace, and counts what
+    /// happened to them. The inner error is the kernel's refusal, where it refuses.
+    pub fn live(&self, t: Target, shape: Shape, batch: u32) -> Result<std::io::Result<Tally>> {
+        let prog = self.program(t)?.fd()?.as_fd();
+        let handle = self.rig.handle()?;
+        let ifindex = self.rig.a_ifindex(0)?;
+        let frame = frame(shape);
+        let before = Tally::read(self)?;
+        let sent = std::thread::scope(|s| {
+            s.spawn(|| -> Result<std::io::Result<()>> {
+                Rig::enter(&handle)?;
+                Ok(super::live::run(prog, &frame, ifindex, batch))
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })?;
+        Ok(match sent {
+            Ok(()) => Ok(Tally::read_settled(self)?.since(&before)),
+            Err(e) => Err(e),
+        })
+    }
+
     /// One job per CPU of `cpus`, each on its own pair.
     pub fn jobs(&self, cpus: &[usize], frame: &[u8], flows: impl Fn(usize) -> Flows) -> Vec<Job> {
         cpus.iter()
