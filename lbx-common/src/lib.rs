@@ -113,6 +113,11 @@ pub mod programs {
     pub const BENCH_UNTIL_FILTER: &str = "lbx_bench_until_filter";
     pub const BENCH_UNTIL_VIP: &str = "lbx_bench_until_vip";
     pub const BENCH_UNTIL_FLOW: &str = "lbx_bench_until_flow";
+    /// Packet-rate floor: sends every frame back with XDP_TX, nothing else.
+    pub const BENCH_TX: &str = "lbx_bench_tx";
+    /// Packet-rate sink, on the veth that receives what is measured: drops every frame
+    /// (the veth counts it first).
+    pub const BENCH_DROP: &str = "lbx_bench_drop";
 }
 
 /// Where the benchmark's stage programs stop the balancer; each includes the ones before.

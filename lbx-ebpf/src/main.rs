@@ -71,6 +71,20 @@ pub fn lbx_bench_until_flow(ctx: XdpContext) -> u32 {
     balance::<{ stages::FLOW }>(&ctx)
 }
 
+/// Packet-rate floor only (`cargo xtask bench`): sends the frame back out unchanged.
+/// Never attached by lbx.
+#[xdp]
+pub fn lbx_bench_tx(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
+}
+
+/// Packet-rate sink only (`cargo xtask bench`), on the veth that receives the frames the
+/// measured program sent: drops them. Never attached by lbx.
+#[xdp]
+pub fn lbx_bench_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
 #[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -28,6 +28,7 @@ pub mod fixture;
 pub mod netns;
 pub mod packets;
 pub mod pcap;
+pub mod pps;
 pub mod process;
 pub mod prometheus;
 pub mod reference;

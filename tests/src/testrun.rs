@@ -191,6 +191,11 @@ impl TestBalancer {
         settings.second_chance_until
     }
 
+    /// The data plane's clock (`Active::now`) as published last.
+    pub fn clock(&self) -> u32 {
+        self.publisher.clock()
+    }
+
     /// Moves the data plane's clock (`Active::now`) to `now`, as the agent's tick does.
     pub fn tick(&mut self, now: u32) -> Result<()> {
         Ok(self.publisher.tick(&mut self.bal, now)?)

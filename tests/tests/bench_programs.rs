@@ -1,6 +1,7 @@
 //! The programs `cargo xtask bench` measures besides the balancer do what its table says
 //! they do: the minimal forwarder encapsulates, and each stage program of the breakdown
-//! runs the balancer's maps up to its stage and sends the frame back unchanged.
+//! runs the balancer's maps up to its stage and sends the frame back unchanged, and the
+//! packet-rate floor sends frames back while its sink drops them.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -14,6 +15,7 @@ use lbx_tests::{
 const RING: u32 = 1021;
 const FLOWS: u32 = 4096;
 const SEED: u32 = 7;
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
@@ -120,4 +122,23 @@ fn the_forwarder_floor_encapsulates_like_the_balancer() {
         "outer checksum"
     );
     assert_ne!(IpAddr::V4(outer.destination_addr()), IpAddr::V4(VIP));
+}
+
+#[test]
+fn the_packet_rate_floor_sends_back_and_the_sink_drops() {
+    lbx::dataplane::sys::raise_memlock_limit();
+    let input = frame(VIP, 40_001);
+    for (name, action) in [
+        (programs::BENCH_TX, XDP_TX),
+        (programs::BENCH_DROP, XDP_DROP),
+    ] {
+        let ebpf = dataplane::load_unattached(name).expect("load the program");
+        let prog: &aya::programs::Xdp = ebpf
+            .program(name)
+            .expect("in the object")
+            .try_into()
+            .expect("an XDP program");
+        let run = run_once(prog, &input).unwrap().expect("frame accepted");
+        assert_eq!((run.action, &run.output), (action, &input), "{name}");
+    }
 }

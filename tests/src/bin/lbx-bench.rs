@@ -9,12 +9,18 @@
 //! percentiles. The floors (an empty program, and a minimal forwarder that parses and
 //! prepends a fixed header without lookups) are measured the same way in the same run.
 //!
+//! Then packet rates (`lbx_tests::pps`): each fixture's frames sent through the balancer
+//! attached as native XDP to a veth, on one CPU against an XDP_TX-only floor and the
+//! minimal forwarder, on every CPU at once, and under a flood of new flows while a
+//! backend is added; their tables print first.
+//!
 //! It then reads criterion's estimates of the control-plane benches (lbx-user's
 //! `benches/control.rs`), writes everything to a JSON file and prints a table.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -24,6 +30,7 @@ use lbx::config::Config;
 use lbx_common::programs;
 use lbx_tests::{
     packets::{self, L4, V4, V6},
+    pps::report as pps,
     testrun::{TestBalancer, run_once},
 };
 use serde_json::{Value, json};
@@ -52,6 +59,24 @@ struct Args {
     /// Its map layouts must match this build's.
     #[arg(long, value_name = "OBJECT")]
     baseline: Option<PathBuf>,
+    /// Skip the packet rates (native XDP on veths: one CPU, all CPUs, the flood).
+    #[arg(long)]
+    no_pps: bool,
+    /// Packet rates: rounds, and milliseconds each figure of a round sends for.
+    #[arg(long, default_value_t = 5)]
+    pps_rounds: usize,
+    #[arg(long, default_value_t = 300)]
+    pps_ms: u64,
+    /// Packet rates: frames per sendmmsg call.
+    #[arg(long, default_value_t = 64)]
+    pps_batch: usize,
+    /// The flood: how long it lasts (ms), the established flows and their frames per second.
+    #[arg(long, default_value_t = 4000)]
+    flood_ms: u64,
+    #[arg(long, default_value_t = 100_000)]
+    established: u32,
+    #[arg(long, default_value_t = 100_000.0)]
+    established_fps: f64,
 }
 
 const RING: u32 = lbx_common::DEFAULT_RING_SIZE;
@@ -582,6 +607,21 @@ fn main() -> Result<()> {
         let est = criterion_estimate(&args.criterion, id);
         control.push((what, est));
     }
+    // Packet rates print their own tables now; the figures above print below.
+    let pps = if args.no_pps {
+        Value::Null
+    } else {
+        pps::run(&pps::Options {
+            rounds: args.pps_rounds.max(1),
+            each: Duration::from_millis(args.pps_ms),
+            flows: args.flows,
+            batch: args.pps_batch,
+            flood: Duration::from_millis(args.flood_ms),
+            established: args.established,
+            established_pps: args.established_fps,
+        })
+        .context("packet rates")?
+    };
     let json = json!({
         "kernel": kernel_release(),
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
@@ -609,6 +649,7 @@ fn main() -> Result<()> {
                 "ratio": ratio,
             })).collect::<Vec<_>>(),
         })),
+        "packet_rates": pps,
         "control_plane": control.iter().map(|(what, est)| json!({
             "benchmark": what,
             "median_ns": est.map(|e| e.0),
