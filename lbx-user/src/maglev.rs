@@ -14,16 +14,10 @@
 //! `h1 = bytes_hash(identity, seed)` and `h2 = bytes_hash(identity, seed ^ SKIP_SEED_XOR)`.
 //! These constants are part of the table's definition: changing them moves every flow.
 
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
-
 use lbx_common::hash::bytes_hash;
 
 /// Mixed into the seed for the second (skip) hash so offset and skip are independent.
 const SKIP_SEED_XOR: u32 = 0x9e37_79b9;
-
-/// Marks a slot not yet claimed while the table is being filled.
-const EMPTY: u32 = u32::MAX;
 
 /// One backend as Maglev sees it.
 #[derive(Clone, Copy, Debug)]
@@ -71,9 +65,12 @@ pub enum MaglevError {
 ///
 /// Over seeds 0..8 the worst case seen was 0.96 % (N = 1000, random weights, add one);
 /// the test asserts below 1.5 %. A release build of M = 65537 with 1000 backends takes
-/// about 8 ms.
+/// about 1.7 ms, 10 backends about 1.3 ms (`cargo bench -p lbx-user --bench control --
+/// maglev_build`; the heap-and-table version this replaced took 6 to 7 ms).
 ///
-/// Cost: O(M log N) for the turns plus the permutation walks (O(M log M) expected).
+/// Cost: O(M) to order the turns, plus sorting within buckets of at most 2N turns each;
+/// then the permutation walks, O(M log M) probes expected, except that the last
+/// `ENDGAME_FREE` slots are found by searching the free slots, O(ENDGAME_FREE^2) in all.
 pub fn build(
     backends: &[MaglevBackend<'_>],
     size: u32,
@@ -112,59 +109,259 @@ pub fn build(
         });
     }
 
-    let m = u64::from(size);
     let weights: Vec<u64> = order
         .iter()
         .map(|&i| u64::from(backends[i].weight))
         .collect();
-    let quota = quotas(&weights, m);
+    let quota = quotas(&weights, u64::from(size));
 
-    let mut pos: Vec<u64> = Vec::with_capacity(order.len());
-    let mut skip: Vec<u64> = Vec::with_capacity(order.len());
-    for &i in &order {
-        let id = backends[i].identity;
-        pos.push(u64::from(bytes_hash(id, seed)) % m);
-        // size >= 2 (it is prime), so m - 1 >= 1; skip in 1..m is coprime to prime m,
-        // so the walk visits every slot.
-        skip.push(u64::from(bytes_hash(id, seed ^ SKIP_SEED_XOR)) % (m - 1) + 1);
-    }
-
-    let mut table = vec![EMPTY; size as usize];
-    let mut taken = vec![0u64; order.len()];
-    let mut turns: BinaryHeap<Turn> = (0..order.len())
-        .filter(|&k| quota[k] > 0)
-        .map(|k| Turn {
-            next: 1,
-            weight: weights[k],
-            k,
+    let walks: Vec<Walk> = order
+        .iter()
+        .map(|&i| {
+            let id = backends[i].identity;
+            Walk {
+                pos: bytes_hash(id, seed) % size,
+                // size >= 2 (it is prime), so size - 1 >= 1; skip in 1..size is coprime to
+                // the prime size, so the walk visits every slot.
+                skip: bytes_hash(id, seed ^ SKIP_SEED_XOR) % (size - 1) + 1,
+            }
         })
         .collect();
 
-    // Quotas sum to M and a backend only gets a turn below its quota, so a free slot
-    // always exists and each walk ends.
-    while let Some(mut turn) = turns.pop() {
-        let k = turn.k;
-        loop {
-            let p = pos[k] as usize;
-            // pos, skip < m: one subtraction replaces a division.
-            pos[k] += skip[k];
-            if pos[k] >= m {
-                pos[k] -= m;
-            }
-            if table[p] == EMPTY {
-                // order[k] < backends.len() <= u32::MAX, checked above.
-                table[p] = order[k] as u32;
-                break;
-            }
-        }
-        taken[k] += 1;
-        if taken[k] < quota[k] {
-            turn.next = taken[k] + 1;
-            turns.push(turn);
+    let mut fill = Fill::new(&order, walks, size);
+    for turn in turn_order(&weights, &quota, size) {
+        fill.claim(turn.k);
+    }
+    Ok(fill.finish())
+}
+
+/// Where a backend's permutation stands: its next preferred slot and its step.
+#[derive(Clone, Copy, Debug)]
+struct Walk {
+    pos: u32,
+    skip: u32,
+}
+
+/// Below this many free slots a claim stops walking the permutation and instead picks,
+/// among the free slots, the one the walk would reach first. Walking to one of `f` free
+/// slots takes `size / f` probes on average, so the last few hundred slots take about half
+/// of all probes; the search costs `f` multiplications and remainders. At M = 65537 any
+/// threshold from 64 to 256 saved the same (about a tenth of the build); 512 saved less.
+const ENDGAME_FREE: u32 = 128;
+
+/// The table being filled.
+struct Fill<'a> {
+    order: &'a [usize],
+    walks: Vec<Walk>,
+    size: u32,
+    table: Vec<u32>,
+    /// One bit per slot, set once claimed: the walk probes this (size / 8 bytes, in L1
+    /// for M = 65537) instead of the table.
+    taken: Vec<u64>,
+    /// Slots not yet claimed.
+    left: u32,
+    /// The free slots, once `left <= ENDGAME_FREE`.
+    free: Vec<u32>,
+    /// Per backend, the inverse of its skip modulo size once the endgame needs it, else 0.
+    inverse: Vec<u32>,
+}
+
+impl<'a> Fill<'a> {
+    fn new(order: &'a [usize], walks: Vec<Walk>, size: u32) -> Self {
+        let free = if size <= ENDGAME_FREE {
+            (0..size).collect()
+        } else {
+            Vec::new()
+        };
+        Fill {
+            inverse: vec![0; walks.len()],
+            order,
+            walks,
+            size,
+            table: vec![0; size as usize],
+            taken: vec![0; (size as usize).div_ceil(64)],
+            left: size,
+            free,
         }
     }
-    debug_assert!(table.iter().all(|&b| b != EMPTY));
-    Ok(table)
+
+    /// Backend `k` claims the next free slot of its permutation. The caller gives no more
+    /// turns than there are slots, so a free slot exists.
+    fn claim(&mut self, k: u32) {
+        let k = k as usize;
+        let slot = if self.left > ENDGAME_FREE {
+            self.walk(k)
+        } else {
+            self.nearest_free(k)
+        };
+        // order[k] < backends.len() <= u32::MAX, checked by build.
+        self.table[slot as usize] = self.order[k] as u32;
+        self.left -= 1;
+        if self.left == ENDGAME_FREE && self.size > ENDGAME_FREE {
+            self.free = (0..self.size)
+                .filter(|&p| self.taken[p as usize / 64] & (1 << (p % 64)) == 0)
+                .collect();
+        }
+    }
+
+    /// Probes the permutation from the backend's position to the first free slot.
+    fn walk(&mut self, k: usize) -> u32 {
+        let Walk { mut pos, skip } = self.walks[k];
+        let slot = loop {
+            let p = pos;
+            pos = add_mod(pos, skip, self.size);
+            let (word, bit) = (p as usize / 64, 1u64 << (p % 64));
+            if self.taken[word] & bit == 0 {
+                self.taken[word] |= bit;
+                break p;
+            }
+        };
+        self.walks[k].pos = pos;
+        slot
+    }
+
+    /// The free slot the walk would reach first: slot `s` is `d` steps from `pos` where
+    /// `pos + d * skip = s (mod size)`, so `d = (s - pos) * skip^-1 (mod size)`; the
+    /// smallest `d` wins (they differ: a permutation visits each slot once).
+    fn nearest_free(&mut self, k: usize) -> u32 {
+        if self.inverse[k] == 0 {
+            self.inverse[k] = inverse_mod(self.walks[k].skip, self.size);
+        }
+        let (size, inv) = (u64::from(self.size), u64::from(self.inverse[k]));
+        let Walk { pos, skip } = self.walks[k];
+        let pos = u64::from(pos);
+        let mut best = (u64::MAX, 0);
+        for (i, &s) in self.free.iter().enumerate() {
+            let s = u64::from(s);
+            let ahead = if s >= pos { s - pos } else { s + size - pos };
+            // ahead, inv < size < 2^32: the product fits u64.
+            let d = ahead * inv % size;
+            if d < best.0 {
+                best = (d, i);
+            }
+        }
+        let slot = self.free.swap_remove(best.1);
+        self.walks[k].pos = add_mod(slot, skip, self.size);
+        slot
+    }
+
+    fn finish(self) -> Vec<u32> {
+        debug_assert!(self.left == 0 && self.free.is_empty());
+        self.table
+    }
+}
+
+/// `(a + b) mod m` for `a, b < m`. `a + b` can pass u32::MAX for the largest sizes;
+/// stepping back by `m - b` when `a >= m - b` wraps without overflow.
+#[inline(always)]
+fn add_mod(a: u32, b: u32, m: u32) -> u32 {
+    let back = m - b;
+    if a >= back { a - back } else { a + b }
+}
+
+/// `a^-1 mod m` for `a` in `1..m`, `m` a prime (extended Euclid).
+fn inverse_mod(a: u32, m: u32) -> u32 {
+    let (mut r0, mut r1) = (i64::from(m), i64::from(a));
+    let (mut t0, mut t1) = (0i64, 1i64);
+    while r1 != 0 {
+        let q = r0 / r1;
+        (r0, r1) = (r1, r0 - q * r1);
+        (t0, t1) = (t1, t0 - q * t1);
+    }
+    debug_assert_eq!(r0, 1, "{a} is not invertible modulo {m}");
+    // |t0| < m, so the result is in 0..m and fits u32.
+    t0.rem_euclid(i64::from(m)) as u32
+}
+
+/// One turn: backend `k` (canonical index) claiming its `j`-th slot, due at time `j / w_k`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Turn {
+    j: u32,
+    k: u32,
+}
+
+/// Every turn of the build in the order they are taken: by time `j / w_k`, ties to the
+/// earlier backend in canonical order, for `j` in `1..=quota[k]`. That is the order a
+/// priority queue merging the backends' turns pops them in; here it comes from a counting
+/// sort on the bucket `floor(j * W / w_k)` (`W` the total weight) and an exact sort inside
+/// each bucket. The bucket is monotone in the due time, so turns in different buckets are
+/// already in order, and the exact comparison settles the rest. A backend's turns up to
+/// `floor(w_k * M / W)` land in buckets up to `M`; only its extra largest-remainder slot
+/// can lie beyond, so those (fewer than N) share bucket `M` with whatever else is there.
+fn turn_order(weights: &[u64], quota: &[u64], size: u32) -> Vec<Turn> {
+    // n <= size < 2^32 and each weight < 2^32, so the total fits u64.
+    let total: u64 = weights.iter().sum();
+    let last = u64::from(size);
+    // Counting sort with the bounds one place up: after counting bucket b into
+    // bound[b + 2] and summing, bound[b + 1] is where bucket b starts; placing the turns
+    // moves it to where b ends, which leaves bucket b at bound[b]..bound[b + 1].
+    let mut bound = vec![0u32; size as usize + 3];
+    for (&w, &quota) in weights.iter().zip(quota) {
+        each_turn(w, quota, total, last, |b, _| bound[b + 2] += 1);
+    }
+    // Quotas sum to size, so every prefix sum fits u32.
+    for b in 2..bound.len() {
+        bound[b] += bound[b - 1];
+    }
+    let mut turns = vec![Turn::default(); size as usize];
+    for (k, (&w, &quota)) in weights.iter().zip(quota).enumerate() {
+        // k < n <= size <= u32::MAX.
+        let k = k as u32;
+        each_turn(w, quota, total, last, |b, j| {
+            let at = &mut bound[b + 1];
+            turns[*at as usize] = Turn { j, k };
+            *at += 1;
+        });
+    }
+    // The pairs (j, k) differ, so comparing j / w exactly, then k, is a total order.
+    // j <= 2^32 and w < 2^32: the cross products fit u64.
+    let earlier = |a: &Turn, b: &Turn| {
+        (u64::from(a.j) * weights[b.k as usize])
+            .cmp(&(u64::from(b.j) * weights[a.k as usize]))
+            .then(a.k.cmp(&b.k))
+    };
+    for b in bound.windows(2).take(size as usize + 1) {
+        let bucket = &mut turns[b[0] as usize..b[1] as usize];
+        // Turns are placed by backend, so a bucket of equal weights is in order already.
+        if bucket.len() <= 16 {
+            insertion_sort(bucket, earlier);
+        } else {
+            bucket.sort_unstable_by(earlier);
+        }
+    }
+    turns
+}
+
+/// Calls `f(bucket, j)` for turn `j` in `1..=quota` of a backend of weight `w`, with
+/// bucket = `min(floor(j * total / w), last)`, stepping quotient and remainder rather than
+/// dividing per turn.
+fn each_turn(w: u64, quota: u64, total: u64, last: u64, mut f: impl FnMut(usize, u32)) {
+    let (step, step_rem) = (total / w, total % w);
+    let (mut q, mut r) = (0u64, 0u64);
+    for j in 1..=quota {
+        q = q.saturating_add(step);
+        // r < w and step_rem < w < 2^32: no overflow.
+        r += step_rem;
+        if r >= w {
+            r -= w;
+            q = q.saturating_add(1);
+        }
+        // The bucket is at most last <= u32::MAX, and j <= quota <= size.
+        f(q.min(last) as usize, j as u32);
+    }
+}
+
+/// Sorts a short, mostly sorted slice in place without the set-up of the library sorts.
+fn insertion_sort<T: Copy>(v: &mut [T], cmp: impl Fn(&T, &T) -> std::cmp::Ordering) {
+    for i in 1..v.len() {
+        let x = v[i];
+        let mut at = i;
+        while at > 0 && cmp(&x, &v[at - 1]).is_lt() {
+            v[at] = v[at - 1];
+            at -= 1;
+        }
+        v[at] = x;
+    }
 }
 
 /// Slots per backend by the largest-remainder method: `floor(w * m / W)` each, then one
@@ -191,31 +388,6 @@ fn quotas(weights: &[u64], m: u64) -> Vec<u64> {
     quota
 }
 
-/// A backend's next turn, due at time `next / weight`; the heap pops the earliest, ties
-/// to the earlier backend in canonical order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Turn {
-    next: u64,
-    weight: u64,
-    k: usize,
-}
-
-impl Ord for Turn {
-    fn cmp(&self, other: &Self) -> Ordering {
-        // next <= 2^32 and weight < 2^32: the cross products fit u64. Reversed because
-        // BinaryHeap pops the greatest.
-        (other.next * self.weight)
-            .cmp(&(self.next * other.weight))
-            .then(other.k.cmp(&self.k))
-    }
-}
-
-impl PartialOrd for Turn {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
 /// Whether `n` is a prime; trial division, at most ~11k steps for any u32.
 pub fn is_prime(n: u32) -> bool {
     if n < 4 {
@@ -237,10 +409,136 @@ pub fn is_prime(n: u32) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::cmp::Ordering;
+    use std::collections::BinaryHeap;
+
     use super::*;
     use lbx_common::DEFAULT_RING_SIZE;
 
     const M: u32 = DEFAULT_RING_SIZE;
+
+    /// Marks a slot not yet claimed while the reference table is being filled.
+    const EMPTY: u32 = u32::MAX;
+
+    /// The build as first written, kept as the definition the fast one must match: a
+    /// binary heap hands out the turns, and each walk reads the table to find a free slot.
+    fn reference_build(
+        backends: &[MaglevBackend<'_>],
+        size: u32,
+        seed: u32,
+    ) -> Result<Vec<u32>, MaglevError> {
+        if !is_prime(size) {
+            return Err(MaglevError::SizeNotPrime { size });
+        }
+        // Indices are handed back as u32; a slice longer than that could not fit a table anyway.
+        if u32::try_from(backends.len()).is_err() {
+            return Err(MaglevError::TooManyBackends {
+                count: backends.len(),
+                size,
+            });
+        }
+
+        // Canonical order: by identity, so the caller's order cannot change the table.
+        let mut order: Vec<usize> = (0..backends.len()).collect();
+        order.sort_unstable_by(|&a, &b| backends[a].identity.cmp(backends[b].identity));
+        for pair in order.windows(2) {
+            if backends[pair[0]].identity == backends[pair[1]].identity {
+                return Err(MaglevError::DuplicateIdentity {
+                    first: pair[0].min(pair[1]),
+                    second: pair[0].max(pair[1]),
+                });
+            }
+        }
+        order.retain(|&i| backends[i].weight > 0);
+        if order.is_empty() {
+            return Err(MaglevError::NoBackends);
+        }
+        if order.len() > size as usize {
+            return Err(MaglevError::TooManyBackends {
+                count: order.len(),
+                size,
+            });
+        }
+
+        let m = u64::from(size);
+        let weights: Vec<u64> = order
+            .iter()
+            .map(|&i| u64::from(backends[i].weight))
+            .collect();
+        let quota = quotas(&weights, m);
+
+        let mut pos: Vec<u64> = Vec::with_capacity(order.len());
+        let mut skip: Vec<u64> = Vec::with_capacity(order.len());
+        for &i in &order {
+            let id = backends[i].identity;
+            pos.push(u64::from(bytes_hash(id, seed)) % m);
+            // size >= 2 (it is prime), so m - 1 >= 1; skip in 1..m is coprime to prime m,
+            // so the walk visits every slot.
+            skip.push(u64::from(bytes_hash(id, seed ^ SKIP_SEED_XOR)) % (m - 1) + 1);
+        }
+
+        let mut table = vec![EMPTY; size as usize];
+        let mut taken = vec![0u64; order.len()];
+        let mut turns: BinaryHeap<RefTurn> = (0..order.len())
+            .filter(|&k| quota[k] > 0)
+            .map(|k| RefTurn {
+                next: 1,
+                weight: weights[k],
+                k,
+            })
+            .collect();
+
+        // Quotas sum to M and a backend only gets a turn below its quota, so a free slot
+        // always exists and each walk ends.
+        while let Some(mut turn) = turns.pop() {
+            let k = turn.k;
+            loop {
+                let p = pos[k] as usize;
+                // pos, skip < m: one subtraction replaces a division.
+                pos[k] += skip[k];
+                if pos[k] >= m {
+                    pos[k] -= m;
+                }
+                if table[p] == EMPTY {
+                    // order[k] < backends.len() <= u32::MAX, checked above.
+                    table[p] = order[k] as u32;
+                    break;
+                }
+            }
+            taken[k] += 1;
+            if taken[k] < quota[k] {
+                turn.next = taken[k] + 1;
+                turns.push(turn);
+            }
+        }
+        debug_assert!(table.iter().all(|&b| b != EMPTY));
+        Ok(table)
+    }
+
+    /// A backend's next turn, due at time `next / weight`; the heap pops the earliest, ties
+    /// to the earlier backend in canonical order.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    struct RefTurn {
+        next: u64,
+        weight: u64,
+        k: usize,
+    }
+
+    impl Ord for RefTurn {
+        fn cmp(&self, other: &Self) -> Ordering {
+            // next <= 2^32 and weight < 2^32: the cross products fit u64. Reversed because
+            // BinaryHeap pops the greatest.
+            (other.next * self.weight)
+                .cmp(&(self.next * other.weight))
+                .then(other.k.cmp(&self.k))
+        }
+    }
+
+    impl PartialOrd for RefTurn {
+        fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+            Some(self.cmp(other))
+        }
+    }
 
     /// splitmix64: deterministic test data without a dependency.
     struct Rng(u64);
@@ -301,6 +599,208 @@ mod tests {
             );
             if w == 0 {
                 assert_eq!(count, 0);
+            }
+        }
+    }
+
+    /// Turn order as the reference's heap pops it: (j, k) for every turn.
+    fn heap_order(weights: &[u64], quota: &[u64]) -> Vec<(u32, u32)> {
+        let mut heap: BinaryHeap<RefTurn> = (0..weights.len())
+            .filter(|&k| quota[k] > 0)
+            .map(|k| RefTurn {
+                next: 1,
+                weight: weights[k],
+                k,
+            })
+            .collect();
+        let mut out = Vec::new();
+        while let Some(mut turn) = heap.pop() {
+            out.push((turn.next as u32, turn.k as u32));
+            if turn.next < quota[turn.k] {
+                turn.next += 1;
+                heap.push(turn);
+            }
+        }
+        out
+    }
+
+    /// Weights of one of several kinds, so the equivalence tests cover ties, zeros, huge
+    /// weights next to tiny ones (whose extra slot lands in the clamped last bucket) and
+    /// near-equal huge weights (whose turns fall in the same buckets out of index order).
+    fn weights_of_kind(rng: &mut Rng, n: usize, kind: u64) -> Vec<u32> {
+        let top = u64::from(u32::MAX);
+        (0..n)
+            .map(|i| match kind {
+                0 => 1 + rng.below(100),
+                1 => rng.below(4),
+                2 => 1 + rng.below(top),
+                3 => 37,
+                4 => {
+                    if rng.below(8) == 0 {
+                        top - rng.below(4)
+                    } else {
+                        rng.below(3)
+                    }
+                }
+                5 => top - rng.below(64),
+                6 => top - i as u64 % 7,
+                7 => 1 << rng.below(32),
+                _ => u64::from(u16::MAX) - rng.below(2),
+            } as u32)
+            .collect()
+    }
+
+    fn random_ids(rng: &mut Rng, n: usize) -> Vec<Vec<u8>> {
+        let mut id: Vec<Vec<u8>> = (0..n)
+            .map(|_| {
+                let len = 1 + rng.below(20) as usize;
+                (0..len).map(|_| rng.below(256) as u8).collect()
+            })
+            .collect();
+        id.sort();
+        id.dedup();
+        id
+    }
+
+    /// The bucketed turn order is exactly the order the heap pops turns in.
+    #[test]
+    fn turn_order_matches_heap() {
+        let mut rng = Rng(17);
+        let mut cases = 0;
+        for case in 0..400u64 {
+            let size = [7u32, 101, 1021, 65537][case as usize % 4];
+            let n = 1 + rng.below(u64::from(size.min(1000))) as usize;
+            let w: Vec<u64> = weights_of_kind(&mut rng, n, case / 4 % 9)
+                .into_iter()
+                .map(u64::from)
+                .filter(|&x| x > 0)
+                .collect();
+            if w.is_empty() {
+                continue;
+            }
+            let quota = quotas(&w, u64::from(size));
+            let fast: Vec<(u32, u32)> = turn_order(&w, &quota, size)
+                .iter()
+                .map(|t| (t.j, t.k))
+                .collect();
+            let want = heap_order(&w, &quota);
+            assert_eq!(want.len(), size as usize);
+            assert_eq!(fast.len(), want.len(), "case {case}: turn count");
+            if let Some(i) = (0..want.len()).find(|&i| fast[i] != want[i]) {
+                panic!(
+                    "case {case}, size {size}, n {}: turn {i} is {:?}, the heap pops {:?}",
+                    w.len(),
+                    fast[i],
+                    want[i]
+                );
+            }
+            cases += 1;
+        }
+        assert!(cases > 300, "only {cases} cases checked");
+    }
+
+    /// The fast build equals the reference, table for table, over random sizes, backend
+    /// counts, identities, weights and seeds, errors included.
+    #[test]
+    fn build_matches_reference() {
+        let mut rng = Rng(23);
+        let (mut tables, mut errors) = (0, 0);
+        // Full-size reference tables cost tens of ms each in a debug build: fewer of them.
+        for case in 0..600u64 {
+            // 2 and 3 are the smallest primes, 131 the first above ENDGAME_FREE.
+            let size = if case % 20 == 0 {
+                M
+            } else {
+                [2u32, 3, 7, 101, 131, 1021, 1021][case as usize % 7]
+            };
+            // Up to 1000 backends, a few more than fit the small sizes (an error then,
+            // unless enough weights are 0).
+            let most = u64::from(size + 2).min(1000);
+            let n = match case % 5 {
+                0 => 1 + rng.below(8) as usize,
+                1 => most as usize,
+                _ => 1 + rng.below(most) as usize,
+            };
+            let id = if case % 2 == 0 {
+                ids(n)
+            } else {
+                random_ids(&mut rng, n)
+            };
+            let kind = rng.below(9);
+            let w = weights_of_kind(&mut rng, id.len(), kind);
+            let seed = rng.next() as u32;
+            let backends = set(&id, &w);
+            let want = reference_build(&backends, size, seed);
+            let got = build(&backends, size, seed);
+            if let (Ok(want), Ok(got)) = (&want, &got) {
+                if let Some(i) = (0..want.len()).find(|&i| got[i] != want[i]) {
+                    panic!(
+                        "case {case}, size {size}, n {}, seed {seed}: slot {i} is {}, the reference says {}",
+                        id.len(),
+                        got[i],
+                        want[i]
+                    );
+                }
+                tables += 1;
+            } else {
+                assert_eq!(got, want, "case {case}, size {size}, n {}", id.len());
+                errors += 1;
+            }
+        }
+        assert!(
+            tables > 400 && errors > 5,
+            "only {tables} tables and {errors} errors compared"
+        );
+    }
+
+    /// Seeds and equal weights at full size, where classic Maglev's round robin applies.
+    #[test]
+    fn build_matches_reference_full_size() {
+        let mut rng = Rng(29);
+        for (n, kind) in [
+            (1, 0),
+            (10, 3),
+            (100, 0),
+            (1000, 3),
+            (1000, 0),
+            (1000, 4),
+            (997, 6),
+        ] {
+            let id = ids(n);
+            let w = weights_of_kind(&mut rng, n, kind);
+            let seed = rng.next() as u32;
+            let backends = set(&id, &w);
+            assert_eq!(
+                build(&backends, M, seed),
+                reference_build(&backends, M, seed),
+                "n {n}, weight kind {kind}, seed {seed}"
+            );
+        }
+    }
+
+    /// The walk's step and the endgame's inverse at the edges of u32, where a plain
+    /// `a + b` would overflow.
+    #[test]
+    fn modular_helpers() {
+        let p = 4_294_967_291; // largest u32 prime
+        assert_eq!(add_mod(p - 1, p - 1, p), p - 2);
+        assert_eq!(add_mod(p - 1, 1, p), 0);
+        assert_eq!(add_mod(0, p - 1, p), p - 1);
+        assert_eq!(add_mod(5, 1, 7), 6);
+        assert_eq!(add_mod(6, 1, 7), 0);
+        let mut rng = Rng(31);
+        for m in [2u32, 3, 7, 65537, p] {
+            for _ in 0..200 {
+                let a = 1 + rng.below(u64::from(m) - 1) as u32;
+                let b = rng.below(u64::from(m)) as u32;
+                let inv = inverse_mod(a, m);
+                assert_eq!(
+                    u64::from(a) * u64::from(inv) % u64::from(m),
+                    1,
+                    "{a}^-1 mod {m}"
+                );
+                let want = (u64::from(a) + u64::from(b)) % u64::from(m);
+                assert_eq!(u64::from(add_mod(a, b, m)), want, "{a} + {b} mod {m}");
             }
         }
     }
