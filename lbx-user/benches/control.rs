@@ -18,7 +18,11 @@
 //!   table of 2^20 flows, beside `active_flows/read_2^20`, one bare pass over the same
 //!   mapped memory (the floor). Needs root.
 
-use std::{collections::BTreeMap, hint::black_box, time::Duration};
+use std::{
+    collections::BTreeMap,
+    hint::black_box,
+    time::{Duration, Instant},
+};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use lbx::{
@@ -222,14 +226,28 @@ fn publish_scale(c: &mut Criterion) {
     group
         .sample_size(50)
         .measurement_time(Duration::from_secs(4));
-    group.bench_function("one_vip", |b| {
-        b.iter(|| {
-            i += 1;
-            let plan = build(&weighted[i % 3], &Overrides::new(), Some(&last));
-            publisher.publish(&mut bal, &plan).expect("publish");
-            last = plan;
+    // Each change with the one before settled, as changes seconds apart find it; then
+    // the same with the wait for in-flight packets that follows it.
+    for (name, with_barrier) in [("one_vip", false), ("one_vip_with_barrier", true)] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut took = Duration::ZERO;
+                for _ in 0..iters {
+                    publisher.settle(&mut bal).expect("settle");
+                    i += 1;
+                    let t = Instant::now();
+                    let plan = build(&weighted[i % 3], &Overrides::new(), Some(&last));
+                    publisher.publish(&mut bal, &plan).expect("publish");
+                    if with_barrier {
+                        publisher.settle(&mut bal).expect("settle");
+                    }
+                    took += t.elapsed();
+                    last = plan;
+                }
+                took
+            });
         });
-    });
+    }
     // The plan alone (the rest is the publication).
     group.bench_function("one_vip_plan", |b| {
         b.iter(|| {
@@ -243,24 +261,31 @@ fn publish_scale(c: &mut Criterion) {
     let ids: Vec<_> = config.vips.iter().take(100).map(|v| v.id()).collect();
     let mut k = 0usize;
     group.bench_function("health_100_vips", |b| {
-        b.iter(|| {
-            k += 1;
-            let down = shared[k % shared.len()];
-            let overrides: Overrides = ids
-                .iter()
-                .map(|id| {
-                    let e = Effective {
-                        weight: None,
-                        permille: FULL,
-                        down: true,
-                    };
-                    ((*id, down), e)
-                })
-                .collect();
-            let plan = build(&weighted[i % 3], &overrides, Some(&last));
-            publisher.publish(&mut bal, &plan).expect("publish");
-            assert!(publisher.rings_written() >= 100);
-            last = plan;
+        b.iter_custom(|iters| {
+            let mut took = Duration::ZERO;
+            for _ in 0..iters {
+                publisher.settle(&mut bal).expect("settle");
+                let t = Instant::now();
+                k += 1;
+                let down = shared[k % shared.len()];
+                let overrides: Overrides = ids
+                    .iter()
+                    .map(|id| {
+                        let e = Effective {
+                            weight: None,
+                            permille: FULL,
+                            down: true,
+                        };
+                        ((*id, down), e)
+                    })
+                    .collect();
+                let plan = build(&weighted[i % 3], &overrides, Some(&last));
+                publisher.publish(&mut bal, &plan).expect("publish");
+                took += t.elapsed();
+                assert!(publisher.rings_written() >= 100);
+                last = plan;
+            }
+            took
         });
     });
     group.finish();
@@ -284,16 +309,24 @@ fn agent_scale(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(5));
     let mut i = 0u32;
     group.bench_function("backend_weight", |b| {
-        b.iter(|| {
-            i += 1;
-            let weight = 100 + 100 * (i % 3);
-            agent
-                .handle(Request::BackendWeight {
-                    vip,
-                    address,
-                    weight,
-                })
-                .expect("the weight change is published")
+        b.iter_custom(|iters| {
+            let mut took = Duration::ZERO;
+            for _ in 0..iters {
+                // As the agent's loop does after each answer.
+                agent.settle();
+                i += 1;
+                let weight = 100 + 100 * (i % 3);
+                let t = Instant::now();
+                agent
+                    .handle(Request::BackendWeight {
+                        vip,
+                        address,
+                        weight,
+                    })
+                    .expect("the weight change is published");
+                took += t.elapsed();
+            }
+            took
         });
     });
     group.finish();
