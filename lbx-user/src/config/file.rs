@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::error::io_error;
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, VipConfig};
 
 /// Distinguishes temporary files of concurrent saves from one process.
 static SAVE_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -39,8 +39,57 @@ impl Config {
         Ok(config)
     }
 
+    /// The configuration as TOML. VIPs without health checks or adaptive weights and all
+    /// backends, most of a large file, are written here line by line (their fields are
+    /// addresses, numbers and flags, nothing to escape); the rest by the `toml` crate, a
+    /// VIP at a time, so each VIP's own tables come before its backends. Serializing
+    /// 1,024 VIPs of 16 backends through `toml` alone took 60 ms.
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).expect("a Config always serializes: only strings, integers, tables")
+        use std::fmt::Write as _;
+        let top = Config {
+            vips: Vec::new(),
+            ..self.clone()
+        };
+        let mut out = ser(&top);
+        for vip in &self.vips {
+            out.push('\n');
+            if vip.health.is_none() && vip.adaptive.is_none() {
+                let port = match vip.port {
+                    super::ALL_PORTS => "\"*\"".to_owned(),
+                    p => p.to_string(),
+                };
+                let _ = write!(
+                    out,
+                    "[[vip]]\naddress = \"{}\"\nport = {port}\nprotocol = \"{}\"\n",
+                    vip.address, vip.protocol
+                );
+                if let Some(size) = vip.table_size {
+                    let _ = writeln!(out, "table_size = {size}");
+                }
+            } else {
+                let header = OneVip {
+                    vip: [VipConfig {
+                        backends: Vec::new(),
+                        ..vip.clone()
+                    }],
+                };
+                out.push_str(&ser(&header));
+            }
+            for b in &vip.backends {
+                let _ = write!(
+                    out,
+                    "\n[[vip.backend]]\naddress = \"{}\"\nweight = {}\n",
+                    b.address, b.weight
+                );
+                if let Some(mac) = b.mac {
+                    let _ = writeln!(out, "mac = \"{mac}\"");
+                }
+                if b.drain {
+                    out.push_str("drain = true\n");
+                }
+            }
+        }
+        out
     }
 
     /// Reads, parses and validates `path`. A missing file is [`ConfigError::NotFound`].
@@ -94,6 +143,16 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn ser<T: serde::Serialize>(value: &T) -> String {
+    toml::to_string(value).expect("a Config always serializes: only strings, integers, tables")
+}
+
+/// One VIP without its backends, as `[[vip]]` with its tables under `vip.`.
+#[derive(serde::Serialize)]
+struct OneVip {
+    vip: [VipConfig; 1],
 }
 
 /// Creates `path` (mode 0600), writes `bytes` and fsyncs it.
@@ -159,6 +218,50 @@ mod tests {
                 drain: false
             }]
         );
+    }
+
+    /// Every field a VIP or backend may have, at a size where the backends are written
+    /// line by line: the text parses back to the same configuration, and to what the
+    /// `toml` crate alone writes.
+    #[test]
+    fn a_large_configuration_round_trips() {
+        let mut c = sample();
+        c.icmp_echo = false;
+        for i in 0..40u32 {
+            let address = if i % 2 == 0 {
+                format!("192.0.2.{}", i + 1)
+            } else {
+                format!("[2001:db8::{i:x}]")
+            };
+            let id = vid(&format!("{address}:{}/udp", 1000 + i));
+            c.add_vip(id).unwrap();
+            if i % 3 == 0 {
+                c.set_vip_table_size(id, Some(1021)).unwrap();
+            }
+            if i % 5 == 0 {
+                c.vips.last_mut().unwrap().health = Some(HealthCheck::default());
+            }
+            for b in 0..20u32 {
+                let mut backend = BackendConfig::new(if i % 2 == 0 {
+                    ip(&format!("10.2.{i}.{}", b + 1))
+                } else {
+                    ip(&format!("fd00::{i:x}:{:x}", b + 1))
+                });
+                backend.weight = 1 + b * 97;
+                backend.drain = b % 7 == 0;
+                backend.mac = (b % 2 == 0).then_some(MacAddr([2, 0, 0, i as u8, b as u8, 9]));
+                c.add_backend(id, backend).unwrap();
+            }
+        }
+        let all = vid("192.0.2.200:*/tcp");
+        c.add_vip(all).unwrap();
+        c.add_backend(all, BackendConfig::new(ip("10.3.0.1")))
+            .unwrap();
+        let text = c.to_toml();
+        assert!(text.contains("port = \"*\""), "{text}");
+        assert_eq!(Config::from_toml(&text).unwrap(), c, "{text}");
+        let by_toml = toml::to_string(&c).unwrap();
+        assert_eq!(Config::from_toml(&by_toml).unwrap(), c);
     }
 
     #[test]
