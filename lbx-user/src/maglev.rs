@@ -42,6 +42,44 @@ pub enum MaglevError {
     DuplicateIdentity { first: usize, second: usize },
 }
 
+/// The checks every build makes, and the backends of weight above 0 in canonical order:
+/// by identity, so the caller's order cannot change the table.
+fn canonical_order(backends: &[MaglevBackend<'_>], size: u32) -> Result<Vec<usize>, MaglevError> {
+    if !is_prime(size) {
+        return Err(MaglevError::SizeNotPrime { size });
+    }
+    // Indices are handed back as u32; a slice longer than that could not fit a table anyway.
+    if u32::try_from(backends.len()).is_err() {
+        return Err(MaglevError::TooManyBackends {
+            count: backends.len(),
+            size,
+        });
+    }
+
+    // Canonical order: by identity, so the caller's order cannot change the table.
+    let mut order: Vec<usize> = (0..backends.len()).collect();
+    order.sort_unstable_by(|&a, &b| backends[a].identity.cmp(backends[b].identity));
+    for pair in order.windows(2) {
+        if backends[pair[0]].identity == backends[pair[1]].identity {
+            return Err(MaglevError::DuplicateIdentity {
+                first: pair[0].min(pair[1]),
+                second: pair[0].max(pair[1]),
+            });
+        }
+    }
+    order.retain(|&i| backends[i].weight > 0);
+    if order.is_empty() {
+        return Err(MaglevError::NoBackends);
+    }
+    if order.len() > size as usize {
+        return Err(MaglevError::TooManyBackends {
+            count: order.len(),
+            size,
+        });
+    }
+    Ok(order)
+}
+
 /// Builds the Maglev table: `table[i]` is the index into `backends` of the backend that
 /// owns slot `i`. `size` must be a prime (the permutations only cover every slot then).
 ///
@@ -76,38 +114,7 @@ pub fn build(
     size: u32,
     seed: u32,
 ) -> Result<Vec<u32>, MaglevError> {
-    if !is_prime(size) {
-        return Err(MaglevError::SizeNotPrime { size });
-    }
-    // Indices are handed back as u32; a slice longer than that could not fit a table anyway.
-    if u32::try_from(backends.len()).is_err() {
-        return Err(MaglevError::TooManyBackends {
-            count: backends.len(),
-            size,
-        });
-    }
-
-    // Canonical order: by identity, so the caller's order cannot change the table.
-    let mut order: Vec<usize> = (0..backends.len()).collect();
-    order.sort_unstable_by(|&a, &b| backends[a].identity.cmp(backends[b].identity));
-    for pair in order.windows(2) {
-        if backends[pair[0]].identity == backends[pair[1]].identity {
-            return Err(MaglevError::DuplicateIdentity {
-                first: pair[0].min(pair[1]),
-                second: pair[0].max(pair[1]),
-            });
-        }
-    }
-    order.retain(|&i| backends[i].weight > 0);
-    if order.is_empty() {
-        return Err(MaglevError::NoBackends);
-    }
-    if order.len() > size as usize {
-        return Err(MaglevError::TooManyBackends {
-            count: order.len(),
-            size,
-        });
-    }
+    let order = canonical_order(backends, size)?;
 
     let weights: Vec<u64> = order
         .iter()
@@ -427,38 +434,7 @@ mod tests {
         size: u32,
         seed: u32,
     ) -> Result<Vec<u32>, MaglevError> {
-        if !is_prime(size) {
-            return Err(MaglevError::SizeNotPrime { size });
-        }
-        // Indices are handed back as u32; a slice longer than that could not fit a table anyway.
-        if u32::try_from(backends.len()).is_err() {
-            return Err(MaglevError::TooManyBackends {
-                count: backends.len(),
-                size,
-            });
-        }
-
-        // Canonical order: by identity, so the caller's order cannot change the table.
-        let mut order: Vec<usize> = (0..backends.len()).collect();
-        order.sort_unstable_by(|&a, &b| backends[a].identity.cmp(backends[b].identity));
-        for pair in order.windows(2) {
-            if backends[pair[0]].identity == backends[pair[1]].identity {
-                return Err(MaglevError::DuplicateIdentity {
-                    first: pair[0].min(pair[1]),
-                    second: pair[0].max(pair[1]),
-                });
-            }
-        }
-        order.retain(|&i| backends[i].weight > 0);
-        if order.is_empty() {
-            return Err(MaglevError::NoBackends);
-        }
-        if order.len() > size as usize {
-            return Err(MaglevError::TooManyBackends {
-                count: order.len(),
-                size,
-            });
-        }
+        let order = canonical_order(backends, size)?;
 
         let m = u64::from(size);
         let weights: Vec<u64> = order

@@ -127,20 +127,7 @@ impl SlotRings {
                 continue;
             }
             match self.take(elems) {
-                Some(start) => {
-                    self.placed.insert(
-                        *number,
-                        Placed {
-                            start,
-                            elems,
-                            ring: ring.clone(),
-                        },
-                    );
-                    writes.push(Write {
-                        base: self.offset + start,
-                        ring: ring.clone(),
-                    });
-                }
+                Some(start) => writes.push(self.put(*number, start, elems, ring)),
                 // Room enough, but in pieces: everything anew, from the region's start.
                 None => return Ok(self.lay_out(rings)),
             }
@@ -157,20 +144,26 @@ impl SlotRings {
             let start = self
                 .take(elems)
                 .expect("the rings fit the region (checked)");
-            self.placed.insert(
-                *number,
-                Placed {
-                    start,
-                    elems,
-                    ring: ring.clone(),
-                },
-            );
-            writes.push(Write {
-                base: self.offset + start,
-                ring: ring.clone(),
-            });
+            writes.push(self.put(*number, start, elems, ring));
         }
         writes
+    }
+
+    /// VIP `number`'s ring placed at `start`, and its write.
+    fn put(&mut self, number: u32, start: u32, elems: u32, ring: &Ring) -> Write {
+        let ring = ring.clone();
+        self.placed.insert(
+            number,
+            Placed {
+                start,
+                elems,
+                ring: ring.clone(),
+            },
+        );
+        Write {
+            base: self.offset + start,
+            ring,
+        }
     }
 
     /// Where VIP `number`'s ring is in `RINGS`, once placed.

@@ -93,28 +93,12 @@ const OTHER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x99);
 
 /// The balancer's configuration: one VIP per family and protocol, ten backends each.
 fn config() -> Config {
-    let mut text = format!("seed = 1\ntable_size = {RING}\nmtu = 1500\n");
-    for (addr, port, proto, v6) in [
-        (IpAddr::V4(VIP4), 80, "tcp", false),
-        (IpAddr::V4(VIP4), 53, "udp", false),
-        (IpAddr::V6(VIP6), 80, "tcp", true),
-        (IpAddr::V6(VIP6), 53, "udp", true),
-    ] {
-        text.push_str(&format!(
-            "[[vip]]\naddress = \"{addr}\"\nport = {port}\nprotocol = \"{proto}\"\n"
-        ));
-        for i in 1..=10u8 {
-            let b: IpAddr = if v6 {
-                Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, u16::from(i)).into()
-            } else {
-                Ipv4Addr::new(10, 1, 0, i).into()
-            };
-            text.push_str(&format!(
-                "[[vip.backend]]\naddress = \"{b}\"\nmac = \"02:00:00:00:01:{i:02x}\"\n"
-            ));
-        }
-    }
-    Config::from_toml(&text).expect("benchmark configuration")
+    lbx_tests::pps::scene::config_of(&[
+        (IpAddr::V4(VIP4), 80, "tcp", 10),
+        (IpAddr::V4(VIP4), 53, "udp", 10),
+        (IpAddr::V6(VIP6), 80, "tcp", 10),
+        (IpAddr::V6(VIP6), 53, "udp", 10),
+    ])
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -36,14 +36,20 @@ pub const SEED: u32 = 1;
 /// The configuration: every VIP with `backends` backends; the TCP VIP 192.0.2.10:80 with
 /// `first_backends` (the flood adds one to it).
 pub fn config(first_backends: u8) -> Config {
-    let mut text = format!("seed = {SEED}\ntable_size = {RING}\nmtu = 1500\n");
-    for (addr, port, proto, n) in [
+    config_of(&[
         (IpAddr::V4(VIP4), 80, "tcp", first_backends),
         (IpAddr::V4(VIP4), 53, "udp", BACKENDS),
         (IpAddr::V6(VIP6), 80, "tcp", BACKENDS),
         (IpAddr::V6(VIP6), 53, "udp", BACKENDS),
         (IpAddr::V4(FLOOD_VIP4), 80, "tcp", BACKENDS),
-    ] {
+    ])
+}
+
+/// A configuration of `vips` (address, port, protocol, backends), the backends of each
+/// 10.1.0.i or 2001:db8:b::i with fixed MACs, seed `SEED`, table size `RING`.
+pub fn config_of(vips: &[(IpAddr, u16, &str, u8)]) -> Config {
+    let mut text = format!("seed = {SEED}\ntable_size = {RING}\nmtu = 1500\n");
+    for &(addr, port, proto, n) in vips {
         text.push_str(&format!(
             "[[vip]]\naddress = \"{addr}\"\nport = {port}\nprotocol = \"{proto}\"\n"
         ));
