@@ -2,6 +2,8 @@
 //!
 //! - [`cli`]: the `lbx` binary's commands and their output;
 //! - [`agent`]: the agent's state and control loop, the control API and its socket;
+//! - [`cluster`]: the configuration and the weights shared through etcd, for the agent in
+//!   cluster mode;
 //! - [`balance`]: health checks, the load model, weights, load reports and traces;
 //! - [`metrics`]: the Prometheus families, the counters kept as things happen, and the
 //!   endpoint that serves them;
@@ -25,6 +27,7 @@ pub mod addr;
 pub mod agent;
 pub mod balance;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod dataplane;
 #[cfg(test)]

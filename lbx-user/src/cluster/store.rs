@@ -1,0 +1,301 @@
+//! The cluster's keys in etcd and the operations on them. Every write of the
+//! configuration is one transaction that compares the key's revision with the one the
+//! change was made on: two changes made on the same revision never both win.
+//!
+//! ```text
+//! /lbx/<cluster>/config            the configuration, TOML (its mod revision: the version)
+//! /lbx/<cluster>/history/<rev>     the record of the change that made revision <rev>'s
+//!                                  successor, written with it
+//! /lbx/<cluster>/nodes/<node>      each node's report, under its lease
+//! /lbx/<cluster>/decisions         the weights leader's decisions
+//! /lbx/<cluster>/leader            the election of the weights leader
+//! ```
+
+use std::{fs, time::Duration};
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, SortOrder,
+    SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse,
+};
+
+use super::{
+    ClusterError,
+    document::{ChangeRecord, Decisions, NodeReport},
+    options::{ClusterOptions, REQUEST_TIMEOUT},
+};
+
+/// How many change records are kept; older ones are deleted after each change.
+pub const HISTORY_KEPT: usize = 100;
+
+/// A value and the revision that last wrote it.
+#[derive(Clone, Debug)]
+pub struct Versioned<T> {
+    pub revision: u64,
+    pub value: T,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    prefix: String,
+    endpoints: String,
+}
+
+impl Store {
+    /// Connects and checks that etcd answers with a quorum, waiting up to `opts.wait`.
+    pub async fn connect(opts: &ClusterOptions) -> Result<Store, ClusterError> {
+        let mut connect = ConnectOptions::new()
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_connect_timeout(Duration::from_secs(2))
+            // A cut link shows within seconds, not after TCP's own timeouts.
+            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true);
+        if let Some(tls) = &opts.tls {
+            let read = |p: &std::path::Path, what: &str| {
+                fs::read(p).map_err(|e| ClusterError::Tls(format!("{what} {}: {e}", p.display())))
+            };
+            let mut t = TlsOptions::new().ca_certificate(Certificate::from_pem(read(&tls.ca, "CA certificate")?));
+            if let Some((cert, key)) = &tls.identity {
+                t = t.identity(Identity::from_pem(
+                    read(cert, "client certificate")?,
+                    read(key, "client key")?,
+                ));
+            }
+            connect = connect.with_tls(t);
+        }
+        if let Some(a) = &opts.auth {
+            connect = connect.with_user(a.user.clone(), a.password.clone());
+        }
+        let endpoints = opts.describe();
+        let deadline = tokio::time::Instant::now() + opts.wait;
+        let mut last;
+        loop {
+            let attempt = async {
+                let client = Client::connect(opts.urls(), Some(connect.clone())).await?;
+                let mut probe = client.clone();
+                probe.get(format!("/lbx/{}/config", opts.name), None).await?;
+                Ok::<_, etcd_client::Error>(client)
+            };
+            match tokio::time::timeout(REQUEST_TIMEOUT, attempt).await {
+                Ok(Ok(client)) => {
+                    return Ok(Store {
+                        client,
+                        prefix: format!("/lbx/{}/", opts.name),
+                        endpoints,
+                    });
+                }
+                Ok(Err(e)) => {
+                    let e = ClusterError::from_etcd(&endpoints, e);
+                    // Wrong credentials or certificates do not get better by waiting.
+                    if matches!(e, ClusterError::Denied(_) | ClusterError::Tls(_)) {
+                        return Err(e);
+                    }
+                    last = e.to_string();
+                }
+                Err(_) => last = format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClusterError::Unreachable {
+                    endpoints,
+                    waited: opts.wait,
+                    last,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub fn endpoints(&self) -> &str {
+        &self.endpoints
+    }
+
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    fn history_key(&self, base: u64) -> String {
+        self.key(&format!("history/{base:020}"))
+    }
+
+    async fn timed<T>(
+        &self,
+        what: &str,
+        f: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, ClusterError> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
+            Ok(r) => r.map_err(|e| ClusterError::from_etcd(&self.endpoints, e)),
+            Err(_) => Err(ClusterError::Unavailable {
+                endpoints: self.endpoints.clone(),
+                what: what.to_owned(),
+            }),
+        }
+    }
+
+    /// The configuration document and its revision; none before the first is written.
+    pub async fn config(&self) -> Result<Option<Versioned<String>>, ClusterError> {
+        let mut c = self.client.clone();
+        let r = self
+            .timed("reading the configuration", c.get(self.key("config"), None))
+            .await?;
+        Ok(r.kvs().first().map(|kv| Versioned {
+            revision: kv.mod_revision() as u64,
+            value: String::from_utf8_lossy(kv.value()).into_owned(),
+        }))
+    }
+
+    /// Writes `document` if the configuration is still at revision `base` (0: absent), with
+    /// its change record; returns the new revision.
+    pub async fn commit(
+        &self,
+        base: u64,
+        document: &str,
+        record: &ChangeRecord,
+    ) -> Result<u64, ClusterError> {
+        let key = self.key("config");
+        let record_json = serde_json::to_string(record).expect("records serialize");
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, base as i64)])
+            .and_then([
+                TxnOp::put(key.clone(), document, None),
+                TxnOp::put(self.history_key(base), record_json, None),
+            ])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let mut c = self.client.clone();
+        let r = self.timed("writing the configuration", c.txn(txn)).await?;
+        if !r.succeeded() {
+            let now = r
+                .op_responses()
+                .into_iter()
+                .find_map(|op| match op {
+                    TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.mod_revision() as u64),
+                    _ => None,
+                })
+                .unwrap_or(0);
+            return Err(ClusterError::ChangedMeanwhile { base, now });
+        }
+        let revision = r.header().map_or(0, |h| h.revision() as u64);
+        self.trim_history().await;
+        Ok(revision)
+    }
+
+    /// Deletes change records beyond the last [`HISTORY_KEPT`]; best effort, a later
+    /// change tries again.
+    async fn trim_history(&self) {
+        let mut c = self.client.clone();
+        let prefix = self.key("history/");
+        let Ok(Ok(r)) = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            c.get(prefix.clone(), Some(GetOptions::new().with_prefix().with_keys_only())),
+        )
+        .await
+        else {
+            return;
+        };
+        let n = r.kvs().len();
+        if n <= HISTORY_KEPT {
+            return;
+        }
+        // Keys sort by their zero-padded revision: the first ones are the oldest.
+        if let Some(last_old) = r.kvs().get(n - HISTORY_KEPT - 1) {
+            let end = format!("{}\0", String::from_utf8_lossy(last_old.key()));
+            let _ = c
+                .delete(prefix, Some(etcd_client::DeleteOptions::new().with_range(end)))
+                .await;
+        }
+    }
+
+    /// The last `limit` change records, newest first, each with the revision it made.
+    pub async fn history(&self, limit: usize) -> Result<Vec<Versioned<ChangeRecord>>, ClusterError> {
+        let mut c = self.client.clone();
+        let opts = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Key, SortOrder::Descend)
+            .with_limit(limit as i64);
+        let r = self
+            .timed("reading the history", c.get(self.key("history/"), Some(opts)))
+            .await?;
+        let mut out = Vec::new();
+        for kv in r.kvs() {
+            match serde_json::from_slice::<ChangeRecord>(kv.value()) {
+                Ok(rec) => out.push(Versioned {
+                    revision: kv.mod_revision() as u64,
+                    value: rec,
+                }),
+                Err(e) => eprintln!(
+                    "cluster: skipping the unreadable change record {}: {e}",
+                    String::from_utf8_lossy(kv.key())
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every node's report, by node.
+    pub async fn reports(&self) -> Result<Vec<NodeReport>, ClusterError> {
+        let mut c = self.client.clone();
+        let r = self
+            .timed(
+                "reading the nodes' reports",
+                c.get(self.key("nodes/"), Some(GetOptions::new().with_prefix())),
+            )
+            .await?;
+        Ok(r.kvs()
+            .iter()
+            .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+            .collect())
+    }
+
+    pub async fn put_report(&self, report: &NodeReport, lease: i64) -> Result<(), ClusterError> {
+        let mut c = self.client.clone();
+        let json = serde_json::to_string(report).expect("reports serialize");
+        self.timed(
+            "writing this node's report",
+            c.put(
+                self.key(&format!("nodes/{}", report.node)),
+                json,
+                Some(etcd_client::PutOptions::new().with_lease(lease)),
+            ),
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn decisions(&self) -> Result<Option<Versioned<Decisions>>, ClusterError> {
+        let mut c = self.client.clone();
+        let r = self
+            .timed("reading the decisions", c.get(self.key("decisions"), None))
+            .await?;
+        Ok(r.kvs().first().and_then(|kv| {
+            serde_json::from_slice(kv.value())
+                .ok()
+                .map(|value| Versioned {
+                    revision: kv.mod_revision() as u64,
+                    value,
+                })
+        }))
+    }
+
+    /// Writes decisions if `leader_key` still holds the election: a leader that lost it
+    /// meanwhile writes nothing.
+    pub async fn put_decisions(
+        &self,
+        d: &Decisions,
+        leader_key: &[u8],
+    ) -> Result<Option<u64>, ClusterError> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(leader_key.to_vec(), CompareOp::Greater, 0)])
+            .and_then([TxnOp::put(
+                self.key("decisions"),
+                serde_json::to_string(d).expect("decisions serialize"),
+                None,
+            )]);
+        let mut c = self.client.clone();
+        let r = self.timed("writing the decisions", c.txn(txn)).await?;
+        Ok(r.succeeded()
+            .then(|| r.header().map_or(0, |h| h.revision() as u64)))
+    }
+}

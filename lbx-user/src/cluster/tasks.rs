@@ -1,0 +1,244 @@
+//! The cluster's background tasks: watching the configuration and the decisions,
+//! writing this node's report under its lease, and the weights election.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use etcd_client::{EventType, WatchOptions};
+use tokio::sync::{mpsc, watch};
+
+use super::{
+    ClusterError, ClusterOptions, Update, Versioned,
+    document::{Decisions, NodeReport},
+    store::Store,
+};
+
+/// How often the node's report is written and the store's answer checked.
+const REPORT_EVERY: Duration = Duration::from_millis(500);
+/// Pause before a broken watch is made again.
+const RETRY: Duration = Duration::from_millis(500);
+
+pub fn spawn<E>(
+    store: Store,
+    opts: ClusterOptions,
+    tx: mpsc::Sender<E>,
+    config_seen: u64,
+    decisions_seen: u64,
+    report: watch::Receiver<Option<NodeReport>>,
+    leader_key: Arc<Mutex<Option<Vec<u8>>>>,
+) where
+    E: From<Update> + Send + 'static,
+{
+    let (lease_tx, lease_rx) = watch::channel(None::<i64>);
+    tokio::spawn(follow(store.clone(), "config", config_seen, tx.clone()));
+    tokio::spawn(follow(store.clone(), "decisions", decisions_seen, tx.clone()));
+    tokio::spawn(keep_reporting(store.clone(), opts.clone(), report, lease_tx, tx.clone()));
+    tokio::spawn(campaign(store, opts, lease_rx, leader_key, tx));
+}
+
+fn update(key: &str, revision: u64, value: &[u8]) -> Update {
+    if key == "config" {
+        Update::Config(Versioned {
+            revision,
+            value: String::from_utf8_lossy(value).into_owned(),
+        })
+    } else {
+        Update::Decisions(Versioned {
+            revision,
+            value: serde_json::from_slice::<Decisions>(value).map_err(|e| e.to_string()),
+        })
+    }
+}
+
+/// Delivers each revision of one key newer than `seen`: reads it, then watches from there;
+/// a broken watch is made again from the last revision delivered, so none is missed.
+async fn follow<E: From<Update> + Send + 'static>(
+    store: Store,
+    name: &'static str,
+    mut seen: u64,
+    tx: mpsc::Sender<E>,
+) {
+    let key = store.key(name);
+    loop {
+        let mut client = store.client();
+        let current = tokio::time::timeout(super::options::REQUEST_TIMEOUT, client.get(key.clone(), None)).await;
+        let Ok(Ok(current)) = current else {
+            tokio::time::sleep(RETRY).await;
+            continue;
+        };
+        if let Some(kv) = current.kvs().first() {
+            let rev = kv.mod_revision() as u64;
+            if rev > seen {
+                seen = rev;
+                if tx.send(update(name, rev, kv.value()).into()).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let from = current.header().map_or(0, |h| h.revision()) + 1;
+        let Ok((_watcher, mut stream)) = client
+            .watch(key.clone(), Some(WatchOptions::new().with_start_revision(from)))
+            .await
+        else {
+            tokio::time::sleep(RETRY).await;
+            continue;
+        };
+        while let Ok(Some(msg)) = stream.message().await {
+            if msg.canceled() {
+                break;
+            }
+            for ev in msg.events() {
+                if ev.event_type() != EventType::Put {
+                    continue;
+                }
+                let Some(kv) = ev.kv() else { continue };
+                let rev = kv.mod_revision() as u64;
+                if rev > seen {
+                    seen = rev;
+                    if tx.send(update(name, rev, kv.value()).into()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// Writes the node's latest report under its lease every [`REPORT_EVERY`], renewing the
+/// lease; whether that works is the node's view of the store: [`Update::Connected`] and
+/// [`Update::CutOff`] report each change of it.
+async fn keep_reporting<E: From<Update> + Send + 'static>(
+    store: Store,
+    opts: ClusterOptions,
+    report: watch::Receiver<Option<NodeReport>>,
+    lease_tx: watch::Sender<Option<i64>>,
+    tx: mpsc::Sender<E>,
+) {
+    let ttl = opts.lease_ttl.as_secs().max(1) as i64;
+    let mut lease: Option<i64> = None;
+    let mut connected: Option<bool> = None;
+    let mut every = tokio::time::interval(REPORT_EVERY);
+    loop {
+        every.tick().await;
+        let result: Result<(), ClusterError> = async {
+            let id = match lease {
+                Some(id) => {
+                    let mut c = store.client();
+                    let alive = tokio::time::timeout(super::options::REQUEST_TIMEOUT, async {
+                        let (mut keeper, mut stream) = c.lease_keep_alive(id).await?;
+                        keeper.keep_alive().await?;
+                        Ok::<_, etcd_client::Error>(stream.message().await?.map_or(0, |r| r.ttl()))
+                    })
+                    .await;
+                    match alive {
+                        Ok(Ok(t)) if t > 0 => id,
+                        // Expired while cut off: a new lease, and a new campaign with it.
+                        Ok(Ok(_)) => grant(&store, ttl).await?,
+                        Ok(Err(e)) => return Err(ClusterError::from_etcd(store.endpoints(), e)),
+                        Err(_) => {
+                            return Err(ClusterError::Unavailable {
+                                endpoints: store.endpoints().to_owned(),
+                                what: "renewing this node's lease".into(),
+                            });
+                        }
+                    }
+                }
+                None => grant(&store, ttl).await?,
+            };
+            if lease != Some(id) {
+                lease = Some(id);
+                lease_tx.send_replace(Some(id));
+            }
+            let latest = report.borrow().clone();
+            if let Some(r) = latest {
+                store.put_report(&r, id).await?;
+            }
+            Ok(())
+        }
+        .await;
+        let ok = result.is_ok();
+        if connected != Some(ok) {
+            connected = Some(ok);
+            let u = match result {
+                Ok(()) => Update::Connected,
+                Err(e) => Update::CutOff(e.to_string()),
+            };
+            if tx.send(u.into()).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+async fn grant(store: &Store, ttl: i64) -> Result<i64, ClusterError> {
+    let mut c = store.client();
+    match tokio::time::timeout(super::options::REQUEST_TIMEOUT, c.lease_grant(ttl, None)).await {
+        Ok(Ok(r)) => Ok(r.id()),
+        Ok(Err(e)) => Err(ClusterError::from_etcd(store.endpoints(), e)),
+        Err(_) => Err(ClusterError::Unavailable {
+            endpoints: store.endpoints().to_owned(),
+            what: "granting this node's lease".into(),
+        }),
+    }
+}
+
+/// Campaigns for the weights leader with the node's current lease. The win lasts as long
+/// as the lease: when it changes (it expired), the leadership is given up and the node
+/// campaigns again with the new one.
+async fn campaign<E: From<Update> + Send + 'static>(
+    store: Store,
+    opts: ClusterOptions,
+    mut lease: watch::Receiver<Option<i64>>,
+    leader_key: Arc<Mutex<Option<Vec<u8>>>>,
+    tx: mpsc::Sender<E>,
+) {
+    let name = store.key("leader");
+    loop {
+        let Some(id) = *lease.borrow_and_update() else {
+            if lease.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let mut c = store.client();
+        let won = tokio::select! {
+            r = c.campaign(name.clone(), opts.node.clone(), id) => r,
+            _ = lease.changed() => continue,
+        };
+        let key = match won {
+            Ok(r) => r.leader().map(|l| l.key().to_vec()),
+            Err(_) => None,
+        };
+        let Some(key) = key else {
+            tokio::time::sleep(RETRY).await;
+            continue;
+        };
+        *leader_key.lock().expect("not poisoned") = Some(key.clone());
+        if tx.send(Update::Leadership(Some(key)).into()).await.is_err() {
+            return;
+        }
+        let _ = lease.changed().await;
+        *leader_key.lock().expect("not poisoned") = None;
+        if tx.send(Update::Leadership(None).into()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The current weights leader's name.
+pub async fn leader(store: &Store) -> Result<Option<String>, ClusterError> {
+    let mut c = store.client();
+    match tokio::time::timeout(super::options::REQUEST_TIMEOUT, c.leader(store.key("leader"))).await {
+        Ok(Ok(r)) => Ok(r.kv().map(|kv| String::from_utf8_lossy(kv.value()).into_owned())),
+        // etcd answers "no leader" with an error.
+        Ok(Err(e)) if e.to_string().contains("no leader") => Ok(None),
+        Ok(Err(e)) => Err(ClusterError::from_etcd(store.endpoints(), e)),
+        Err(_) => Err(ClusterError::Unavailable {
+            endpoints: store.endpoints().to_owned(),
+            what: "naming the weights leader".into(),
+        }),
+    }
+}
