@@ -396,6 +396,7 @@ fn agent_on_loopback(
         flow_idle: Default::default(),
         control_interval: Duration::from_secs(1),
         metrics_listen: None,
+        cluster: None,
     })
     .expect("start an agent on lo");
     Some((agent, dir))

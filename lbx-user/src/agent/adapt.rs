@@ -43,9 +43,9 @@ impl Agent {
                     Some(_) if panic => (plan::FULL, false),
                     Some(h) => (
                         (h.weight_factor(check, now) * f64::from(plan::FULL)).round() as u32,
-                        h.state == State::Down,
+                        h.state == State::Down || self.cluster_down(&key),
                     ),
-                    None => (plan::FULL, false),
+                    None => (plan::FULL, self.cluster_down(&key)),
                 };
                 out.insert(
                     key,
@@ -254,7 +254,7 @@ impl Agent {
     pub(super) fn relieve(&mut self, vip: VipId, backend: IpAddr, now: Instant) {
         let key = (vip, backend);
         let adaptive = self.config.vip(vip).is_some_and(|v| v.adaptive.is_some());
-        if !adaptive || self.relieved.contains(&key) {
+        if !adaptive || self.relieved.contains(&key) || self.follows_leader() {
             return;
         }
         let Some(h) = self.health.get(&key).filter(|h| h.state == State::Up) else {
@@ -318,7 +318,12 @@ impl Agent {
         }
         let now = Instant::now();
         self.sample_signals(now);
-        self.adapt(now);
+        if self.cluster.is_some() {
+            // The leader adapts on the merged view; the others take its decisions.
+            self.cluster_tick(now);
+        } else {
+            self.adapt(now);
+        }
         if self.effective(&self.config, now) != self.published {
             self.republish("a weight change");
         }

@@ -118,10 +118,13 @@ pub enum ErrorKind {
     /// What the command waits for did not happen in time (`lbx backend drain --wait
     /// --timeout`); what it changed stays changed.
     Timeout,
+    /// In a cluster: etcd did not answer in time (quorum lost, or this node is cut off);
+    /// nothing was changed, and the node goes on serving its last revision.
+    Unavailable,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 10] = [
         ErrorKind::Internal,
         ErrorKind::Usage,
         ErrorKind::Invalid,
@@ -131,6 +134,7 @@ impl ErrorKind {
         ErrorKind::Permission,
         ErrorKind::Kernel,
         ErrorKind::Timeout,
+        ErrorKind::Unavailable,
     ];
 
     /// The process's exit status for a failure of this kind (2 is clap's for usage).
@@ -145,6 +149,7 @@ impl ErrorKind {
             ErrorKind::Permission => 7,
             ErrorKind::Kernel => 8,
             ErrorKind::Timeout => 9,
+            ErrorKind::Unavailable => 10,
         }
     }
 }

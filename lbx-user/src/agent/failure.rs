@@ -7,7 +7,7 @@ use super::{
     AgentError,
     api::{ErrorKind, Failure},
 };
-use crate::{config::ConfigError, dataplane::DataPlaneError};
+use crate::{cluster::ClusterError, config::ConfigError, dataplane::DataPlaneError};
 
 impl AgentError {
     pub fn failure(&self) -> Failure {
@@ -18,6 +18,7 @@ impl AgentError {
             AgentError::Publish(_) | AgentError::Counters(_) => ErrorKind::Kernel,
             AgentError::NotFound(_) => ErrorKind::NotFound,
             AgentError::Invalid(_) => ErrorKind::Invalid,
+            AgentError::Cluster(e) => cluster_kind(e),
             AgentError::Other(_) => ErrorKind::Internal,
         };
         let hint = match self {
@@ -66,6 +67,18 @@ pub fn dataplane_kind(e: &DataPlaneError) -> ErrorKind {
         },
         DataPlaneError::ObjectInvalid { .. } => ErrorKind::Usage,
         _ => ErrorKind::Kernel,
+    }
+}
+
+pub fn cluster_kind(e: &ClusterError) -> ErrorKind {
+    match e {
+        ClusterError::ChangedMeanwhile { .. } => ErrorKind::Conflict,
+        ClusterError::Unavailable { .. } | ClusterError::Unreachable { .. } => {
+            ErrorKind::Unavailable
+        }
+        ClusterError::Denied(_) => ErrorKind::Permission,
+        ClusterError::Tls(_) => ErrorKind::Invalid,
+        ClusterError::Etcd { .. } => ErrorKind::Internal,
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod adapt;
 pub mod api;
+mod cluster;
 pub mod failure;
 mod health;
 mod metrics;
@@ -55,6 +56,8 @@ pub enum AgentError {
     /// A request the agent refuses as it stands (a change that needs a restart).
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("{0}")]
     Other(String),
 }
@@ -77,6 +80,8 @@ pub struct Options {
     pub control_interval: Duration,
     /// Where to serve Prometheus metrics; none: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// The cluster to join; none: a single node serving its own file.
+    pub cluster: Option<crate::cluster::ClusterOptions>,
 }
 
 pub struct Agent {
@@ -117,6 +122,8 @@ pub struct Agent {
     /// The metrics counted as things happen, shared with the metrics endpoint.
     live: Arc<Live>,
     started: Instant,
+    /// This node's place in a cluster; none: a single node serving its own file.
+    cluster: Option<cluster::Membership>,
 }
 
 /// Per-second rates of one backend over the last control interval.
@@ -133,6 +140,13 @@ pub enum Event {
     Probe(Probed),
     Scrape(ScrapeRequest),
     Tick,
+    Cluster(crate::cluster::Update),
+}
+
+impl From<crate::cluster::Update> for Event {
+    fn from(u: crate::cluster::Update) -> Self {
+        Event::Cluster(u)
+    }
 }
 
 impl From<ScrapeRequest> for Event {
@@ -175,6 +189,13 @@ impl Agent {
                     opts.config_path.display()
                 )));
             }
+        };
+        let (config, membership) = match opts.cluster.clone() {
+            Some(c) => {
+                let (config, m) = cluster::join(c, config, &opts.config_path)?;
+                (config, Some(m))
+            }
+            None => (config, None),
         };
         let mtu = match config.mtu {
             Some(m) => m,
@@ -231,7 +252,9 @@ impl Agent {
             weight_changes: BTreeMap::new(),
             live: Arc::new(Live::default()),
             started,
+            cluster: membership,
         };
+        agent.adopt_decided_weights();
         // The clock runs and the first generation is in place before the program sees a
         // packet.
         agent.tick_clock()?;
@@ -324,6 +347,9 @@ impl Agent {
     fn apply(&mut self, new: Config) -> Result<u64, AgentError> {
         new.validate()?;
         let macs = resolve_macs(&new, &self.macs, &self.opts.iface)?;
+        if self.cluster.is_some() {
+            return self.commit_to_cluster(new, macs, Vec::new());
+        }
         let old = self.config.clone();
         new.save(&self.opts.config_path)?;
         match self.publish(new, macs) {
@@ -346,7 +372,11 @@ impl Agent {
         if applied.is_err() {
             self.live.config_change_errors.inc();
         }
-        Ok(json!({ "generation": applied? }))
+        let generation = applied?;
+        Ok(match self.cluster_revision() {
+            Some(revision) => json!({ "generation": generation, "revision": revision }),
+            None => json!({ "generation": generation }),
+        })
     }
 
     /// Waits for the last publication's in-flight packets (see `Publisher::settle`).

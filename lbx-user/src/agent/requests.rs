@@ -231,6 +231,7 @@ impl Agent {
             "second_chance_s": self.plan.second_chance_s,
             "icmp_echo": self.config.icmp_echo,
             "memory": Memory::of(&self.bal, self.plan.vips.iter().map(|v| v.ring.len())),
+            "cluster": self.cluster_status(),
             "vips": vips,
         })
     }

@@ -36,6 +36,16 @@ pub async fn stop_signal() -> Result<()> {
     Ok(())
 }
 
+/// Hands the probes the backends to check, when a change altered them.
+fn refresh_targets(agent: &Agent, targets: &watch::Sender<Vec<probe::Target>>) {
+    targets.send_if_modified(|t| {
+        let now = agent.health_targets();
+        let changed = *t != now;
+        *t = now;
+        changed
+    });
+}
+
 /// Runs the agent in the foreground until SIGTERM or SIGINT: attaches the balancer,
 /// serves the control socket, probes the backends and ticks the control loop.
 pub fn run(opts: Options) -> Result<()> {
@@ -94,6 +104,7 @@ pub fn run(opts: Options) -> Result<()> {
     // The agent lives on its own thread: its map updates and grace-period waits block.
     // Requests, probe results and control ticks reach it through one queue, in order.
     let (tx, mut rx) = mpsc::channel::<Event>(1024);
+    agent.start_cluster(tx.clone());
     let (targets_tx, targets_rx) = watch::channel(agent.health_targets());
     let worker = thread::spawn(move || {
         while let Some(event) = rx.blocking_recv() {
@@ -107,18 +118,18 @@ pub fn run(opts: Options) -> Result<()> {
                     // The change is in effect since its switch; the wait for packets
                     // of the generation before runs after the answer.
                     agent.settle();
-                    targets_tx.send_if_modified(|t| {
-                        let now = agent.health_targets();
-                        let changed = *t != now;
-                        *t = now;
-                        changed
-                    });
+                    refresh_targets(&agent, &targets_tx);
                 }
                 Event::Probe(p) => agent.on_probe(p.vip, p.backend, &p.result),
                 Event::Scrape(ScrapeRequest(reply)) => {
                     let _ = reply.send(agent.scrape());
                 }
                 Event::Tick => agent.on_tick(),
+                Event::Cluster(u) => {
+                    agent.on_cluster(u);
+                    agent.settle();
+                    refresh_targets(&agent, &targets_tx);
+                }
             }
         }
         // Dropping the agent closes the maps; a program serving through a pinned link

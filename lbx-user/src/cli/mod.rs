@@ -2,6 +2,7 @@
 //! `lbx pass`, `lbx report`), the operator's commands to a running agent, and the offline
 //! model tools.
 
+mod cluster;
 mod control;
 mod docs;
 mod drain;
@@ -52,7 +53,7 @@ enum Command {
     /// it left serving there) and serve the control socket until SIGTERM or Ctrl-C. The
     /// balancer outlives the agent: the next `lbx run` on IFACE adopts it with its
     /// connection table; `lbx detach` removes it for good.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Remove the balancer that goes on serving IFACE after its agent stopped (its pinned
     /// link and maps, the connection table with them): traffic passes to the kernel again.
     /// Refused while an agent runs on IFACE: stop it first.
@@ -112,7 +113,7 @@ pub fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run(args) => run::run(args, cli.socket),
+        Command::Run(args) => run::run(*args, cli.socket),
         Command::Detach(args) => run::detach(args),
         Command::Decap(args) => run::decap(args),
         Command::Pass(args) => run::pass(args),

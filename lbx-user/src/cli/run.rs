@@ -97,6 +97,8 @@ pub struct RunArgs {
     /// attached or published.
     #[arg(long, value_name = "PATH")]
     pub xdp_object: Option<PathBuf>,
+    #[command(flatten)]
+    pub cluster: super::cluster::ClusterArgs,
 }
 
 #[derive(Args)]
@@ -161,6 +163,7 @@ pub fn run(args: RunArgs, socket: Option<PathBuf>) -> Result<()> {
         },
         control_interval: Duration::from_millis(args.control_interval_ms),
         metrics_listen: args.metrics_listen,
+        cluster: args.cluster.options()?,
     })
 }
 

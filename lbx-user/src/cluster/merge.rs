@@ -87,9 +87,22 @@ mod tests {
         let b = "10.0.1.2";
         let c = "10.0.1.3";
         let reports = [
-            report("n1", &[(a, Some(true), 1.0), (b, Some(true), 1.0), (c, None, 1.0)]),
-            report("n2", &[(a, Some(true), 1.0), (b, Some(false), 1.0), (c, None, 1.0)]),
-            report("n3", &[(a, Some(false), 1.0), (b, Some(false), 1.0), (c, Some(true), 1.0)]),
+            report(
+                "n1",
+                &[(a, Some(true), 1.0), (b, Some(true), 1.0), (c, None, 1.0)],
+            ),
+            report(
+                "n2",
+                &[(a, Some(true), 1.0), (b, Some(false), 1.0), (c, None, 1.0)],
+            ),
+            report(
+                "n3",
+                &[
+                    (a, Some(false), 1.0),
+                    (b, Some(false), 1.0),
+                    (c, Some(true), 1.0),
+                ],
+            ),
         ];
         let d = down(&reports);
         let has = |x: &str| d.iter().any(|(_, ip)| *ip == x.parse::<IpAddr>().unwrap());
@@ -98,7 +111,11 @@ mod tests {
         assert!(!has(b));
         assert!(has(c));
         // 1 of 2 is no majority.
-        assert!(down(&reports[1..]).iter().all(|(_, ip)| ip.to_string() != b));
+        assert!(
+            down(&reports[1..])
+                .iter()
+                .all(|(_, ip)| ip.to_string() != b)
+        );
     }
 
     #[test]

@@ -46,9 +46,9 @@ impl fmt::Debug for Credentials {
 
 /// Parses `etcd://H:P[,H:P...]` into `host:port` endpoints.
 pub fn parse_endpoints(s: &str) -> Result<Vec<String>, String> {
-    let rest = s.strip_prefix("etcd://").ok_or_else(|| {
-        format!("{s:?}: a cluster is named as etcd://HOST:PORT[,HOST:PORT...]")
-    })?;
+    let rest = s
+        .strip_prefix("etcd://")
+        .ok_or_else(|| format!("{s:?}: a cluster is named as etcd://HOST:PORT[,HOST:PORT...]"))?;
     let mut out = Vec::new();
     for part in rest.split(',') {
         let part = part.trim();
@@ -109,7 +109,14 @@ mod tests {
             parse_endpoints("etcd://10.0.0.1:2379,[fd00::1]:2379").unwrap(),
             ["10.0.0.1:2379", "[fd00::1]:2379"]
         );
-        for bad in ["10.0.0.1:2379", "etcd://", "etcd://h", "etcd://h:0", "etcd://:1", "etcd://h:x"] {
+        for bad in [
+            "10.0.0.1:2379",
+            "etcd://",
+            "etcd://h",
+            "etcd://h:0",
+            "etcd://:1",
+            "etcd://h:x",
+        ] {
             assert!(parse_endpoints(bad).is_err(), "{bad}");
         }
     }

@@ -54,7 +54,8 @@ impl Store {
             let read = |p: &std::path::Path, what: &str| {
                 fs::read(p).map_err(|e| ClusterError::Tls(format!("{what} {}: {e}", p.display())))
             };
-            let mut t = TlsOptions::new().ca_certificate(Certificate::from_pem(read(&tls.ca, "CA certificate")?));
+            let mut t = TlsOptions::new()
+                .ca_certificate(Certificate::from_pem(read(&tls.ca, "CA certificate")?));
             if let Some((cert, key)) = &tls.identity {
                 t = t.identity(Identity::from_pem(
                     read(cert, "client certificate")?,
@@ -73,7 +74,9 @@ impl Store {
             let attempt = async {
                 let client = Client::connect(opts.urls(), Some(connect.clone())).await?;
                 let mut probe = client.clone();
-                probe.get(format!("/lbx/{}/config", opts.name), None).await?;
+                probe
+                    .get(format!("/lbx/{}/config", opts.name), None)
+                    .await?;
                 Ok::<_, etcd_client::Error>(client)
             };
             match tokio::time::timeout(REQUEST_TIMEOUT, attempt).await {
@@ -158,7 +161,11 @@ impl Store {
         let key = self.key("config");
         let record_json = serde_json::to_string(record).expect("records serialize");
         let txn = Txn::new()
-            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, base as i64)])
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                base as i64,
+            )])
             .and_then([
                 TxnOp::put(key.clone(), document, None),
                 TxnOp::put(self.history_key(base), record_json, None),
@@ -189,7 +196,10 @@ impl Store {
         let prefix = self.key("history/");
         let Ok(Ok(r)) = tokio::time::timeout(
             REQUEST_TIMEOUT,
-            c.get(prefix.clone(), Some(GetOptions::new().with_prefix().with_keys_only())),
+            c.get(
+                prefix.clone(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            ),
         )
         .await
         else {
@@ -203,20 +213,29 @@ impl Store {
         if let Some(last_old) = r.kvs().get(n - HISTORY_KEPT - 1) {
             let end = format!("{}\0", String::from_utf8_lossy(last_old.key()));
             let _ = c
-                .delete(prefix, Some(etcd_client::DeleteOptions::new().with_range(end)))
+                .delete(
+                    prefix,
+                    Some(etcd_client::DeleteOptions::new().with_range(end)),
+                )
                 .await;
         }
     }
 
     /// The last `limit` change records, newest first, each with the revision it made.
-    pub async fn history(&self, limit: usize) -> Result<Vec<Versioned<ChangeRecord>>, ClusterError> {
+    pub async fn history(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<Versioned<ChangeRecord>>, ClusterError> {
         let mut c = self.client.clone();
         let opts = GetOptions::new()
             .with_prefix()
             .with_sort(SortTarget::Key, SortOrder::Descend)
             .with_limit(limit as i64);
         let r = self
-            .timed("reading the history", c.get(self.key("history/"), Some(opts)))
+            .timed(
+                "reading the history",
+                c.get(self.key("history/"), Some(opts)),
+            )
             .await?;
         let mut out = Vec::new();
         for kv in r.kvs() {
@@ -287,7 +306,11 @@ impl Store {
         leader_key: &[u8],
     ) -> Result<Option<u64>, ClusterError> {
         let txn = Txn::new()
-            .when([Compare::create_revision(leader_key.to_vec(), CompareOp::Greater, 0)])
+            .when([Compare::create_revision(
+                leader_key.to_vec(),
+                CompareOp::Greater,
+                0,
+            )])
             .and_then([TxnOp::put(
                 self.key("decisions"),
                 serde_json::to_string(d).expect("decisions serialize"),

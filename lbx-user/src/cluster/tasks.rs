@@ -33,8 +33,19 @@ pub fn spawn<E>(
 {
     let (lease_tx, lease_rx) = watch::channel(None::<i64>);
     tokio::spawn(follow(store.clone(), "config", config_seen, tx.clone()));
-    tokio::spawn(follow(store.clone(), "decisions", decisions_seen, tx.clone()));
-    tokio::spawn(keep_reporting(store.clone(), opts.clone(), report, lease_tx, tx.clone()));
+    tokio::spawn(follow(
+        store.clone(),
+        "decisions",
+        decisions_seen,
+        tx.clone(),
+    ));
+    tokio::spawn(keep_reporting(
+        store.clone(),
+        opts.clone(),
+        report,
+        lease_tx,
+        tx.clone(),
+    ));
     tokio::spawn(campaign(store, opts, lease_rx, leader_key, tx));
 }
 
@@ -63,7 +74,11 @@ async fn follow<E: From<Update> + Send + 'static>(
     let key = store.key(name);
     loop {
         let mut client = store.client();
-        let current = tokio::time::timeout(super::options::REQUEST_TIMEOUT, client.get(key.clone(), None)).await;
+        let current = tokio::time::timeout(
+            super::options::REQUEST_TIMEOUT,
+            client.get(key.clone(), None),
+        )
+        .await;
         let Ok(Ok(current)) = current else {
             tokio::time::sleep(RETRY).await;
             continue;
@@ -79,7 +94,10 @@ async fn follow<E: From<Update> + Send + 'static>(
         }
         let from = current.header().map_or(0, |h| h.revision()) + 1;
         let Ok((_watcher, mut stream)) = client
-            .watch(key.clone(), Some(WatchOptions::new().with_start_revision(from)))
+            .watch(
+                key.clone(),
+                Some(WatchOptions::new().with_start_revision(from)),
+            )
             .await
         else {
             tokio::time::sleep(RETRY).await;
@@ -231,8 +249,15 @@ async fn campaign<E: From<Update> + Send + 'static>(
 /// The current weights leader's name.
 pub async fn leader(store: &Store) -> Result<Option<String>, ClusterError> {
     let mut c = store.client();
-    match tokio::time::timeout(super::options::REQUEST_TIMEOUT, c.leader(store.key("leader"))).await {
-        Ok(Ok(r)) => Ok(r.kv().map(|kv| String::from_utf8_lossy(kv.value()).into_owned())),
+    match tokio::time::timeout(
+        super::options::REQUEST_TIMEOUT,
+        c.leader(store.key("leader")),
+    )
+    .await
+    {
+        Ok(Ok(r)) => Ok(r
+            .kv()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())),
         // etcd answers "no leader" with an error.
         Ok(Err(e)) if e.to_string().contains("no leader") => Ok(None),
         Ok(Err(e)) => Err(ClusterError::from_etcd(store.endpoints(), e)),
