@@ -174,6 +174,7 @@ impl Agent {
         crate::dataplane::preflight("lbx run", &opts.iface, opts.pin_dir.as_deref())?;
         let config = match Config::load(&opts.config_path) {
             Ok(c) => c,
+            Err(ConfigError::NotFound { .. }) if opts.cluster.is_some() => Config::default(),
             Err(ConfigError::NotFound { .. }) => {
                 eprintln!(
                     "no configuration at {}: starting with no VIPs; changes will be saved there",

@@ -80,7 +80,60 @@ pub fn print(req: &Request, v: &Value) {
             }
         }
         Request::FlowClear { .. } => println!("ok: cleared {} flows", s(&v["cleared"])),
+        _ if v["revision"].is_u64() => println!(
+            "ok: revision {} of the cluster, published here as generation {}",
+            s(&v["revision"]),
+            s(&v["generation"])
+        ),
         _ => println!("ok: published generation {}", s(&v["generation"])),
+    }
+}
+
+/// The cluster lines of `lbx status`: this node's state, then every node's revision.
+fn cluster_status(c: &Value) {
+    println!(
+        "cluster {} at {}{}, node {}: {}, serving revision {} (decisions {}), weights leader {}{}",
+        s(&c["name"]),
+        s(&c["endpoints"]),
+        if c["tls"] == true { " (TLS)" } else { "" },
+        s(&c["node"]),
+        s(&c["state"]),
+        s(&c["revision"]),
+        s(&c["decisions_revision"]),
+        if c["leader"].is_null() {
+            "unknown".to_owned()
+        } else {
+            s(&c["leader"])
+        },
+        if c["is_leader"] == true {
+            " (this node)"
+        } else {
+            ""
+        },
+    );
+    if let Some(cut) = c["cut_off"].as_object() {
+        println!(
+            "  cut off from etcd for {} s: {}",
+            s(&cut["since_seconds"]),
+            s(&cut["reason"])
+        );
+    }
+    if let Some(r) = c["refused"].as_object() {
+        println!(
+            "  revision {} refused (the last good one is served): {}",
+            s(&r["revision"]),
+            s(&r["error"])
+        );
+    }
+    for n in arr(&c["nodes"]) {
+        println!(
+            "  node {}: revision {}, generation {}, applied at {} ms (unix), reported {} ms ago",
+            s(&n["node"]),
+            s(&n["revision"]),
+            s(&n["generation"]),
+            s(&n["applied_unix_ms"]),
+            s(&n["report_age_ms"]),
+        );
     }
 }
 
@@ -117,6 +170,9 @@ fn status(v: &Value) {
         s(&v["second_chance_s"]),
         if v["icmp_echo"] == true { "on" } else { "off" }
     );
+    if v["cluster"].is_object() {
+        cluster_status(&v["cluster"]);
+    }
     let m = &v["memory"];
     let mib = |x: &Value| format!("{:.1} MiB", x.as_f64().unwrap_or(0.0) / (1 << 20) as f64);
     println!(

@@ -31,8 +31,8 @@ pub enum ClusterError {
     ChangedMeanwhile { base: u64, now: u64 },
     /// No answer in time: no quorum, or this node is cut off.
     #[error(
-        "etcd at {endpoints} did not answer {what} within 3 s (quorum lost, or this node is \
-         cut off from it): nothing was changed here, and this node goes on serving its last \
+        "etcd at {endpoints} did not answer {what} (quorum lost, or this node is cut off \
+         from it): nothing was changed here, and this node goes on serving its last \
          revision"
     )]
     Unavailable { endpoints: String, what: String },
@@ -66,6 +66,20 @@ impl ClusterError {
         }
         if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
             return ClusterError::Tls(format!("{endpoints}: {message}"));
+        }
+        let unavailable = match &e {
+            etcd_client::Error::GRpcStatus(s) => matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+            ),
+            etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+            _ => false,
+        };
+        if unavailable {
+            return ClusterError::Unavailable {
+                endpoints: endpoints.to_owned(),
+                what: format!("the request: {message}"),
+            };
         }
         ClusterError::Etcd {
             endpoints: endpoints.to_owned(),

@@ -133,7 +133,7 @@ impl Store {
             Ok(r) => r.map_err(|e| ClusterError::from_etcd(&self.endpoints, e)),
             Err(_) => Err(ClusterError::Unavailable {
                 endpoints: self.endpoints.clone(),
-                what: what.to_owned(),
+                what: format!("{what} within {} s", REQUEST_TIMEOUT.as_secs()),
             }),
         }
     }

@@ -159,7 +159,7 @@ async fn keep_reporting<E: From<Update> + Send + 'static>(
                         Err(_) => {
                             return Err(ClusterError::Unavailable {
                                 endpoints: store.endpoints().to_owned(),
-                                what: "renewing this node's lease".into(),
+                                what: "renewing this node's lease in time".into(),
                             });
                         }
                     }
@@ -198,7 +198,7 @@ async fn grant(store: &Store, ttl: i64) -> Result<i64, ClusterError> {
         Ok(Err(e)) => Err(ClusterError::from_etcd(store.endpoints(), e)),
         Err(_) => Err(ClusterError::Unavailable {
             endpoints: store.endpoints().to_owned(),
-            what: "granting this node's lease".into(),
+            what: "granting this node's lease in time".into(),
         }),
     }
 }
@@ -263,7 +263,7 @@ pub async fn leader(store: &Store) -> Result<Option<String>, ClusterError> {
         Ok(Err(e)) => Err(ClusterError::from_etcd(store.endpoints(), e)),
         Err(_) => Err(ClusterError::Unavailable {
             endpoints: store.endpoints().to_owned(),
-            what: "naming the weights leader".into(),
+            what: "naming the weights leader in time".into(),
         }),
     }
 }
