@@ -17,6 +17,7 @@ const AREAS: &[(&str, u32)] = &[
     ("balance", 2),
     ("dataplane", 2),
     ("metrics", 2),
+    ("history", 2),
     ("config", 1),
     ("maglev", 0),
     ("addr", 0),

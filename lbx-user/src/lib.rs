@@ -3,6 +3,8 @@
 //! - [`cli`]: the `lbx` binary's commands and their output;
 //! - [`agent`]: the agent's state and control loop, the control API and its socket;
 //! - [`balance`]: health checks, the load model, weights, load reports and traces;
+//! - [`history`]: the node's configuration history, one entry per change, in a file
+//!   beside the configuration;
 //! - [`metrics`]: the Prometheus families, the counters kept as things happen, and the
 //!   endpoint that serves them;
 //! - [`dataplane`]: loading and attaching the XDP programs, the plan from a configuration
@@ -27,6 +29,7 @@ pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod history;
 #[cfg(test)]
 mod layers;
 pub mod maglev;
