@@ -3,6 +3,8 @@
 
 mod adapt;
 pub mod api;
+mod changes;
+mod dry_run;
 pub mod failure;
 mod health;
 mod metrics;
@@ -33,6 +35,7 @@ use crate::{
         slots::Slots,
         sys,
     },
+    history::{HistoryError, LocalHistory},
     metrics::{Live, ScrapeRequest},
     restart::{self, Inherited},
 };
@@ -47,6 +50,8 @@ pub enum AgentError {
     DataPlane(#[from] DataPlaneError),
     #[error(transparent)]
     Publish(#[from] PublishError),
+    #[error(transparent)]
+    History(#[from] HistoryError),
     #[error("reading counters: {0}")]
     Counters(#[from] MapError),
     /// A request about something that is not there (a flow that matches no VIP).
@@ -117,6 +122,8 @@ pub struct Agent {
     /// The metrics counted as things happen, shared with the metrics endpoint.
     live: Arc<Live>,
     started: Instant,
+    /// The configuration changes applied on this node.
+    history: LocalHistory,
 }
 
 /// Per-second rates of one backend over the last control interval.
@@ -195,6 +202,10 @@ impl Agent {
             health,
             weights,
         } = restart::inherit(&bal, &config)?;
+        let (history, damaged) = LocalHistory::open(LocalHistory::path_for(&opts.config_path));
+        if let Some(warning) = damaged {
+            eprintln!("{warning}");
+        }
         let started = Instant::now();
         let mut agent = Agent {
             opts,
@@ -231,6 +242,7 @@ impl Agent {
             weight_changes: BTreeMap::new(),
             live: Arc::new(Live::default()),
             started,
+            history,
         };
         // The clock runs and the first generation is in place before the program sees a
         // packet.
@@ -238,6 +250,7 @@ impl Agent {
         agent.publish(config, macs)?;
         let iface = agent.opts.iface.clone();
         agent.bal.attach(&iface, agent.opts.mode)?;
+        agent.record_start();
         Ok(agent)
     }
 
@@ -320,14 +333,18 @@ impl Agent {
         Ok(generation)
     }
 
-    /// Validates `new` whole, publishes it, and saves it. On any error nothing changes.
-    fn apply(&mut self, new: Config) -> Result<u64, AgentError> {
+    /// Validates `new` whole, publishes it, saves it and records it in the history (with
+    /// `why`, see `Agent::record`). On any error nothing changes.
+    fn apply(&mut self, new: Config, why: Option<&str>) -> Result<u64, AgentError> {
         new.validate()?;
         let macs = resolve_macs(&new, &self.macs, &self.opts.iface)?;
         let old = self.config.clone();
         new.save(&self.opts.config_path)?;
         match self.publish(new, macs) {
-            Ok(g) => Ok(g),
+            Ok(g) => {
+                self.record(&old, why);
+                Ok(g)
+            }
             Err(e) => {
                 let _ = old.save(&self.opts.config_path);
                 Err(e)
@@ -337,12 +354,13 @@ impl Agent {
 
     fn edit(
         &mut self,
+        why: Option<&str>,
         f: impl FnOnce(&mut Config) -> Result<(), ConfigError>,
     ) -> Result<Value, AgentError> {
         let mut new = self.config.clone();
         let applied = f(&mut new)
             .map_err(AgentError::from)
-            .and_then(|()| self.apply(new));
+            .and_then(|()| self.apply(new, why));
         if applied.is_err() {
             self.live.config_change_errors.inc();
         }
