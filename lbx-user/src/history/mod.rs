@@ -179,19 +179,17 @@ impl LocalHistory {
             return Err(HistoryError::Empty);
         };
         let (oldest, newest) = (oldest.revision, newest.revision);
-        let entry =
-            self.entries
-                .iter()
-                .find(|e| e.revision == revision)
-                .ok_or(if revision < oldest {
-                    HistoryError::TooOld { revision, oldest }
-                } else {
-                    HistoryError::Unknown {
-                        revision,
-                        oldest,
-                        newest,
-                    }
-                })?;
+        let entry = self.entries.iter().find(|e| e.revision == revision).ok_or(
+            if revision < oldest && revision > 0 {
+                HistoryError::TooOld { revision, oldest }
+            } else {
+                HistoryError::Unknown {
+                    revision,
+                    oldest,
+                    newest,
+                }
+            },
+        )?;
         Config::from_toml(&entry.config)
             .map_err(|source| HistoryError::BadEntry { revision, source })
     }
@@ -408,11 +406,10 @@ mod tests {
                 .contains(&format!("oldest kept is revision {oldest}")),
             "{e}"
         );
-        let e = reopened
-            .config_of(u64::from(total) + 1)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains(&format!("{oldest} to {total}")), "{e}");
+        for never in [0, u64::from(total) + 1] {
+            let e = reopened.config_of(never).unwrap_err().to_string();
+            assert!(e.contains(&format!("{oldest} to {total}")), "{never}: {e}");
+        }
         assert_eq!(reopened.config_of(oldest).unwrap(), config(oldest as u32));
     }
 
