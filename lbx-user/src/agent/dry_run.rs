@@ -2,17 +2,14 @@
 //! change itself is, and planned as a publication would plan it, with the same slots,
 //! MACs and effective weights; then compared with what is published. Nothing is written.
 
-use std::{collections::BTreeSet, net::IpAddr, time::Instant};
+use std::{collections::BTreeSet, net::IpAddr};
 
 use serde_json::{Value, json};
 
 use super::{Agent, AgentError, api::Request, changes::Change, resolve_macs};
 use crate::{
     config::{Config, VipId, diff},
-    dataplane::{
-        movement::{self, Presence},
-        plan,
-    },
+    dataplane::movement::{self, Presence},
 };
 
 impl Agent {
@@ -25,16 +22,7 @@ impl Agent {
         new.validate()?;
         let macs = resolve_macs(&new, &self.macs, &self.opts.iface)?;
         let (slots, _) = self.slots.assign(&new);
-        let overrides = self.effective(&new, Instant::now());
-        let planned = plan::build(
-            &new,
-            &slots,
-            &macs,
-            self.mtu,
-            self.opts.flow_idle,
-            &overrides,
-            Some(&self.plan),
-        );
+        let (_, planned) = self.plan_for(&new, &slots, &macs);
         let moves = movement::compare(&self.plan, &self.slots, &planned, &slots);
         let active = self.active_flows();
         // Backends whose flows the change moves, ends, or leaves to end where they are.

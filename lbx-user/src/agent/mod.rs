@@ -306,16 +306,7 @@ impl Agent {
                 .vip(*vip)
                 .is_some_and(|v| v.health.is_some() && v.backend(*addr).is_some())
         });
-        let overrides = self.effective(&config, Instant::now());
-        let plan = plan::build(
-            &config,
-            &slots,
-            &macs,
-            self.mtu,
-            self.opts.flow_idle,
-            &overrides,
-            Some(&self.plan),
-        );
+        let (overrides, plan) = self.plan_for(&config, &slots, &macs);
         self.publisher
             .reset_counters(&mut self.bal, &fresh.vips, &fresh.backends)?;
         let generation = self.publisher.publish(&mut self.bal, &plan)?;
@@ -331,6 +322,28 @@ impl Agent {
         self.plan = plan;
         self.published = overrides;
         Ok(generation)
+    }
+
+    /// The effective weights and the plan a publication of `config`, numbered by `slots`,
+    /// would publish now. Changes nothing: a publication and a dry run (`lbx plan`) both
+    /// plan here.
+    fn plan_for(
+        &self,
+        config: &Config,
+        slots: &Slots,
+        macs: &BTreeMap<IpAddr, MacAddr>,
+    ) -> (Overrides, Plan) {
+        let overrides = self.effective(config, Instant::now());
+        let plan = plan::build(
+            config,
+            slots,
+            macs,
+            self.mtu,
+            self.opts.flow_idle,
+            &overrides,
+            Some(&self.plan),
+        );
+        (overrides, plan)
     }
 
     /// Validates `new` whole, publishes it, saves it and records it in the history (with

@@ -58,7 +58,7 @@ pub enum ControlCmd {
     /// Revisions count on across restarts. `lbx rollback REV` returns to one.
     History {
         /// How many entries to list.
-        #[arg(short = 'n', long = "last", default_value_t = 20,
+        #[arg(short = 'n', long = "last", value_name = "N", default_value_t = 20,
               value_parser = clap::value_parser!(u32).range(1..))]
         last: u32,
         /// Print each entry's whole configuration (TOML) too; with --json, include it.
