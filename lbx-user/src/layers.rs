@@ -18,6 +18,7 @@ const AREAS: &[(&str, u32)] = &[
     ("dataplane", 2),
     ("metrics", 2),
     ("cluster", 2),
+    ("history", 2),
     ("config", 1),
     ("maglev", 0),
     ("addr", 0),

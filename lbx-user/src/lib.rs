@@ -5,6 +5,8 @@
 //! - [`cluster`]: the configuration and the weights shared through etcd, for the agent in
 //!   cluster mode;
 //! - [`balance`]: health checks, the load model, weights, load reports and traces;
+//! - [`history`]: the node's configuration history, one entry per change, in a file
+//!   beside the configuration;
 //! - [`metrics`]: the Prometheus families, the counters kept as things happen, and the
 //!   endpoint that serves them;
 //! - [`dataplane`]: loading and attaching the XDP programs, the plan from a configuration
@@ -30,6 +32,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod dataplane;
+pub mod history;
 #[cfg(test)]
 mod layers;
 pub mod maglev;

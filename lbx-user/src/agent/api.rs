@@ -61,6 +61,23 @@ pub enum Request {
     FlowClear {
         vip: Option<VipId>,
     },
+    /// What `change` would do, without doing it: the differences in the configuration,
+    /// and how the Maglev rings and the flows would move. A request that is no change is
+    /// refused.
+    Plan {
+        change: Box<Request>,
+    },
+    /// The node's newest `last` configuration changes; with `full`, each one's whole
+    /// configuration too.
+    History {
+        last: u32,
+        #[serde(default)]
+        full: bool,
+    },
+    /// A change back to the configuration of history entry `revision`.
+    Rollback {
+        revision: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -23,11 +23,12 @@ use super::{Agent, AgentError, HOLD_INHERITED, Signals, resolve_macs};
 use crate::{
     balance::health::State,
     cluster::{
-        Cluster, ClusterError, ClusterOptions, Update,
+        Cluster, ClusterError, ClusterOptions, HISTORY_KEPT, Update,
         document::{self, BackendView, ChangeRecord, Decisions, NodeReport, Weight},
         merge,
     },
-    config::{Config, MacAddr, VipId},
+    config::{Config, MacAddr, VipId, diff},
+    history::utc,
 };
 
 /// This node's place in the cluster.
@@ -165,9 +166,14 @@ impl Agent {
         &mut self,
         new: Config,
         macs: std::collections::BTreeMap<IpAddr, MacAddr>,
-        changes: Vec<String>,
+        why: Option<&str>,
     ) -> Result<u64, AgentError> {
         let m = self.cluster.as_ref().expect("cluster mode");
+        let changes = why
+            .map(str::to_owned)
+            .into_iter()
+            .chain(diff::describe(&self.config, &new))
+            .collect();
         let doc = new.to_toml();
         let record = ChangeRecord {
             node: m.handle.opts.node.clone(),
@@ -425,6 +431,60 @@ impl Agent {
                 "decisions_revision": r.decisions_revision,
                 "report_age_ms": now.saturating_sub(r.unix_ms),
             })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+impl Agent {
+    /// The cluster's change records, newest first, in the form of the local history's.
+    pub(super) fn cluster_history(&self, last: u32, full: bool) -> Result<Value, AgentError> {
+        let m = self.cluster.as_ref().expect("cluster mode");
+        let records = m.handle.history(last as usize)?;
+        let entries: Vec<Value> = records
+            .iter()
+            .map(|r| {
+                let time = r.value.unix_ms / 1000;
+                let mut v = json!({
+                    "revision": r.revision,
+                    "base": r.value.base,
+                    "time": time,
+                    "time_utc": utc::format(time),
+                    "node": r.value.node,
+                    "changes": r.value.changes,
+                });
+                if full {
+                    v["config"] = r.value.config.clone().into();
+                }
+                v
+            })
+            .collect();
+        Ok(json!({
+            "cluster": m.handle.opts.name,
+            "kept": HISTORY_KEPT,
+            "entries": entries,
+        }))
+    }
+
+    /// The configuration revision `revision` of the cluster made, from its change record.
+    pub(super) fn cluster_config_of(&self, revision: u64) -> Result<Config, AgentError> {
+        let m = self.cluster.as_ref().expect("cluster mode");
+        let records = m.handle.history(HISTORY_KEPT)?;
+        let Some(r) = records.iter().find(|r| r.revision == revision) else {
+            let range = match (records.last(), records.first()) {
+                (Some(o), Some(n)) => format!("revisions {} to {}", o.revision, n.revision),
+                _ => "none".to_owned(),
+            };
+            return Err(AgentError::NotFound(format!(
+                "revision {revision} is not a configuration of the cluster {} kept in its \
+                 history (it holds the last {HISTORY_KEPT} changes: {range}; `lbx history` \
+                 lists them)",
+                m.handle.opts.name
+            )));
+        };
+        Config::from_toml(&r.value.config).map_err(|e| {
+            AgentError::Invalid(format!(
+                "the configuration of revision {revision} in the cluster's history is refused: {e}"
+            ))
         })
     }
 }

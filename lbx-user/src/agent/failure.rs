@@ -7,7 +7,9 @@ use super::{
     AgentError,
     api::{ErrorKind, Failure},
 };
-use crate::{cluster::ClusterError, config::ConfigError, dataplane::DataPlaneError};
+use crate::{
+    cluster::ClusterError, config::ConfigError, dataplane::DataPlaneError, history::HistoryError,
+};
 
 impl AgentError {
     pub fn failure(&self) -> Failure {
@@ -16,6 +18,7 @@ impl AgentError {
             AgentError::DataPlane(e) => dataplane_kind(e),
             AgentError::Resolve(_) => ErrorKind::NotFound,
             AgentError::Publish(_) | AgentError::Counters(_) => ErrorKind::Kernel,
+            AgentError::History(e) => history_kind(e),
             AgentError::NotFound(_) => ErrorKind::NotFound,
             AgentError::Invalid(_) => ErrorKind::Invalid,
             AgentError::Cluster(e) => cluster_kind(e),
@@ -29,6 +32,9 @@ impl AgentError {
                 "`lbx backend list {}` shows its backends",
                 vip.endpoint()
             )),
+            AgentError::History(
+                HistoryError::Unknown { .. } | HistoryError::TooOld { .. } | HistoryError::Empty,
+            ) => Some("`lbx history` lists the revisions kept".to_owned()),
             _ => None,
         };
         Failure {
@@ -48,6 +54,16 @@ pub fn config_kind(e: &ConfigError) -> ErrorKind {
         ConfigError::Endpoint(_) | ConfigError::BadAddress { .. } => ErrorKind::Usage,
         ConfigError::BadProtocol { .. } => ErrorKind::Usage,
         _ => ErrorKind::Invalid,
+    }
+}
+
+pub fn history_kind(e: &HistoryError) -> ErrorKind {
+    match e {
+        HistoryError::Empty | HistoryError::TooOld { .. } | HistoryError::Unknown { .. } => {
+            ErrorKind::NotFound
+        }
+        HistoryError::BadEntry { .. } => ErrorKind::Invalid,
+        HistoryError::Io { source, .. } => io_kind(source),
     }
 }
 

@@ -3,7 +3,9 @@
 
 mod adapt;
 pub mod api;
+mod changes;
 mod cluster;
+mod dry_run;
 pub mod failure;
 mod health;
 mod metrics;
@@ -34,6 +36,7 @@ use crate::{
         slots::Slots,
         sys,
     },
+    history::{HistoryError, LocalHistory},
     metrics::{Live, ScrapeRequest},
     restart::{self, Inherited},
 };
@@ -48,6 +51,8 @@ pub enum AgentError {
     DataPlane(#[from] DataPlaneError),
     #[error(transparent)]
     Publish(#[from] PublishError),
+    #[error(transparent)]
+    History(#[from] HistoryError),
     #[error("reading counters: {0}")]
     Counters(#[from] MapError),
     /// A request about something that is not there (a flow that matches no VIP).
@@ -122,6 +127,8 @@ pub struct Agent {
     /// The metrics counted as things happen, shared with the metrics endpoint.
     live: Arc<Live>,
     started: Instant,
+    /// The configuration changes applied on this node.
+    history: LocalHistory,
     /// This node's place in a cluster; none: a single node serving its own file.
     cluster: Option<cluster::Membership>,
 }
@@ -217,6 +224,10 @@ impl Agent {
             health,
             weights,
         } = restart::inherit(&bal, &config)?;
+        let (history, damaged) = LocalHistory::open(LocalHistory::path_for(&opts.config_path));
+        if let Some(warning) = damaged {
+            eprintln!("{warning}");
+        }
         let started = Instant::now();
         let mut agent = Agent {
             opts,
@@ -253,6 +264,7 @@ impl Agent {
             weight_changes: BTreeMap::new(),
             live: Arc::new(Live::default()),
             started,
+            history,
             cluster: membership,
         };
         agent.adopt_decided_weights();
@@ -262,6 +274,7 @@ impl Agent {
         agent.publish(config, macs)?;
         let iface = agent.opts.iface.clone();
         agent.bal.attach(&iface, agent.opts.mode)?;
+        agent.record_start();
         Ok(agent)
     }
 
@@ -317,16 +330,7 @@ impl Agent {
                 .vip(*vip)
                 .is_some_and(|v| v.health.is_some() && v.backend(*addr).is_some())
         });
-        let overrides = self.effective(&config, Instant::now());
-        let plan = plan::build(
-            &config,
-            &slots,
-            &macs,
-            self.mtu,
-            self.opts.flow_idle,
-            &overrides,
-            Some(&self.plan),
-        );
+        let (overrides, plan) = self.plan_for(&config, &slots, &macs);
         self.publisher
             .reset_counters(&mut self.bal, &fresh.vips, &fresh.backends)?;
         let generation = self.publisher.publish(&mut self.bal, &plan)?;
@@ -344,17 +348,43 @@ impl Agent {
         Ok(generation)
     }
 
-    /// Validates `new` whole, publishes it, and saves it. On any error nothing changes.
-    fn apply(&mut self, new: Config) -> Result<u64, AgentError> {
+    /// The effective weights and the plan a publication of `config`, numbered by `slots`,
+    /// would publish now. Changes nothing: a publication and a dry run (`lbx plan`) both
+    /// plan here.
+    fn plan_for(
+        &self,
+        config: &Config,
+        slots: &Slots,
+        macs: &BTreeMap<IpAddr, MacAddr>,
+    ) -> (Overrides, Plan) {
+        let overrides = self.effective(config, Instant::now());
+        let plan = plan::build(
+            config,
+            slots,
+            macs,
+            self.mtu,
+            self.opts.flow_idle,
+            &overrides,
+            Some(&self.plan),
+        );
+        (overrides, plan)
+    }
+
+    /// Validates `new` whole, publishes it, saves it and records it in the history (with
+    /// `why`, see `Agent::record`). On any error nothing changes.
+    fn apply(&mut self, new: Config, why: Option<&str>) -> Result<u64, AgentError> {
         new.validate()?;
         let macs = resolve_macs(&new, &self.macs, &self.opts.iface)?;
         if self.cluster.is_some() {
-            return self.commit_to_cluster(new, macs, Vec::new());
+            return self.commit_to_cluster(new, macs, why);
         }
         let old = self.config.clone();
         new.save(&self.opts.config_path)?;
         match self.publish(new, macs) {
-            Ok(g) => Ok(g),
+            Ok(g) => {
+                self.record(&old, why);
+                Ok(g)
+            }
             Err(e) => {
                 let _ = old.save(&self.opts.config_path);
                 Err(e)
@@ -364,12 +394,13 @@ impl Agent {
 
     fn edit(
         &mut self,
+        why: Option<&str>,
         f: impl FnOnce(&mut Config) -> Result<(), ConfigError>,
     ) -> Result<Value, AgentError> {
         let mut new = self.config.clone();
         let applied = f(&mut new)
             .map_err(AgentError::from)
-            .and_then(|()| self.apply(new));
+            .and_then(|()| self.apply(new, why));
         if applied.is_err() {
             self.live.config_change_errors.inc();
         }

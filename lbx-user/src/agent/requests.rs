@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use lbx_common::{FlowKey, Reason, flows::FlowSlot, hash::flow_hash};
 use serde_json::{Value, json};
 
-use super::{Agent, AgentError, api::Request};
+use super::{Agent, AgentError, api::Request, changes::Change};
 use crate::{
     addr,
     config::{ConfigError, MacAddr, Protocol, VipId},
@@ -17,33 +17,25 @@ use crate::{
 impl Agent {
     pub fn handle(&mut self, req: Request) -> Result<Value, AgentError> {
         match req {
-            Request::VipAdd { vip, table_size } => self.edit(|c| {
-                c.add_vip(vip)?;
-                c.set_vip_table_size(vip, table_size)
-            }),
-            Request::VipDel { vip } => self.edit(|c| c.del_vip(vip).map(drop)),
-            Request::BackendAdd { vip, backend } => self.edit(|c| c.add_backend(vip, backend)),
-            Request::BackendDel { vip, address } => {
-                self.edit(|c| c.del_backend(vip, address).map(drop))
-            }
-            Request::BackendWeight {
-                vip,
-                address,
-                weight,
-            } => self.edit(|c| c.set_weight(vip, address, weight)),
-            Request::BackendDrain {
-                vip,
-                address,
-                drain,
-            } => self.edit(|c| c.set_drain(vip, address, drain)),
-            Request::VipHealth { vip, health } => self.edit(|c| c.set_health(vip, health)),
-            Request::VipAdaptive { vip, adaptive } => self.edit(|c| c.set_adaptive(vip, adaptive)),
             Request::VipList => Ok(self.vip_list()),
             Request::BackendList { vip } => self.backend_list(vip),
             Request::Status => Ok(self.status()),
             Request::Stats => self.stats(),
             Request::Flow { protocol, src, dst } => self.flow(protocol, src, dst),
             Request::FlowClear { vip } => self.flow_clear(vip),
+            Request::Plan { change } => self.dry_run(*change),
+            Request::History { last, full } => self.history_list(last, full),
+            Request::Rollback { revision } => {
+                let Change { edit, why } = self.change(req)?;
+                let mut answer = self.edit(why.as_deref(), edit)?;
+                answer["rolled_back_to"] = revision.into();
+                answer["revision"] = self.history.last().map(|e| e.revision).into();
+                Ok(answer)
+            }
+            change => {
+                let Change { edit, why } = self.change(change)?;
+                self.edit(why.as_deref(), edit)
+            }
         }
     }
 
@@ -135,7 +127,7 @@ impl Agent {
     }
 
     /// The active flows of one backend in a count of the connection table.
-    fn active_of(&self, active: &[u64], vip: VipId, address: IpAddr) -> u64 {
+    pub(super) fn active_of(&self, active: &[u64], vip: VipId, address: IpAddr) -> u64 {
         self.slots
             .backends
             .get(&(vip, address))

@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 
-use super::{drain, output, values};
+use super::{drain, failure::Usage, output, values};
 use crate::{
     agent::{api::Request, socket},
     config::{
@@ -34,6 +34,73 @@ pub enum ControlCmd {
     /// Which backend a flow goes to, and why (connection table or Maglev slot); `flow
     /// clear` forgets flows.
     Flow(FlowArgs),
+    /// Show what a change would do, without doing it: `lbx plan` followed by the change
+    /// as you would type it (`lbx plan backend weight 10.0.0.100:80 10.1.0.11 300`).
+    ///
+    /// It prints the differences in the configuration; per VIP, how many Maglev table
+    /// slots each backend would have before and after, and gain and lose; the share of the
+    /// VIP's slots that change backend, which is the share of its flows that move once
+    /// they lose their connection-table entry (established flows keep their backend
+    /// while the table holds them); and the active flows of backends the change removes
+    /// (they move), drains (they stay until they end) or whose VIP it removes (they
+    /// end). It is planned as the change would be published: the same slots, MACs and
+    /// effective weights (health, slow start, adaptive). A change that would be refused
+    /// is refused with the same error and exit status. Nothing is changed, saved or
+    /// recorded.
+    #[command(subcommand)]
+    Plan(PlanCmd),
+    /// List the configuration changes applied on this node, newest first: revision, time
+    /// (UTC), node and what changed.
+    ///
+    /// Every change the agent applies is recorded, with the whole configuration after it,
+    /// in a file beside the configuration file (CONFIG.history); a configuration loaded at
+    /// start that differs from the last entry is recorded too. The last 100 are kept.
+    /// Revisions count on across restarts. `lbx rollback REV` returns to one.
+    History {
+        /// How many entries to list.
+        #[arg(short = 'n', long = "last", value_name = "N", default_value_t = 20,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        last: u32,
+        /// Print each entry's whole configuration (TOML) too; with --json, include it.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Return to the configuration of history revision REV, as a new change: validated
+    /// whole and published like every change, and recorded as a new revision ("rollback
+    /// to revision REV"). `lbx plan rollback REV` shows what it would change.
+    Rollback {
+        /// The revision, as `lbx history` lists it.
+        #[arg(value_name = "REV")]
+        revision: u64,
+    },
+}
+
+/// The changes `lbx plan` takes: those of `lbx vip`, `lbx backend` and `lbx rollback`.
+#[derive(Subcommand)]
+pub enum PlanCmd {
+    /// What a VIP change would do (add, del, adaptive, health; `list` is no change).
+    #[command(subcommand)]
+    Vip(VipCmd),
+    /// What a backend change would do (add, del, weight, drain; `list` is no change).
+    #[command(subcommand)]
+    Backend(BackendCmd),
+    /// What `lbx rollback REV` would change.
+    Rollback {
+        /// The revision, as `lbx history` lists it.
+        #[arg(value_name = "REV")]
+        revision: u64,
+    },
+}
+
+impl PlanCmd {
+    /// The change as the command that makes it.
+    fn into_change(self) -> ControlCmd {
+        match self {
+            PlanCmd::Vip(v) => ControlCmd::Vip(v),
+            PlanCmd::Backend(b) => ControlCmd::Backend(b),
+            PlanCmd::Rollback { revision } => ControlCmd::Rollback { revision },
+        }
+    }
 }
 
 /// A VIP: ADDR:PORT, IPv6 as [ADDR]:PORT; every port of the address as ADDR:* or with
@@ -351,11 +418,24 @@ pub(super) fn request(cmd: ControlCmd) -> Result<Request, EndpointError> {
             dst: SocketAddr::new(dst.address, dst.port),
         },
         ControlCmd::Flow(_) => unreachable!("clap requires SRC and DST without a subcommand"),
+        ControlCmd::Plan(p) => Request::Plan {
+            change: Box::new(request(p.into_change())?),
+        },
+        ControlCmd::History { last, full } => Request::History { last, full },
+        ControlCmd::Rollback { revision } => Request::Rollback { revision },
     })
 }
 
 /// Sends the command's request to the agent and prints its answer.
 pub fn run(cmd: ControlCmd, socket: Option<PathBuf>, json: bool) -> Result<()> {
+    if let ControlCmd::Plan(PlanCmd::Backend(BackendCmd::Drain { wait: true, .. })) = &cmd {
+        return Err(Usage(
+            "lbx plan backend drain: --wait waits for a drain to finish, but a plan drains \
+             nothing; plan without --wait"
+                .into(),
+        )
+        .into());
+    }
     let wait = match &cmd {
         ControlCmd::Backend(BackendCmd::Drain {
             vip,

@@ -33,6 +33,11 @@ Exit status:
  10  unavailable: the cluster's etcd did not answer (quorum lost, or this node cut off)
 With --json, a failure prints {\"error\": {\"kind\": ..., \"message\": ..., \"hint\": ...}} on stdout.\n";
 
+/// A command line that parsed but asks for something that makes no sense.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
 /// Whether the command line asks for JSON, read before parsing so that a command line that
 /// does not parse still fails in JSON.
 pub fn wants_json(args: &[OsString]) -> bool {
@@ -113,6 +118,8 @@ pub fn classify(e: &anyhow::Error) -> Failure {
             Some(Failure::new(dataplane_kind(d), d.to_string()))
         } else if let Some(p) = cause.downcast_ref::<EndpointError>() {
             Some(Failure::new(ErrorKind::Usage, p.to_string()))
+        } else if let Some(u) = cause.downcast_ref::<Usage>() {
+            Some(Failure::new(ErrorKind::Usage, u.to_string()))
         } else if let Some(t) = cause.downcast_ref::<TimedOut>() {
             Some(Failure {
                 kind: ErrorKind::Timeout,

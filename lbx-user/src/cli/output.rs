@@ -80,6 +80,13 @@ pub fn print(req: &Request, v: &Value) {
             }
         }
         Request::FlowClear { .. } => println!("ok: cleared {} flows", s(&v["cleared"])),
+        Request::Plan { .. } => plan(v),
+        Request::History { full, .. } => history(v, *full),
+        Request::Rollback { revision } => println!(
+            "ok: rolled back to revision {revision}, recorded as revision {}; published generation {}",
+            s(&v["revision"]),
+            s(&v["generation"])
+        ),
         _ if v["revision"].is_u64() => println!(
             "ok: revision {} of the cluster, published here as generation {}",
             s(&v["revision"]),
@@ -134,6 +141,113 @@ fn cluster_status(c: &Value) {
             s(&n["applied_unix_ms"]),
             s(&n["report_age_ms"]),
         );
+    }
+}
+
+/// A dry run: what would change, how each VIP's slots would move, and the flows.
+fn plan(v: &Value) {
+    println!(
+        "plan only: nothing was changed (generation {} stays)",
+        s(&v["generation"])
+    );
+    let changes = arr(&v["changes"]);
+    if changes.is_empty() {
+        println!("the configuration would stay as it is");
+    } else {
+        println!("the configuration would change:");
+        for c in &changes {
+            println!("  {}", s(c));
+        }
+    }
+    for vip in arr(&v["vips"]) {
+        println!();
+        let share = vip["moved_share"].as_f64().unwrap_or(0.0) * 100.0;
+        let size = s(&vip["table_size"]);
+        match vip["presence"].as_str() {
+            Some("added") => println!("VIP {} (new, table size {size})", s(&vip["vip"])),
+            Some("removed") => println!(
+                "VIP {} (removed): its flows end, traffic to it passes to the kernel",
+                s(&vip["vip"])
+            ),
+            _ => println!(
+                "VIP {}, table size {size}: {} of {} slots change backend ({share:.1}%): \
+                 the share of its flows that move once they lose their connection-table entry",
+                s(&vip["vip"]),
+                s(&vip["moved"]),
+                s(&vip["slots_before"]),
+            ),
+        }
+        table(
+            &[
+                "  BACKEND",
+                "SLOTS BEFORE",
+                "AFTER",
+                "GAINED",
+                "LOST",
+                "ACTIVE FLOWS",
+                "THEIR FLOWS",
+            ],
+            arr(&vip["backends"])
+                .iter()
+                .map(|b| {
+                    vec![
+                        format!("  {}", s(&b["address"])),
+                        s(&b["slots_before"]),
+                        s(&b["slots_after"]),
+                        s(&b["gained"]),
+                        s(&b["lost"]),
+                        s(&b["active_flows"]),
+                        s(&b["their_flows"]),
+                    ]
+                })
+                .collect(),
+        );
+    }
+    let unchanged = v["vips_unchanged"].as_u64().unwrap_or(0);
+    if unchanged > 0 {
+        println!();
+        println!("{unchanged} other VIPs: unchanged");
+    }
+    let f = &v["active_flows"];
+    println!();
+    println!(
+        "active flows: {} would move (their backend removed), {} end (their VIP removed), \
+         {} stay on drained backends until they end",
+        s(&f["moving"]),
+        s(&f["ending"]),
+        s(&f["draining"])
+    );
+}
+
+/// The history, newest first, one row per line of what changed.
+fn history(v: &Value, full: bool) {
+    let entries = arr(&v["entries"]);
+    if entries.is_empty() {
+        match v["cluster"].as_str() {
+            Some(c) => println!("no change recorded yet in cluster {c}"),
+            None => println!("no change recorded yet (history file {})", s(&v["file"])),
+        }
+        return;
+    }
+    let mut rows = Vec::new();
+    for e in &entries {
+        let changes = arr(&e["changes"]);
+        let mut lines = changes.iter().map(s);
+        rows.push(vec![
+            s(&e["revision"]),
+            s(&e["time_utc"]),
+            s(&e["node"]),
+            lines.next().unwrap_or_else(|| "(nothing)".into()),
+        ]);
+        rows.extend(lines.map(|l| vec![String::new(), String::new(), String::new(), l]));
+    }
+    table(&["REV", "TIME", "NODE", "WHAT CHANGED"], rows);
+    if full {
+        for e in &entries {
+            println!();
+            println!("# revision {}", s(&e["revision"]));
+            print!("{}", s(&e["config"]));
+        }
     }
 }
 

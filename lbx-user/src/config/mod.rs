@@ -27,6 +27,7 @@
 //! publishing a config.
 
 mod change;
+pub mod diff;
 pub mod endpoint;
 mod error;
 mod file;

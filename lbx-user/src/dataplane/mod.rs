@@ -12,6 +12,7 @@ mod layout;
 pub mod memory;
 mod migrate;
 mod mode;
+pub mod movement;
 pub mod neighbour;
 mod object;
 mod pins;
