@@ -6,10 +6,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 
 use crate::netns::Netns;
-use crate::process::{Process, run_bounded};
+use crate::process::{Process, run_bounded, stdout_of};
 use crate::topology::{Flow, patience};
 use crate::wiring::READY_TIMEOUT;
 
@@ -71,16 +71,7 @@ impl LbxCli<'_> {
 
     /// Runs a command; returns stdout, or an error with stderr if it failed.
     pub fn run(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = self.output(args)?;
-        if !out.status.success() {
-            bail!(
-                "`lbx {}` failed ({}): {}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        stdout_of(self.output(args)?, &format!("lbx {}", args.join(" ")))
     }
 
     /// Runs `lbx --json ARGS` and parses its stdout.

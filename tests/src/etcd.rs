@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 
 use crate::netns::{self, Netns};
-use crate::process::{Process, run_bounded};
+use crate::process::{Process, run_bounded, stdout_of};
 use crate::topology::patience;
-use crate::wiring::{self, Veth, add_addr, make_bridge, make_temp_dir, plug};
+use crate::wiring::{self, Veth, add_addr, make_bridge, make_temp_dir, one_based, plug};
 
 /// Debian's etcd-server and etcd-client (`cargo xtask bootstrap` installs them).
 pub const ETCD: &str = "/usr/bin/etcd";
@@ -372,17 +372,12 @@ impl EtcdCluster {
     }
 
     fn member(&self, i: usize) -> &Member {
-        assert!(
-            (1..=self.members.len()).contains(&i),
-            "etcd member {i} out of 1..={}",
-            self.members.len()
-        );
-        &self.members[i - 1]
+        &self.members[one_based(i, self.members.len(), "etcd member")]
     }
 
     fn member_mut(&mut self, i: usize) -> &mut Member {
-        let _ = self.member(i);
-        &mut self.members[i - 1]
+        let at = one_based(i, self.members.len(), "etcd member");
+        &mut self.members[at]
     }
 
     /// Starts member `i`'s etcd and waits until its client port accepts connections.
@@ -530,17 +525,9 @@ impl EtcdCluster {
 
     fn etcdctl_at(&self, endpoints: &[SocketAddr], args: &[&str]) -> anyhow::Result<String> {
         let cmd = self.etcdctl_command(endpoints, args);
-        let out = run_bounded(cmd, patience(ETCDCTL_TIMEOUT))
-            .with_context(|| format!("etcdctl {}", args.join(" ")))?;
-        if !out.status.success() {
-            bail!(
-                "`etcdctl {}` failed ({}): {}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        let what = format!("etcdctl {}", args.join(" "));
+        let out = run_bounded(cmd, patience(ETCDCTL_TIMEOUT)).with_context(|| what.clone())?;
+        stdout_of(out, &what)
     }
 
     /// `etcdctl put KEY VALUE`.

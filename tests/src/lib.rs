@@ -27,6 +27,7 @@ pub mod dashboard_png;
 pub mod etcd;
 pub mod ethtool;
 pub mod fixture;
+pub mod fleet;
 pub mod netns;
 pub mod packets;
 pub mod pcap;

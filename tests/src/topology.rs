@@ -153,6 +153,14 @@ impl DecapMode {
         }
     }
 
+    /// `chosen`, or else what [`DECAP_ENV`] says.
+    pub fn or_from_env(chosen: Option<Self>) -> anyhow::Result<Self> {
+        match chosen {
+            Some(mode) => Ok(mode),
+            None => Self::from_env(),
+        }
+    }
+
     /// How backend `i` (1-based) decapsulates.
     pub fn for_backend(self, i: usize) -> Decap {
         match self {
@@ -338,15 +346,7 @@ impl TopologyBuilder {
     }
 
     pub fn build(self) -> anyhow::Result<Topology> {
-        ensure!(
-            crate::is_root(),
-            "the network tests must run as root (they create network namespaces)"
-        );
-        ensure!(
-            (1..=MAX_BACKENDS).contains(&self.backends),
-            "a topology has 1 to {MAX_BACKENDS} backends, not {}",
-            self.backends
-        );
+        check_build("a topology", self.backends)?;
         if let Some(legs) = self.router {
             ensure!(
                 (576..INNER_MTU).contains(&legs.mtu_v4) && (1280..INNER_MTU).contains(&legs.mtu_v6),
@@ -358,10 +358,7 @@ impl TopologyBuilder {
             !(self.lbx && self.vips.is_empty()),
             "a topology with lbx needs at least one VIP"
         );
-        let decap = match self.decap {
-            Some(mode) => mode,
-            None => DecapMode::from_env()?,
-        };
+        let decap = DecapMode::or_from_env(self.decap)?;
         netns::remove_stale_namespaces();
         let bins = Binaries {
             test_server: Binaries::locate_test_server()?,
@@ -456,6 +453,44 @@ pub(crate) fn make_host(
         mac: [0x02, 0x77, 0, 0, 0, mac_last],
         switch_port: format!("p-{}", name.replace("backend-", "b")),
     })
+}
+
+/// What the build of every test network checks first: root, and 1 to [`MAX_BACKENDS`]
+/// backends (`network`: `a topology`, to name it in the error).
+pub(crate) fn check_build(network: &str, backends: usize) -> anyhow::Result<()> {
+    ensure!(
+        crate::is_root(),
+        "the network tests must run as root (they create network namespaces)"
+    );
+    ensure!(
+        (1..=MAX_BACKENDS).contains(&backends),
+        "{network} has 1 to {MAX_BACKENDS} backends, not {backends}"
+    );
+    Ok(())
+}
+
+/// Routes both VIP prefixes from `ns` via `v4` and `v6` on its [`IFACE`].
+pub(crate) fn route_vips_via(ns: &Netns, v4: IpAddr, v6: IpAddr) -> anyhow::Result<()> {
+    for (family, prefix, via) in [("-4", VIP_PREFIX_V4, v4), ("-6", VIP_PREFIX_V6, v6)] {
+        ns.ip(&[
+            family,
+            "route",
+            "add",
+            prefix,
+            "via",
+            &via.to_string(),
+            "dev",
+            IFACE,
+        ])?;
+    }
+    Ok(())
+}
+
+/// Turns TX checksum offload off on a client's [`IFACE`]: its veth would leave TCP and UDP
+/// checksums partial, and after lbx's native XDP_TX the backend drops such packets.
+pub(crate) fn client_checksums(ns: &Netns) -> anyhow::Result<()> {
+    ns.run(|| ethtool::disable_tx_checksum(IFACE))?
+        .with_context(|| format!("failed to turn TX checksum offload off on the client's {IFACE}"))
 }
 
 /// Backend `i` (1-based): its name, addresses and MAC.
@@ -702,30 +737,8 @@ impl Topology {
     }
 
     fn configure_client(&self) -> anyhow::Result<()> {
-        let c = &self.client.netns;
-        c.ip(&[
-            "route",
-            "add",
-            VIP_PREFIX_V4,
-            "via",
-            &LB_V4.to_string(),
-            "dev",
-            IFACE,
-        ])?;
-        c.ip(&[
-            "-6",
-            "route",
-            "add",
-            VIP_PREFIX_V6,
-            "via",
-            &LB_V6.to_string(),
-            "dev",
-            IFACE,
-        ])?;
-        c.run(|| ethtool::disable_tx_checksum(IFACE))?
-            .with_context(|| {
-                format!("failed to turn TX checksum offload off on the client's {IFACE}")
-            })
+        route_vips_via(&self.client.netns, LB_V4.into(), LB_V6.into())?;
+        client_checksums(&self.client.netns)
     }
 
     /// The router's links to the client, its routes, and the backends' routes to the client
@@ -739,25 +752,7 @@ impl Topology {
         r.sysctl("net.ipv4.ip_forward", "1")?;
         r.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         // ICMP errors about the replies go to their source, a VIP: through the lb.
-        r.ip(&[
-            "route",
-            "add",
-            VIP_PREFIX_V4,
-            "via",
-            &LB_V4.to_string(),
-            "dev",
-            IFACE,
-        ])?;
-        r.ip(&[
-            "-6",
-            "route",
-            "add",
-            VIP_PREFIX_V6,
-            "via",
-            &LB_V6.to_string(),
-            "dev",
-            IFACE,
-        ])?;
+        route_vips_via(r, LB_V4.into(), LB_V6.into())?;
         let client_addrs: [(IpAddr, _, u16); 2] = [
             (CLIENT_V4.into(), ROUTER_LEG_V4, legs.mtu_v4),
             (CLIENT_V6.into(), ROUTER_LEG_V6, legs.mtu_v6),

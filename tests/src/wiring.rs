@@ -21,6 +21,13 @@ pub const BPFFS_DIR: &str = "bpf";
 /// Limit for a process to report that it is ready (times [`patience`]).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The index in a list of `len` of the 1-based `i` (of a `what`: `node`), which must be in
+/// 1..=len.
+pub fn one_based(i: usize, len: usize, what: &str) -> usize {
+    assert!((1..=len).contains(&i), "{what} {i} out of 1..={len}");
+    i - 1
+}
+
 /// Makes the bridge `bridge` in the switch namespace `sw`, which only bridges: no IPv6 of
 /// its own on its ports, STP off (ports forward at once) and multicast snooping off
 /// (neighbour discovery is flooded like broadcast, with no querier to wait for).
