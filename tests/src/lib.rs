@@ -18,13 +18,16 @@
 //! Everything is torn down when the [`Topology`] is dropped, including during a panic. Only
 //! addresses inside these namespaces are ever sent to.
 
+pub mod agent;
 pub mod bench_adaptive;
 pub mod bpffs;
 pub mod capture;
 pub mod client;
 pub mod dashboard_png;
+pub mod etcd;
 pub mod ethtool;
 pub mod fixture;
+pub mod fleet;
 pub mod netns;
 pub mod packets;
 pub mod pcap;
@@ -35,6 +38,7 @@ pub mod reference;
 pub mod rng;
 pub mod testrun;
 pub mod topology;
+pub mod wiring;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -89,6 +93,22 @@ pub fn backend_v6(i: usize) -> Ipv6Addr {
         0,
         0x10 + u16::try_from(i).expect("checked above"),
     )
+}
+
+/// The MAC address of backend `i` (1-based): 02:77:00:00:00:1i.
+pub fn backend_mac(i: usize) -> [u8; 6] {
+    assert!(
+        (1..=MAX_BACKENDS).contains(&i),
+        "backend index {i} out of 1..={MAX_BACKENDS}"
+    );
+    [
+        0x02,
+        0x77,
+        0,
+        0,
+        0,
+        0x10 + u8::try_from(i).expect("checked above"),
+    ]
 }
 
 /// The name backend `i` answers with.

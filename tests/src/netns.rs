@@ -7,9 +7,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
-use crate::process::run_bounded;
+use crate::process::{run_bounded, stdout_of};
 use crate::topology::patience;
 
 /// Prefix of every namespace the tests create: `lbxt-<pid>-<n>-<role>`. The pid lets a later
@@ -166,17 +166,9 @@ impl Drop for Netns {
 pub fn ip(args: &[&str]) -> anyhow::Result<String> {
     let mut cmd = Command::new("ip");
     cmd.args(args);
-    let out =
-        run_bounded(cmd, patience(IP_TIMEOUT)).with_context(|| format!("ip {}", args.join(" ")))?;
-    if !out.status.success() {
-        bail!(
-            "`ip {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let what = format!("ip {}", args.join(" "));
+    let out = run_bounded(cmd, patience(IP_TIMEOUT)).with_context(|| what.clone())?;
+    stdout_of(out, &what)
 }
 
 /// Names of the test namespaces that exist now (any process's).

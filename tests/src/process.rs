@@ -87,6 +87,19 @@ pub fn run_bounded_to(
     })
 }
 
+/// The stdout of a command that ran (`what`: how to name it), or, if it failed, an error
+/// with its exit status and stderr.
+pub fn stdout_of(out: Output, what: &str) -> anyhow::Result<String> {
+    if !out.status.success() {
+        bail!(
+            "`{what}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 fn read_in_background(
     pipe: Option<impl std::io::Read + Send + 'static>,
 ) -> std::thread::JoinHandle<Vec<u8>> {

@@ -3,42 +3,38 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
 
+use crate::agent::{self, LbxCli};
 use crate::capture::format_mac;
 use crate::client::{Client, Connection};
 use crate::netns::{self, Netns};
 use crate::process::{Process, run_bounded};
+use crate::wiring::{
+    self, BPFFS_DIR, Veth, add_addr, make_bridge, make_temp_dir, plug, spawn_ready,
+    static_neighbour,
+};
 use crate::{
     Binaries, CLIENT_V4, CLIENT_V6, DIRECT_PORT, LB_V4, LB_V6, MAX_BACKENDS, ROUTER_V4, ROUTER_V6,
-    VIP_PREFIX_V4, VIP_PREFIX_V6, backend_name, backend_v4, backend_v6, bpffs, ethtool,
+    VIP_PREFIX_V4, VIP_PREFIX_V6, backend_mac, backend_name, backend_v4, backend_v6, bpffs,
+    ethtool,
 };
 
 /// Every host's interface toward the switch has this name inside the host's namespace.
 pub const IFACE: &str = "eth0";
 
-/// The topology's own BPF filesystem, under its directory (see [`Topology::bpffs`]).
-const BPFFS_DIR: &str = "bpf";
 /// The bridge in the switch namespace.
-const BRIDGE: &str = "br0";
+pub(crate) const BRIDGE: &str = "br0";
 /// The client keeps the usual MTU; everything behind the lb has room for the 20-byte IPIP
 /// or 40-byte IPv6-in-IPv6 header lbx adds (testbed pitfall 3).
-const CLIENT_MTU: u16 = 1500;
-const INNER_MTU: u16 = 1600;
-/// Limit for a process to report that it is ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Limit for one `lbx` CLI command.
-const CLI_TIMEOUT: Duration = Duration::from_secs(20);
-/// Limit for `lbx status` while waiting for the agent, and for the report at the end.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CLIENT_MTU: u16 = 1500;
+pub(crate) const INNER_MTU: u16 = 1600;
 /// Lines of each process's stdout and stderr shown when a test fails.
-const TAIL_LINES: usize = 30;
+pub(crate) const TAIL_LINES: usize = 30;
 
 /// The router's link to the client for IPv4 replies: its end's name in the router, its end's
 /// name in the client, and the last byte of each end's MAC (02:77:00:00:04:xx).
@@ -154,6 +150,14 @@ impl DecapMode {
             Ok(v) if v == "mixed" => Ok(DecapMode::Mixed),
             Ok(v) => bail!("{DECAP_ENV}={v}: expected xdp, kernel or mixed"),
             Err(e) => bail!("{DECAP_ENV}: {e}"),
+        }
+    }
+
+    /// `chosen`, or else what [`DECAP_ENV`] says.
+    pub fn or_from_env(chosen: Option<Self>) -> anyhow::Result<Self> {
+        match chosen {
+            Some(mode) => Ok(mode),
+            None => Self::from_env(),
         }
     }
 
@@ -342,15 +346,7 @@ impl TopologyBuilder {
     }
 
     pub fn build(self) -> anyhow::Result<Topology> {
-        ensure!(
-            crate::is_root(),
-            "the network tests must run as root (they create network namespaces)"
-        );
-        ensure!(
-            (1..=MAX_BACKENDS).contains(&self.backends),
-            "a topology has 1 to {MAX_BACKENDS} backends, not {}",
-            self.backends
-        );
+        check_build("a topology", self.backends)?;
         if let Some(legs) = self.router {
             ensure!(
                 (576..INNER_MTU).contains(&legs.mtu_v4) && (1280..INNER_MTU).contains(&legs.mtu_v6),
@@ -362,10 +358,7 @@ impl TopologyBuilder {
             !(self.lbx && self.vips.is_empty()),
             "a topology with lbx needs at least one VIP"
         );
-        let decap = match self.decap {
-            Some(mode) => mode,
-            None => DecapMode::from_env()?,
-        };
+        let decap = DecapMode::or_from_env(self.decap)?;
         netns::remove_stale_namespaces();
         let bins = Binaries {
             test_server: Binaries::locate_test_server()?,
@@ -404,13 +397,7 @@ impl TopologyBuilder {
             agent_args: self.agent_args,
         };
         for i in 1..=self.backends {
-            let mac_last = 0x10 + u8::try_from(i).expect("at most MAX_BACKENDS");
-            topo.backends.push(make_host(
-                &backend_name(i),
-                backend_v4(i),
-                backend_v6(i),
-                mac_last,
-            )?);
+            topo.backends.push(make_backend_host(i)?);
         }
         // From here on a failure drops `topo`, which cleans up everything made so far.
         topo.wire()?;
@@ -444,46 +431,14 @@ fn kernel_decap(netns: &Netns) -> anyhow::Result<()> {
     netns.sysctl("net.ipv4.conf.tunl0.rp_filter", "0")
 }
 
-/// Removes temporary directories of test processes that no longer exist (killed outright).
-fn remove_stale_temp_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(netns::PREFIX) else {
-            continue;
-        };
-        let Some(Ok(pid)) = rest.split('-').next().map(str::parse::<u32>) else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            bpffs::unmount(&entry.path().join(BPFFS_DIR));
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
-fn make_temp_dir() -> anyhow::Result<PathBuf> {
-    remove_stale_temp_dirs();
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "{}{}-{}",
-        netns::PREFIX,
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .with_context(|| format!("failed to create {}", dir.display()))?;
-    Ok(dir)
-}
-
-fn make_host(name: &str, ipv4: Ipv4Addr, ipv6: Ipv6Addr, mac_last: u8) -> anyhow::Result<Host> {
+/// A host `name` in a namespace of its own (`backend-<i>` is called `b<i>` in namespace and
+/// port names), with the MAC 02:77:00:00:00:`mac_last`, its switch port `p-<name>`.
+pub(crate) fn make_host(
+    name: &str,
+    ipv4: Ipv4Addr,
+    ipv6: Ipv6Addr,
+    mac_last: u8,
+) -> anyhow::Result<Host> {
     let netns = Netns::create(&name.replace("backend-", "b"))?;
     // Before any interface exists here, so that every interface is created with these:
     // addresses are usable at once, with no duplicate address detection to wait for.
@@ -498,6 +453,196 @@ fn make_host(name: &str, ipv4: Ipv4Addr, ipv6: Ipv6Addr, mac_last: u8) -> anyhow
         mac: [0x02, 0x77, 0, 0, 0, mac_last],
         switch_port: format!("p-{}", name.replace("backend-", "b")),
     })
+}
+
+/// What the build of every test network checks first: root, and 1 to [`MAX_BACKENDS`]
+/// backends (`network`: `a topology`, to name it in the error).
+pub(crate) fn check_build(network: &str, backends: usize) -> anyhow::Result<()> {
+    ensure!(
+        crate::is_root(),
+        "the network tests must run as root (they create network namespaces)"
+    );
+    ensure!(
+        (1..=MAX_BACKENDS).contains(&backends),
+        "{network} has 1 to {MAX_BACKENDS} backends, not {backends}"
+    );
+    Ok(())
+}
+
+/// Routes both VIP prefixes from `ns` via `v4` and `v6` on its [`IFACE`].
+pub(crate) fn route_vips_via(ns: &Netns, v4: IpAddr, v6: IpAddr) -> anyhow::Result<()> {
+    for (family, prefix, via) in [("-4", VIP_PREFIX_V4, v4), ("-6", VIP_PREFIX_V6, v6)] {
+        ns.ip(&[
+            family,
+            "route",
+            "add",
+            prefix,
+            "via",
+            &via.to_string(),
+            "dev",
+            IFACE,
+        ])?;
+    }
+    Ok(())
+}
+
+/// Turns TX checksum offload off on a client's [`IFACE`]: its veth would leave TCP and UDP
+/// checksums partial, and after lbx's native XDP_TX the backend drops such packets.
+pub(crate) fn client_checksums(ns: &Netns) -> anyhow::Result<()> {
+    ns.run(|| ethtool::disable_tx_checksum(IFACE))?
+        .with_context(|| format!("failed to turn TX checksum offload off on the client's {IFACE}"))
+}
+
+/// Backend `i` (1-based): its name, addresses and MAC.
+pub(crate) fn make_backend_host(i: usize) -> anyhow::Result<Host> {
+    make_host(
+        &backend_name(i),
+        backend_v4(i),
+        backend_v6(i),
+        backend_mac(i)[5],
+    )
+}
+
+/// Plugs `host` into the bridge of `sw` on its port, with MTU `mtu` and both addresses on its
+/// [`IFACE`] (a /24 and a /64).
+pub(crate) fn plug_host(sw: &Netns, host: &Host, mtu: u16) -> anyhow::Result<()> {
+    let veth = Veth {
+        switch_port: &host.switch_port,
+        iface: IFACE,
+        mac: Some(host.mac),
+        mtu,
+    };
+    plug(sw, BRIDGE, INNER_MTU, &host.netns, veth)?;
+    add_addr(&host.netns, IFACE, host.ipv4.into(), 24)?;
+    add_addr(&host.netns, IFACE, host.ipv6.into(), 64)
+}
+
+/// Static neighbour entries in an lb's namespace for both addresses of every backend.
+/// `lbx backend add` without --mac looks the backend up in the neighbour table.
+pub(crate) fn backend_neighbours(lb: &Netns, backends: &[Host]) -> anyhow::Result<()> {
+    for b in backends {
+        static_neighbour(lb, IFACE, b.ipv4.into(), &b.mac)?;
+        static_neighbour(lb, IFACE, b.ipv6.into(), &b.mac)?;
+    }
+    Ok(())
+}
+
+/// A backend's namespace for DSR: the VIPs' addresses on `lo`, ARP that never claims them,
+/// no reverse path filter for the decapsulated packets, no forwarding.
+pub(crate) fn configure_backend(ns: &Netns, vips: &[SocketAddr]) -> anyhow::Result<()> {
+    let addrs: BTreeSet<IpAddr> = vips.iter().map(SocketAddr::ip).collect();
+    // The VIPs live on lo: the backend accepts packets for them but never claims them on the
+    // link (ARP for them is answered by nobody, replies use the link address).
+    ns.sysctl("net.ipv4.conf.all.arp_ignore", "1")?;
+    ns.sysctl("net.ipv4.conf.all.arp_announce", "2")?;
+    ns.sysctl(&format!("net.ipv4.conf.{IFACE}.arp_ignore"), "1")?;
+    ns.sysctl(&format!("net.ipv4.conf.{IFACE}.arp_announce"), "2")?;
+    // Decapsulated packets come in on eth0 addressed to a VIP on lo.
+    for conf in ["all", "default", IFACE] {
+        ns.sysctl(&format!("net.ipv4.conf.{conf}.rp_filter"), "0")?;
+    }
+    ns.sysctl("net.ipv4.ip_forward", "0")?;
+    ns.sysctl("net.ipv6.conf.all.forwarding", "0")?;
+    for addr in addrs {
+        add_addr(ns, "lo", addr, if addr.is_ipv4() { 32 } else { 128 })?;
+    }
+    Ok(())
+}
+
+/// The test server's arguments for backend `b`: its name, the VIPs and its own addresses at
+/// [`DIRECT_PORT`].
+fn server_args<'a>(b: &Host, vips: impl IntoIterator<Item = &'a SocketAddr>) -> Vec<String> {
+    let mut args = vec!["--name".to_owned(), b.name.clone()];
+    let own = [
+        SocketAddr::new(b.ipv4.into(), DIRECT_PORT),
+        SocketAddr::new(b.ipv6.into(), DIRECT_PORT),
+    ];
+    for addr in vips.into_iter().copied().chain(own) {
+        args.extend(["--listen".to_owned(), addr.to_string()]);
+    }
+    args
+}
+
+/// Starts each backend's server and, with lbx (`decap` is set), its decapsulation; returns
+/// how each backend decapsulates (empty without lbx).
+pub(crate) fn start_backends(
+    processes: &mut Vec<Process>,
+    dir: &Path,
+    bins: &Binaries,
+    backends: &[Host],
+    vips: &[SocketAddr],
+    decap: Option<DecapMode>,
+) -> anyhow::Result<Vec<Decap>> {
+    let vip_addrs: BTreeSet<IpAddr> = vips.iter().map(SocketAddr::ip).collect();
+    let listen: BTreeSet<SocketAddr> = vips.iter().copied().collect();
+    let mut how = Vec::new();
+    for (i, b) in backends.iter().enumerate() {
+        let args = server_args(b, &listen);
+        let label = format!("{}-server", b.name);
+        spawn_ready(
+            processes,
+            dir,
+            &label,
+            &b.netns,
+            &bins.test_server,
+            &args,
+            "listening",
+        )?;
+        let Some(mode) = decap else { continue };
+        let this = mode.for_backend(i + 1);
+        how.push(this);
+        if this == Decap::Kernel {
+            kernel_decap(&b.netns)?;
+        } else {
+            let mut args = vec!["decap".to_owned(), "--iface".to_owned(), IFACE.to_owned()];
+            for addr in &vip_addrs {
+                args.extend(["--vip".to_owned(), addr.to_string()]);
+            }
+            let label = format!("{}-decap", b.name);
+            spawn_ready(
+                processes, dir, &label, &b.netns, &bins.lbx, &args, "attached",
+            )?;
+        }
+    }
+    if let Some(mode) = decap {
+        // In the test's output, shown when it fails.
+        eprintln!(
+            "decapsulation ({DECAP_ENV}={}): {}",
+            match mode {
+                DecapMode::Xdp => "xdp",
+                DecapMode::Kernel => "kernel",
+                DecapMode::Mixed => "mixed",
+            },
+            backends
+                .iter()
+                .zip(&how)
+                .map(|(b, d)| format!(
+                    "{} {}",
+                    b.name,
+                    match d {
+                        Decap::Xdp => "lbx decap",
+                        Decap::Kernel => "tunl0/ip6tnl0",
+                    }
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(how)
+}
+
+/// Runs `lbx pass` on `port` of the switch `sw` (labelled `label`): an lb sends with native
+/// XDP_TX into its veth, whose peer needs an XDP program for the frames to arrive.
+pub(crate) fn start_pass(
+    processes: &mut Vec<Process>,
+    dir: &Path,
+    lbx: &Path,
+    sw: &Netns,
+    port: &str,
+    label: &str,
+) -> anyhow::Result<()> {
+    let args = ["pass", "--iface", port].map(str::to_owned);
+    spawn_ready(processes, dir, label, sw, lbx, &args, "attached")
 }
 
 impl Topology {
@@ -579,97 +724,21 @@ impl Topology {
 
     /// The switch: a bridge, and one veth per host with its switch end enslaved to it.
     fn wire(&self) -> anyhow::Result<()> {
-        let sw = &self.switch;
-        // No IPv6 on the switch's own ports: it only bridges.
-        sw.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
-        sw.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
-        sw.ip(&["link", "set", "lo", "up"])?;
-        // STP off: ports forward at once. Multicast snooping off: neighbour discovery is
-        // flooded like broadcast, with no querier to wait for.
-        sw.ip(&[
-            "link",
-            "add",
-            BRIDGE,
-            "mtu",
-            &INNER_MTU.to_string(),
-            "type",
-            "bridge",
-            "stp_state",
-            "0",
-            "mcast_snooping",
-            "0",
-        ])?;
-        sw.ip(&["link", "set", BRIDGE, "up"])?;
+        make_bridge(&self.switch, BRIDGE, INNER_MTU)?;
         for host in self.hosts() {
             let mtu = if host.name == "client" {
                 CLIENT_MTU
             } else {
                 INNER_MTU
             };
-            sw.ip(&[
-                "link",
-                "add",
-                &host.switch_port,
-                "mtu",
-                &INNER_MTU.to_string(),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                IFACE,
-                "netns",
-                host.netns.name(),
-            ])?;
-            host.netns.ip(&[
-                "link",
-                "set",
-                IFACE,
-                "address",
-                &host.mac_string(),
-                "mtu",
-                &mtu.to_string(),
-                "up",
-            ])?;
-            sw.ip(&["link", "set", &host.switch_port, "master", BRIDGE, "up"])?;
-            host.netns
-                .ip(&["addr", "add", &format!("{}/24", host.ipv4), "dev", IFACE])?;
-            host.netns.ip(&[
-                "addr",
-                "add",
-                &format!("{}/64", host.ipv6),
-                "dev",
-                IFACE,
-                "nodad",
-            ])?;
+            plug_host(&self.switch, host, mtu)?;
         }
         Ok(())
     }
 
     fn configure_client(&self) -> anyhow::Result<()> {
-        let c = &self.client.netns;
-        c.ip(&[
-            "route",
-            "add",
-            VIP_PREFIX_V4,
-            "via",
-            &LB_V4.to_string(),
-            "dev",
-            IFACE,
-        ])?;
-        c.ip(&[
-            "-6",
-            "route",
-            "add",
-            VIP_PREFIX_V6,
-            "via",
-            &LB_V6.to_string(),
-            "dev",
-            IFACE,
-        ])?;
-        c.run(|| ethtool::disable_tx_checksum(IFACE))?
-            .with_context(|| {
-                format!("failed to turn TX checksum offload off on the client's {IFACE}")
-            })
+        route_vips_via(&self.client.netns, LB_V4.into(), LB_V6.into())?;
+        client_checksums(&self.client.netns)
     }
 
     /// The router's links to the client, its routes, and the backends' routes to the client
@@ -683,25 +752,7 @@ impl Topology {
         r.sysctl("net.ipv4.ip_forward", "1")?;
         r.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         // ICMP errors about the replies go to their source, a VIP: through the lb.
-        r.ip(&[
-            "route",
-            "add",
-            VIP_PREFIX_V4,
-            "via",
-            &LB_V4.to_string(),
-            "dev",
-            IFACE,
-        ])?;
-        r.ip(&[
-            "-6",
-            "route",
-            "add",
-            VIP_PREFIX_V6,
-            "via",
-            &LB_V6.to_string(),
-            "dev",
-            IFACE,
-        ])?;
+        route_vips_via(r, LB_V4.into(), LB_V6.into())?;
         let client_addrs: [(IpAddr, _, u16); 2] = [
             (CLIENT_V4.into(), ROUTER_LEG_V4, legs.mtu_v4),
             (CLIENT_V6.into(), ROUTER_LEG_V6, legs.mtu_v6),
@@ -778,69 +829,14 @@ impl Topology {
         // The lb forwards only through XDP; its kernel must not route VIP traffic itself.
         lb.sysctl("net.ipv4.ip_forward", "0")?;
         lb.sysctl("net.ipv6.conf.all.forwarding", "0")?;
-        // `lbx backend add` without --mac looks the backend up in the neighbour table.
-        for b in &self.backends {
-            for addr in [b.ipv4.to_string(), b.ipv6.to_string()] {
-                lb.ip(&[
-                    "neigh",
-                    "replace",
-                    &addr,
-                    "lladdr",
-                    &b.mac_string(),
-                    "dev",
-                    IFACE,
-                    "nud",
-                    "permanent",
-                ])?;
-            }
-        }
-        Ok(())
+        backend_neighbours(lb, &self.backends)
     }
 
     fn configure_backends(&self, vips: &[SocketAddr]) -> anyhow::Result<()> {
-        let addrs: BTreeSet<IpAddr> = vips.iter().map(SocketAddr::ip).collect();
         for b in &self.backends {
-            let ns = &b.netns;
-            // The VIPs live on lo: the backend accepts packets for them but never claims them
-            // on the link (ARP for them is answered by nobody, replies use the link address).
-            ns.sysctl("net.ipv4.conf.all.arp_ignore", "1")?;
-            ns.sysctl("net.ipv4.conf.all.arp_announce", "2")?;
-            ns.sysctl(&format!("net.ipv4.conf.{IFACE}.arp_ignore"), "1")?;
-            ns.sysctl(&format!("net.ipv4.conf.{IFACE}.arp_announce"), "2")?;
-            // Decapsulated packets come in on eth0 addressed to a VIP on lo.
-            for conf in ["all", "default", IFACE] {
-                ns.sysctl(&format!("net.ipv4.conf.{conf}.rp_filter"), "0")?;
-            }
-            ns.sysctl("net.ipv4.ip_forward", "0")?;
-            ns.sysctl("net.ipv6.conf.all.forwarding", "0")?;
-            for addr in &addrs {
-                let (prefix, extra): (&str, &[&str]) = match addr {
-                    IpAddr::V4(_) => ("32", &[]),
-                    IpAddr::V6(_) => ("128", &["nodad"]),
-                };
-                let mut args = vec!["addr", "add"];
-                let cidr = format!("{addr}/{prefix}");
-                args.extend([cidr.as_str(), "dev", "lo"]);
-                args.extend_from_slice(extra);
-                ns.ip(&args)?;
-            }
+            configure_backend(&b.netns, vips)?;
         }
         Ok(())
-    }
-
-    /// Starts a long-running process in `netns`, logging to the test directory. The caller
-    /// waits for it to be ready, then hands it to `self.processes` (even if it failed to get
-    /// ready, so its log is shown with the others).
-    fn start(
-        &self,
-        label: &str,
-        netns: &Netns,
-        program: &Path,
-        args: &[String],
-    ) -> anyhow::Result<Process> {
-        let mut cmd = netns.command(program);
-        cmd.args(args);
-        Process::spawn(label, cmd, &self.dir)
     }
 
     /// Starts each backend's server and, with lbx (`decap` is set), its decapsulation.
@@ -849,127 +845,64 @@ impl Topology {
         vips: &[SocketAddr],
         decap: Option<DecapMode>,
     ) -> anyhow::Result<()> {
-        let vip_addrs: BTreeSet<IpAddr> = vips.iter().map(SocketAddr::ip).collect();
-        let listen: BTreeSet<SocketAddr> = vips.iter().copied().collect();
-        let server = self.bins.test_server.clone();
-        let lbx_bin = self.bins.lbx.clone();
-        for i in 0..self.backends.len() {
-            let b = &self.backends[i];
-            let name = b.name.clone();
-            let mut args = vec!["--name".to_owned(), name.clone()];
-            let own = [
-                SocketAddr::new(b.ipv4.into(), DIRECT_PORT),
-                SocketAddr::new(b.ipv6.into(), DIRECT_PORT),
-            ];
-            for addr in listen.iter().chain(&own) {
-                args.extend(["--listen".to_owned(), addr.to_string()]);
-            }
-            let mut server_process =
-                self.start(&format!("{name}-server"), &b.netns, &server, &args)?;
-            let ready = server_process.wait_for_line("listening", patience(READY_TIMEOUT));
-            self.processes.push(server_process);
-            ready?;
-
-            let Some(mode) = decap else { continue };
-            let how = mode.for_backend(i + 1);
-            self.decap.push(how);
-            if how == Decap::Kernel {
-                kernel_decap(&self.backends[i].netns)?;
-            } else {
-                let b = &self.backends[i];
-                let mut args = vec!["decap".to_owned(), "--iface".to_owned(), IFACE.to_owned()];
-                for addr in &vip_addrs {
-                    args.extend(["--vip".to_owned(), addr.to_string()]);
-                }
-                let mut decap = self.start(&format!("{name}-decap"), &b.netns, &lbx_bin, &args)?;
-                let ready = decap.wait_for_line("attached", patience(READY_TIMEOUT));
-                self.processes.push(decap);
-                ready?;
-            }
-        }
-        if let Some(mode) = decap {
-            // In the test's output, shown when it fails.
-            eprintln!(
-                "decapsulation ({DECAP_ENV}={}): {}",
-                match mode {
-                    DecapMode::Xdp => "xdp",
-                    DecapMode::Kernel => "kernel",
-                    DecapMode::Mixed => "mixed",
-                },
-                self.backends
-                    .iter()
-                    .zip(&self.decap)
-                    .map(|(b, d)| format!(
-                        "{} {}",
-                        b.name,
-                        match d {
-                            Decap::Xdp => "lbx decap",
-                            Decap::Kernel => "tunl0/ip6tnl0",
-                        }
-                    ))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
+        let started = start_backends(
+            &mut self.processes,
+            &self.dir,
+            &self.bins,
+            &self.backends,
+            vips,
+            decap,
+        );
+        self.decap = started?;
         Ok(())
     }
 
     fn start_lbx(&mut self) -> anyhow::Result<()> {
-        let lbx = self.bins.lbx.clone();
         // The lb sends with native XDP_TX into its veth: the peer needs an XDP program.
-        let args = vec![
-            "pass".to_owned(),
-            "--iface".to_owned(),
-            self.lb.switch_port.clone(),
-        ];
-        let mut pass = self.start("switch-pass", &self.switch, &lbx, &args)?;
-        let ready = pass.wait_for_line("attached", patience(READY_TIMEOUT));
-        self.processes.push(pass);
-        ready?;
-
+        start_pass(
+            &mut self.processes,
+            &self.dir,
+            &self.bins.lbx,
+            &self.switch,
+            &self.lb.switch_port,
+            "switch-pass",
+        )?;
         bpffs::mount(&self.bpffs())?;
         self.start_agent()
     }
 
     /// Starts `lbx run` in the lb namespace and waits until it answers.
     fn start_agent(&mut self) -> anyhow::Result<()> {
-        let lbx = self.bins.lbx.clone();
-        let args = self.agent_args_with(&[]);
-        let mut agent = self.start("lb-agent", &self.lb.netns, &lbx, &args)?;
+        let mut cmd = self.lb.netns.command(&self.bins.lbx);
+        cmd.args(self.agent_args_with(&[]));
+        let mut agent = Process::spawn("lb-agent", cmd, &self.dir)?;
         self.agent_started = true;
-        // Loading the balancer runs the verifier over it: seconds of an emulated CPU.
-        let ready = agent.wait_until(
-            "its socket answering `lbx status`",
-            patience(READY_TIMEOUT),
-            || {
-                run_bounded(self.lbx_command(&["status"]), patience(STATUS_TIMEOUT))
-                    .is_ok_and(|out| out.status.success())
-            },
-        );
+        let ready = self.cli().wait_for(&mut agent);
         self.processes.push(agent);
         ready
     }
 
     /// The agent's `lbx run` arguments, then `extra`.
     fn agent_args_with(&self, extra: &[&str]) -> Vec<String> {
-        let mut args = vec![
-            "run".to_owned(),
-            "--iface".to_owned(),
-            IFACE.to_owned(),
-            "--socket".to_owned(),
-            self.socket.display().to_string(),
-            "--config".to_owned(),
-            self.config_path().display().to_string(),
-            "--bpffs".to_owned(),
-            self.bpffs().display().to_string(),
-        ];
-        args.extend(self.agent_args.iter().cloned());
-        args.extend(extra.iter().map(|a| (*a).to_owned()));
-        // Native unless the test asks for another mode.
-        if !args.iter().any(|a| a == "--xdp-mode") {
-            args.extend(["--xdp-mode".to_owned(), "native".to_owned()]);
+        agent::run_args(
+            IFACE,
+            &self.socket,
+            &self.config_path(),
+            &self.bpffs(),
+            self.agent_args
+                .iter()
+                .cloned()
+                .chain(extra.iter().map(|a| (*a).to_owned())),
+        )
+    }
+
+    /// The `lbx` CLI against the agent, inside the lb namespace.
+    pub fn cli(&self) -> LbxCli<'_> {
+        LbxCli {
+            netns: &self.lb.netns,
+            lbx: &self.bins.lbx,
+            socket: &self.socket,
         }
-        args
     }
 
     /// The agent's `lbx run` with `extra` arguments, in the lb namespace, not yet run (for
@@ -994,52 +927,28 @@ impl Topology {
 
     /// `ip netns exec <lb> lbx --socket S ARGS`, not yet run.
     pub fn lbx_command(&self, args: &[&str]) -> Command {
-        let mut cmd = self.lb.netns.command(&self.bins.lbx);
-        cmd.arg("--socket").arg(&self.socket).args(args);
-        cmd
+        self.cli().command(args)
     }
 
     /// Runs an `lbx` CLI command against the agent inside the lb namespace; returns its
     /// output whatever the exit status.
     pub fn lbx_output(&self, args: &[&str]) -> anyhow::Result<Output> {
-        run_bounded(self.lbx_command(args), patience(CLI_TIMEOUT))
-            .with_context(|| format!("lbx {}", args.join(" ")))
+        self.cli().output(args)
     }
 
     /// Runs an `lbx` CLI command; returns stdout, or an error with stderr if it failed.
     pub fn lbx(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = self.lbx_output(args)?;
-        if !out.status.success() {
-            bail!(
-                "`lbx {}` failed ({}): {}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.cli().run(args)
     }
 
     /// Runs `lbx --json ARGS` and parses its stdout.
     pub fn lbx_json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
-        let mut full = vec!["--json"];
-        full.extend_from_slice(args);
-        let out = self.lbx(&full)?;
-        serde_json::from_str(&out)
-            .with_context(|| format!("`lbx {}` printed invalid JSON: {out}", full.join(" ")))
+        self.cli().json(args)
     }
 
     /// Runs an `lbx` CLI command that must fail; returns its stderr.
     pub fn lbx_fails(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = self.lbx_output(args)?;
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        ensure!(
-            !out.status.success(),
-            "`lbx {}` succeeded but should have failed; stdout: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout).trim()
-        );
-        Ok(stderr)
+        self.cli().fails(args)
     }
 
     /// Runs `program ARGS` to completion inside `netns` with a time limit.
@@ -1064,10 +973,15 @@ impl Topology {
         args: &[String],
         ready_line: &str,
     ) -> anyhow::Result<()> {
-        let mut process = self.start(label, &self.lb.netns, program, args)?;
-        let ready = process.wait_for_line(ready_line, patience(READY_TIMEOUT));
-        self.processes.push(process);
-        ready
+        spawn_ready(
+            &mut self.processes,
+            &self.dir,
+            label,
+            &self.lb.netns,
+            program,
+            args,
+            ready_line,
+        )
     }
 
     /// The BPF filesystem the agents pin under (`--bpffs`), shared by every agent of this
@@ -1200,22 +1114,16 @@ impl Topology {
 
     /// Starts backend `i`'s server again, listening on `vips` and its own addresses.
     pub fn start_server(&mut self, i: usize, vips: &[SocketAddr]) -> anyhow::Result<()> {
-        let b = self.backend(i);
-        let name = b.name.clone();
-        let mut args = vec!["--name".to_owned(), name.clone()];
-        let own = [
-            SocketAddr::new(b.ipv4.into(), DIRECT_PORT),
-            SocketAddr::new(b.ipv6.into(), DIRECT_PORT),
-        ];
-        for addr in vips.iter().chain(&own) {
-            args.extend(["--listen".to_owned(), addr.to_string()]);
-        }
-        let server = self.bins.test_server.clone();
-        let netns = &self.backend(i).netns;
-        let mut process = self.start(&format!("{name}-server"), netns, &server, &args)?;
-        let ready = process.wait_for_line("listening", patience(READY_TIMEOUT));
-        self.processes.push(process);
-        ready
+        let b = &self.backends[i - 1];
+        spawn_ready(
+            &mut self.processes,
+            &self.dir,
+            &format!("{}-server", b.name),
+            &b.netns,
+            &self.bins.test_server,
+            &server_args(b, vips),
+            "listening",
+        )
     }
 
     /// Backend `i`'s address of the VIP's family.
@@ -1242,17 +1150,7 @@ impl Topology {
 
     /// `lbx --json flow SRC DST`: the backend a TCP flow goes to and why (`source`).
     pub fn flow(&self, src: SocketAddr, dst: SocketAddr) -> anyhow::Result<Flow> {
-        let json =
-            self.lbx_json(&["flow", "--proto", "tcp", &src.to_string(), &dst.to_string()])?;
-        let backend = json["backend"]
-            .as_str()
-            .and_then(|b| b.parse().ok())
-            .with_context(|| format!("`lbx flow` printed no backend address: {json}"))?;
-        let source = json["source"]
-            .as_str()
-            .with_context(|| format!("`lbx flow` printed no source: {json}"))?
-            .to_owned();
-        Ok(Flow { backend, source })
+        self.cli().flow(src, dst)
     }
 
     /// `lbx --json backend list`: the whole running backend configuration.
@@ -1295,20 +1193,7 @@ impl Drop for Topology {
         let mut text = String::new();
         // The agent's view at the end, for the failure report.
         if report && self.agent_started {
-            for args in [["status"], ["stats"]] {
-                let shown = match run_bounded(self.lbx_command(&args), patience(STATUS_TIMEOUT)) {
-                    Ok(out) => format!(
-                        "{}{}",
-                        String::from_utf8_lossy(&out.stdout),
-                        String::from_utf8_lossy(&out.stderr)
-                    ),
-                    Err(e) => format!("{e:#}"),
-                };
-                text.push_str(&format!(
-                    "--- lbx {} at the end of the test ---\n{shown}\n",
-                    args[0]
-                ));
-            }
+            text.push_str(&self.cli().report("lb"));
         }
         // Stop the agents first; unmounting the BPF filesystem then releases the balancer
         // they leave serving, while the namespaces still exist.
@@ -1320,13 +1205,8 @@ impl Drop for Topology {
         }
         self.processes.clear();
         bpffs::unmount(&self.bpffs());
-        if std::env::var_os("LBX_TEST_KEEP_DIR").is_none() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        } else {
-            text.push_str(&format!(
-                "kept {} (LBX_TEST_KEEP_DIR is set)\n",
-                self.dir.display()
-            ));
+        if let Some(kept) = wiring::remove_temp_dir(&self.dir) {
+            text.push_str(&kept);
         }
         // Captured by the test harness, which shows it only for a failed test.
         if !text.is_empty() {

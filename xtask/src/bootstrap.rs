@@ -5,7 +5,8 @@
 //! 2. its `rust-src` component;
 //! 3. bpf-linker, built against the nightly's own LLVM and cached outside the source tree
 //!    (see [`crate::bpf_linker`]);
-//! 4. the Debian packages the tests and the demo run ([`PACKAGES`]);
+//! 4. the Debian packages the build needs ([`BUILD_PACKAGES`]; missing ones are an error
+//!    for every task), then those the tests and the demo run ([`PACKAGES`]);
 //! 5. for `vm-test` only, the packages that boot test VMs ([`VM_PACKAGES`], [`vm_packages`]).
 
 use std::{collections::BTreeSet, process::Command};
@@ -13,6 +14,14 @@ use std::{collections::BTreeSet, process::Command};
 use anyhow::{Context as _, Result, bail};
 
 use crate::{bpf_linker, process, workspace::Workspace};
+
+/// Debian packages building the workspace needs, with a command each provides. Every task
+/// builds lbx-user (clippy, tests, demo, benchmarks, install), so a missing one is an error
+/// even for a task that only builds.
+pub const BUILD_PACKAGES: &[(&str, &str)] = &[
+    // The etcd-client crate's build script compiles etcd's gRPC definitions with protoc.
+    ("protobuf-compiler", "protoc"),
+];
 
 /// Debian packages the kernel tests and the demo use, with a command each provides (checked
 /// on machines without dpkg).
@@ -26,6 +35,9 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("prometheus", "promtool"),
     // The CLI test checks the generated zsh completions with `zsh -n`.
     ("zsh", "zsh"),
+    // The cluster tests run a real etcd cluster (3.4) and write and read keys with etcdctl.
+    ("etcd-server", "etcd"),
+    ("etcd-client", "etcdctl"),
 ];
 
 /// Debian packages `vm-test` needs on the host, with a command each provides: qemu, a
@@ -52,6 +64,12 @@ pub fn run(need: Need) -> Result<Workspace> {
     nightly_toolchain()?;
     rust_src()?;
     let linker_dir = bpf_linker::ensure()?;
+    // A tool the build runs is needed whatever the task: an error, as for running tests.
+    packages(
+        BUILD_PACKAGES,
+        Need::Run,
+        "the build of lbx-user needs them: the etcd-client crate's build script runs protoc",
+    )?;
     packages(PACKAGES, need, "the kernel tests and the demo use them")?;
     Workspace::new(&[linker_dir])
 }

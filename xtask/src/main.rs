@@ -201,8 +201,10 @@ enum Task {
     ///      $XDG_CACHE_HOME/lbx, else ~/.cache/lbx: built from crates.io against the
     ///      nightly's own libLLVM when missing or built for another LLVM major version
     ///      (about a minute; needs crates.io). Child cargo commands get it first on PATH;
-    ///   4. the Debian packages the tests and the demo use (installed with apt-get when
-    ///      root, otherwise the missing ones are named);
+    ///   4. the Debian packages the build needs (protobuf-compiler: protoc, for the
+    ///      etcd-client crate; missing it is an error for every task), then those the
+    ///      tests and the demo use (installed with apt-get when root, otherwise the
+    ///      missing ones are named);
     ///   5. for `vm-test` only (not done here): qemu-system-x86, busybox-static, binutils.
     #[command(verbatim_doc_comment)]
     Bootstrap,

@@ -588,6 +588,11 @@ pub const HOST_ONLY: &[(&str, &str)] = &[
         "it checks the generated completions with bash and zsh and runs `cargo xtask \
          install`, none of which the guests' busybox initramfs carries",
     ),
+    (
+        "cluster",
+        "it needs etcd: it runs a real etcd cluster (Debian's etcd and etcdctl, Go programs \
+         of 21 and 17 MB), which the guests' initramfs does not carry",
+    ),
 ];
 
 /// The integration test executables of lbx-tests, built like the kernel tier builds them:
