@@ -174,15 +174,21 @@ impl Agent {
             .into_iter()
             .chain(diff::describe(&self.config, &new))
             .collect();
+        // A change made on the last good revision replaces a refused one after it: that is
+        // how an operator repairs a bad document.
+        let base = match m.refused {
+            Some((refused, _)) if refused > m.revision => refused,
+            _ => m.revision,
+        };
         let doc = new.to_toml();
         let record = ChangeRecord {
             node: m.handle.opts.node.clone(),
             unix_ms: document::now_ms(),
-            base: m.revision,
+            base,
             changes,
             config: doc.clone(),
         };
-        let revision = m.handle.commit(m.revision, &doc, &record)?;
+        let revision = m.handle.commit(base, &doc, &record)?;
         let g = self.publish(new, macs).map_err(|e| {
             AgentError::Other(format!(
                 "the change is revision {revision} of the cluster, but this node could not \
@@ -411,7 +417,11 @@ impl Agent {
             "node": m.handle.opts.node,
             "endpoints": m.handle.opts.describe(),
             "tls": m.handle.opts.tls.is_some(),
-            "state": if connected { "connected" } else { "cut off: serving the last revision" },
+            "state": if connected {
+                "connected"
+            } else {
+                "degraded: etcd does not answer; serving the last revision, changes are refused"
+            },
             "cut_off": m.cut_off.as_ref().map(|(since, why)| json!({
                 "since_seconds": since.elapsed().map_or(0, |d| d.as_secs()),
                 "reason": why,

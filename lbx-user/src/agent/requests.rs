@@ -257,7 +257,12 @@ impl Agent {
             let n = self.bal.reason_count(*r)?;
             reasons.insert(r.label().to_string(), n.into());
         }
-        Ok(json!({ "generation": self.publisher.generation(), "vips": vips, "reasons": reasons }))
+        Ok(json!({
+            "generation": self.publisher.generation(),
+            "revision": self.cluster_revision(),
+            "vips": vips,
+            "reasons": reasons,
+        }))
     }
 
     /// Which backend a flow goes to, and why.
