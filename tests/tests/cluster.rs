@@ -278,3 +278,344 @@ fn fleet_ecmp_spreads_flows_and_nodes_agree() {
         }
     }
 }
+
+// ---- cluster mode: `lbx run --cluster` on every node ----
+
+/// The cluster's name in the tests.
+const CLUSTER: &str = "t";
+/// The nodes' lease TTL: a dead leader's election ends this long after its last renewal.
+const LEASE_TTL_S: u64 = 3;
+/// How long a change may take to reach every node before the test calls it lost.
+const PROPAGATION_LIMIT: Duration = Duration::from_secs(10);
+
+/// `lbx run`'s cluster arguments of node `i`.
+fn cluster_args(etcd: &EtcdCluster, i: usize) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--cluster",
+        &etcd.cluster_arg(),
+        "--cluster-name",
+        CLUSTER,
+        "--node",
+        &fleet::node_name(i),
+        "--cluster-lease-ttl-s",
+        &LEASE_TTL_S.to_string(),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    if let Some(tls) = etcd.tls() {
+        for (flag, path) in [
+            ("--etcd-ca", tls.ca()),
+            ("--etcd-cert", tls.client_cert()),
+            ("--etcd-key", tls.client_key()),
+        ] {
+            args.push(flag.to_owned());
+            args.push(path.display().to_string());
+        }
+    }
+    args
+}
+
+/// Three nodes in cluster mode on `etcd`, serving `vip4` and `vip6` over three backends of
+/// weight 1; node 1's file seeds the cluster.
+fn cluster_fleet(etcd: &EtcdCluster, vip4: SocketAddr, vip6: SocketAddr) -> Fleet {
+    let backends = vec![(1, 1), (2, 1), (3, 1)];
+    let config = fleet::config_toml(&[(vip4, backends.clone()), (vip6, backends)]);
+    let mut b = Fleet::builder().vip(vip4).vip(vip6).config(config);
+    for i in 1..=3 {
+        b = b.node_args(i, cluster_args(etcd, i));
+    }
+    b.build(Some(etcd))
+        .expect("build the fleet in cluster mode")
+}
+
+/// Node `i`'s `cluster` part of `lbx status --json`.
+fn cluster_status(fleet: &Fleet, i: usize) -> serde_json::Value {
+    let status = fleet.lbx_json(i, &["status"]).expect("lbx status");
+    status["cluster"].clone()
+}
+
+/// The configuration revision node `i` serves (`lbx stats` carries it, and is cheap).
+fn served_revision(fleet: &Fleet, i: usize) -> u64 {
+    let stats = fleet.lbx_json(i, &["stats"]).expect("lbx stats");
+    stats["revision"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("node {i}: no revision in `lbx stats --json`: {stats}"))
+}
+
+/// Waits until node `i` serves revision `rev` or later; how long that took.
+fn wait_revision(fleet: &Fleet, i: usize, rev: u64, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let now = served_revision(fleet, i);
+        if now >= rev {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "node {i} still serves revision {now}, not {rev}, after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Waits until `f` holds, polling, within `limit`; how long it took.
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !f() {
+        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    started.elapsed()
+}
+
+/// Each backend's weight, slots and state on node `i`, for comparing nodes.
+fn tables(fleet: &Fleet, i: usize) -> Vec<(String, String, String, u64, String)> {
+    let status = fleet.lbx_json(i, &["status"]).expect("lbx status");
+    let mut out = Vec::new();
+    for v in status["vips"].as_array().expect("vips") {
+        for b in v["backends"].as_array().expect("backends") {
+            out.push((
+                v["vip"].as_str().unwrap_or_default().to_owned(),
+                b["address"].as_str().unwrap_or_default().to_owned(),
+                b["effective_weight"].to_string(),
+                b["table_slots"].as_u64().unwrap_or_default(),
+                b["state"].as_str().unwrap_or_default().to_owned(),
+            ));
+        }
+    }
+    out
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Over TLS with client certificates: a change on any node reaches every node (the time
+/// from the CLI's answer to the last node serving it is measured); every node maps flows
+/// to the same backends, and real connections through the router land there; two nodes
+/// changing at once lose nothing (the loser is told); a malformed document is refused
+/// whole and repaired by a rollback; a node cut off from etcd serves its last revision,
+/// says so, and catches up when it is back.
+#[test]
+fn cluster_shares_changes_over_tls() {
+    let vip4 = SocketAddr::new(VIP_V4.into(), 80);
+    let vip6 = SocketAddr::new(VIP_V6.into(), 80);
+    let tls = Tls::for_members(3).expect("certificates");
+    let mut etcd = EtcdCluster::start(3, Some(&tls)).expect("start etcd with TLS");
+    let fleet = cluster_fleet(&etcd, vip4, vip6);
+
+    let first = served_revision(&fleet, 1);
+    for i in 2..=3 {
+        assert_eq!(
+            served_revision(&fleet, i),
+            first,
+            "node {i} joined on another revision"
+        );
+    }
+    let c = cluster_status(&fleet, 1);
+    assert_eq!(c["state"], "connected", "{c}");
+    assert_eq!(c["tls"], true, "{c}");
+
+    // Propagation: each change on one node, timed until the other two serve it.
+    let changes = scaled(30, 10);
+    let mut lags = Vec::new();
+    let b2 = fleet.backend(2).addr_like(vip4.ip()).to_string();
+    for k in 0..changes {
+        let on = k % 3 + 1;
+        let weight = (k % 5 + 1).to_string();
+        let answer = fleet
+            .lbx_json(on, &["backend", "weight", &vip4.to_string(), &b2, &weight])
+            .expect("lbx backend weight");
+        let rev = answer["revision"]
+            .as_u64()
+            .expect("a cluster change names its revision");
+        let lag = (1..=3)
+            .filter(|&i| i != on)
+            .map(|i| wait_revision(&fleet, i, rev, PROPAGATION_LIMIT))
+            .max()
+            .expect("two other nodes");
+        lags.push(lag);
+    }
+    lags.sort();
+    eprintln!(
+        "propagation over {changes} changes (CLI answer to the last node serving it, polled): \
+         p50 {:?}, p99 {:?}, max {:?}",
+        percentile(&lags, 0.5),
+        percentile(&lags, 0.99),
+        lags.last().unwrap()
+    );
+
+    // Every node gives every flow the same backend, and connections land there.
+    let ports: Vec<u16> = (42_000..).take(scaled(60, 20)).collect();
+    for vip in [vip4, vip6] {
+        let conns = fleet
+            .client()
+            .open_many(vip, &ports)
+            .expect("open connections");
+        for conn in &conns {
+            let src = client_end(&fleet, conn);
+            let flows: Vec<_> = (1..=3)
+                .map(|i| fleet.flow(i, src, conn.dst()).expect("lbx flow"))
+                .collect();
+            for flow in &flows {
+                assert_eq!(
+                    fleet.backend_at(flow.backend).map(|b| b.name.as_str()),
+                    conn.first_answer(),
+                    "{src} -> {vip}: nodes say {flows:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(tables(&fleet, 1), tables(&fleet, 2), "nodes 1 and 2 differ");
+    assert_eq!(tables(&fleet, 1), tables(&fleet, 3), "nodes 1 and 3 differ");
+
+    // Two operators at once, on nodes 1 and 2, each on a backend of its own; a change told
+    // "changed meanwhile" is retried, as an operator would.
+    let rounds = scaled(12, 6);
+    let b1 = fleet.backend(1).addr_like(vip4.ip()).to_string();
+    let b3 = fleet.backend(3).addr_like(vip4.ip()).to_string();
+    let run = |node: usize, backend: &str| {
+        let mut conflicts = 0;
+        for k in 0..rounds {
+            let weight = (10 + k).to_string();
+            let args = ["backend", "weight", &vip4.to_string(), backend, &weight];
+            loop {
+                let out = fleet.cli(node).output(&args).expect("lbx");
+                if out.status.success() {
+                    break;
+                }
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert_eq!(out.status.code(), Some(5), "node {node}: {err}");
+                assert!(err.contains("changed meanwhile"), "node {node}: {err}");
+                conflicts += 1;
+                assert!(conflicts < 10 * rounds, "node {node}: retried too often");
+            }
+        }
+        conflicts
+    };
+    let conflicts: Vec<usize> = std::thread::scope(|s| {
+        let a = s.spawn(|| run(1, &b1));
+        let b = s.spawn(|| run(2, &b3));
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    let last = (10 + rounds - 1) as u64;
+    let rev = (1..=3).map(|i| served_revision(&fleet, i)).max().unwrap();
+    for i in 1..=3 {
+        wait_revision(&fleet, i, rev, PROPAGATION_LIMIT);
+        let list = fleet
+            .lbx_json(i, &["backend", "list", &vip4.to_string()])
+            .expect("list");
+        let weight = |addr: &str| {
+            list.as_array()
+                .and_then(|l| l.iter().find(|b| b["address"] == addr))
+                .and_then(|b| b["weight"].as_u64())
+        };
+        assert_eq!(
+            weight(&b1),
+            Some(last),
+            "node {i}: node 1's last change lost: {list}"
+        );
+        assert_eq!(
+            weight(&b3),
+            Some(last),
+            "node {i}: node 2's last change lost: {list}"
+        );
+    }
+    eprintln!(
+        "concurrent changes: {rounds} each on nodes 1 and 2, conflicts retried: {conflicts:?}"
+    );
+    let history = fleet
+        .lbx_json(3, &["history", "-n", "100"])
+        .expect("lbx history");
+    let entries = history["entries"].as_array().expect("entries");
+    for (node, backend) in [(1, &b1), (2, &b3)] {
+        let made = entries
+            .iter()
+            .filter(|e| {
+                e["node"] == fleet::node_name(node).as_str()
+                    && e["changes"].to_string().contains(backend.as_str())
+            })
+            .count();
+        assert_eq!(
+            made, rounds,
+            "node {node}'s changes in the history: {history}"
+        );
+    }
+
+    // A malformed document, written by hand: refused whole, the last good one served.
+    let good = served_revision(&fleet, 1);
+    let generation = fleet.lbx_json(1, &["stats"]).unwrap()["generation"].clone();
+    etcd.put(&format!("/lbx/{CLUSTER}/config"), "this is [not toml")
+        .expect("etcdctl put");
+    for i in 1..=3 {
+        wait_until(
+            &format!("node {i} refuses the malformed revision"),
+            PROPAGATION_LIMIT,
+            || cluster_status(&fleet, i)["refused"].is_object(),
+        );
+        assert_eq!(served_revision(&fleet, i), good, "node {i}");
+    }
+    assert_eq!(
+        fleet.lbx_json(1, &["stats"]).unwrap()["generation"],
+        generation
+    );
+    let answers = fleet
+        .client()
+        .ask_many(vip4, &[43_000, 43_001])
+        .expect("still served");
+    assert_eq!(answers.len(), 2);
+    let repaired = fleet
+        .lbx_json(2, &["rollback", &good.to_string()])
+        .expect("lbx rollback repairs the document");
+    let rev = repaired["revision"].as_u64().expect("revision");
+    for i in 1..=3 {
+        wait_revision(&fleet, i, rev, PROPAGATION_LIMIT);
+        assert!(cluster_status(&fleet, i)["refused"].is_null(), "node {i}");
+    }
+
+    // Node 3 cut off from etcd: it serves its last revision and says so; back, it catches up.
+    let port = fleet
+        .control_port(3)
+        .expect("node 3 on the control network")
+        .clone();
+    etcd.cut(&port).expect("cut node 3 off");
+    wait_until("node 3 says it is cut off", PROPAGATION_LIMIT, || {
+        cluster_status(&fleet, 3)["cut_off"].is_object()
+    });
+    let before = served_revision(&fleet, 3);
+    let during = fleet
+        .lbx_json(1, &["backend", "weight", &vip4.to_string(), &b2, "7"])
+        .expect("a change while node 3 is cut off")["revision"]
+        .as_u64()
+        .unwrap();
+    wait_revision(&fleet, 2, during, PROPAGATION_LIMIT);
+    assert_eq!(
+        served_revision(&fleet, 3),
+        before,
+        "node 3 cannot have heard of it"
+    );
+    let refused = fleet
+        .cli(3)
+        .output(&["backend", "weight", &vip4.to_string(), &b2, "8"])
+        .expect("lbx");
+    assert_eq!(
+        refused.status.code(),
+        Some(10),
+        "a change on the cut-off node: {}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let text = fleet.lbx(3, &["status"]).expect("lbx status");
+    assert!(text.contains("degraded"), "{text}");
+    etcd.heal(&port).expect("heal node 3");
+    let caught_up = wait_revision(&fleet, 3, during, Duration::from_secs(30));
+    eprintln!("node 3 served the revision it missed {caught_up:?} after its link came back");
+    wait_until("node 3 connected again", PROPAGATION_LIMIT, || {
+        cluster_status(&fleet, 3)["state"] == "connected"
+    });
+    assert_eq!(
+        tables(&fleet, 1),
+        tables(&fleet, 3),
+        "node 3 did not converge"
+    );
+}

@@ -29,7 +29,10 @@ impl Agent {
                 let Change { edit, why } = self.change(req)?;
                 let mut answer = self.edit(why.as_deref(), edit)?;
                 answer["rolled_back_to"] = revision.into();
-                answer["revision"] = self.history.last().map(|e| e.revision).into();
+                // A cluster's answer names its revision already.
+                if self.cluster_revision().is_none() {
+                    answer["revision"] = self.history.last().map(|e| e.revision).into();
+                }
                 Ok(answer)
             }
             change => {

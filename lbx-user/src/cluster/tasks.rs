@@ -138,6 +138,7 @@ async fn keep_reporting<E: From<Update> + Send + 'static>(
     let ttl = opts.lease_ttl.as_secs().max(1) as i64;
     let mut lease: Option<i64> = None;
     let mut connected: Option<bool> = None;
+    let mut last_error: Option<String> = None;
     let mut every = tokio::time::interval(REPORT_EVERY);
     loop {
         every.tick().await;
@@ -155,7 +156,14 @@ async fn keep_reporting<E: From<Update> + Send + 'static>(
                         Ok(Ok(t)) if t > 0 => id,
                         // Expired while cut off: a new lease, and a new campaign with it.
                         Ok(Ok(_)) => grant(&store, ttl).await?,
-                        Ok(Err(e)) => return Err(ClusterError::from_etcd(store.endpoints(), e)),
+                        Ok(Err(e)) => {
+                            // A lease that expired while the node was cut off is gone:
+                            // the next round takes a new one.
+                            if e.to_string().contains("not found") {
+                                lease = None;
+                            }
+                            return Err(ClusterError::from_etcd(store.endpoints(), e));
+                        }
                         Err(_) => {
                             return Err(ClusterError::Unavailable {
                                 endpoints: store.endpoints().to_owned(),
@@ -178,14 +186,27 @@ async fn keep_reporting<E: From<Update> + Send + 'static>(
         }
         .await;
         let ok = result.is_ok();
-        if connected != Some(ok) {
-            connected = Some(ok);
-            let u = match result {
-                Ok(()) => Update::Connected,
-                Err(e) => Update::CutOff(e.to_string()),
-            };
-            if tx.send(u.into()).await.is_err() {
-                return;
+        match result {
+            Err(e) if connected == Some(false) => {
+                let why = e.to_string();
+                if last_error.as_ref() != Some(&why) {
+                    eprintln!("cluster: still cut off: {why}");
+                    last_error = Some(why);
+                }
+            }
+            _ if connected == Some(ok) => {}
+            result => {
+                connected = Some(ok);
+                let u = match result {
+                    Ok(()) => Update::Connected,
+                    Err(e) => {
+                        last_error = Some(e.to_string());
+                        Update::CutOff(e.to_string())
+                    }
+                };
+                if tx.send(u.into()).await.is_err() {
+                    return;
+                }
             }
         }
     }
