@@ -619,3 +619,336 @@ fn cluster_shares_changes_over_tls() {
         "node 3 did not converge"
     );
 }
+
+/// The node that holds the weights election, among `nodes`, as their status says.
+fn leader_among(fleet: &Fleet, nodes: &[usize]) -> Option<usize> {
+    nodes
+        .iter()
+        .copied()
+        .find(|&i| cluster_status(fleet, i)["is_leader"] == true)
+}
+
+/// A change on node `i` that must succeed within `limit` (etcd may be electing a leader);
+/// how many attempts it took and its revision.
+fn change_within(fleet: &Fleet, i: usize, args: &[&str], limit: Duration) -> (usize, u64) {
+    let started = Instant::now();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let out = fleet
+            .cli(i)
+            .output(&[&["--json"], args].concat())
+            .expect("lbx");
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON answer");
+            return (attempts, v["revision"].as_u64().expect("revision"));
+        }
+        assert!(
+            started.elapsed() < limit,
+            "node {i}: {args:?} still fails after {limit:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Hundreds of connections over three nodes; the weights leader's node leaves (route
+/// withdrawn, agent killed): no connection breaks, another node leads within the lease's
+/// TTL, and the two left serve identical tables. Then etcd loses one member (changes go
+/// on), a second (changes are refused as unavailable, serving goes on, status says
+/// degraded), and gets both back (the nodes converge).
+#[test]
+fn cluster_survives_node_leader_and_etcd_member_loss() {
+    let vip4 = SocketAddr::new(VIP_V4.into(), 80);
+    let vip6 = SocketAddr::new(VIP_V6.into(), 80);
+    let mut etcd = EtcdCluster::start(3, None).expect("start etcd");
+    let mut fleet = cluster_fleet(&etcd, vip4, vip6);
+    let vip_arg = vip4.to_string();
+    fleet
+        .lbx(
+            1,
+            &[
+                "vip",
+                "health",
+                &vip_arg,
+                "--kind",
+                "tcp",
+                "--interval-ms",
+                "200",
+            ],
+        )
+        .expect("lbx vip health");
+    let rev = fleet
+        .lbx_json(1, &["vip", "adaptive", &vip_arg])
+        .expect("lbx vip adaptive")["revision"]
+        .as_u64()
+        .expect("revision");
+    for i in 1..=3 {
+        wait_revision(&fleet, i, rev, PROPAGATION_LIMIT);
+    }
+    let mut leader = None;
+    wait_until("a weights leader", PROPAGATION_LIMIT, || {
+        leader = leader_among(&fleet, &[1, 2, 3]);
+        leader.is_some()
+    });
+    let leader = leader.expect("found");
+    let survivors: Vec<usize> = (1..=3).filter(|&i| i != leader).collect();
+    wait_until(
+        "every node applies the leader's decisions",
+        PROPAGATION_LIMIT,
+        || {
+            let d: Vec<_> = (1..=3)
+                .map(|i| {
+                    cluster_status(&fleet, i)["decisions_revision"]
+                        .as_u64()
+                        .unwrap_or(0)
+                })
+                .collect();
+            d[0] > 0 && d.iter().all(|x| *x == d[0])
+        },
+    );
+
+    let open = scaled(OPEN, 30);
+    let ports: Vec<u16> = (44_000..).take(open).collect();
+    let mut conns = Vec::new();
+    for vip in [vip4, vip6] {
+        conns.extend(
+            fleet
+                .client()
+                .open_many(vip, &ports)
+                .expect("open connections"),
+        );
+    }
+    fleet
+        .withdraw_route(leader)
+        .expect("withdraw the leader's route");
+    fleet.kill_agent(leader).expect("kill the leader's agent");
+    let killed = Instant::now();
+    let mut broken = Vec::new();
+    for conn in &mut conns {
+        let was = conn.first_answer().expect("asked").to_owned();
+        match conn.ask() {
+            Ok(now) if now == was => {}
+            Ok(now) => broken.push(format!("{} moved from {was} to {now}", conn.src_port())),
+            Err(e) => broken.push(format!("{}: {e:#}", conn.src_port())),
+        }
+    }
+    eprintln!(
+        "node {leader} (the weights leader) left: {} of {} established connections kept",
+        conns.len() - broken.len(),
+        conns.len()
+    );
+    assert!(broken.is_empty(), "connections broken or moved: {broken:?}");
+    let mut next = None;
+    let failover = wait_until(
+        "a new weights leader",
+        Duration::from_secs(LEASE_TTL_S + 10),
+        || {
+            next = leader_among(&fleet, &survivors);
+            next.is_some()
+        },
+    ) + killed.elapsed().saturating_sub(killed.elapsed());
+    let failover_total = killed.elapsed();
+    eprintln!(
+        "weights leader failover: node {} leads {:?} after node {leader} was killed (lease TTL \
+         {LEASE_TTL_S} s; the last poll took {failover:?})",
+        next.expect("found"),
+        failover_total
+    );
+    let [a, b] = survivors[..] else {
+        unreachable!()
+    };
+    wait_until(
+        "the survivors serve the same decisions",
+        PROPAGATION_LIMIT,
+        || {
+            cluster_status(&fleet, a)["decisions_revision"]
+                == cluster_status(&fleet, b)["decisions_revision"]
+        },
+    );
+    assert_eq!(
+        tables(&fleet, a),
+        tables(&fleet, b),
+        "the survivors' tables differ"
+    );
+    let answers = fleet
+        .client()
+        .ask_many(vip4, &[45_000, 45_001, 45_002])
+        .expect("new ones");
+    assert_eq!(answers.len(), 3);
+
+    // etcd loses a member: changes go on.
+    let b2 = fleet.backend(2).addr_like(vip4.ip()).to_string();
+    etcd.kill_member(1).expect("kill etcd member 1");
+    let (attempts, rev) = change_within(
+        &fleet,
+        a,
+        &["backend", "weight", &vip_arg, &b2, "3"],
+        REELECTION,
+    );
+    wait_revision(&fleet, b, rev, PROPAGATION_LIMIT);
+    eprintln!("with 2 of 3 etcd members: a change took {attempts} attempt(s)");
+
+    // A second: no quorum. Changes are refused clearly, serving goes on.
+    etcd.kill_member(2).expect("kill etcd member 2");
+    let started = Instant::now();
+    let out = fleet
+        .cli(a)
+        .output(&["backend", "weight", &vip_arg, &b2, "4"])
+        .expect("lbx");
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("without quorum, after {:?}: {err}", started.elapsed());
+    assert_eq!(out.status.code(), Some(10), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    wait_until("node a says it is degraded", PROPAGATION_LIMIT, || {
+        fleet
+            .lbx(a, &["status"])
+            .is_ok_and(|t| t.contains("degraded"))
+    });
+    for conn in &mut conns {
+        conn.ask().expect("served without quorum");
+    }
+    assert_eq!(served_revision(&fleet, a), rev);
+
+    etcd.start_member(1).expect("restart member 1");
+    etcd.start_member(2).expect("restart member 2");
+    for i in [a, b] {
+        wait_until(
+            &format!("node {i} connected again"),
+            Duration::from_secs(30),
+            || cluster_status(&fleet, i)["state"] == "connected",
+        );
+    }
+    let (_, rev) = change_within(
+        &fleet,
+        b,
+        &["backend", "weight", &vip_arg, &b2, "5"],
+        REELECTION,
+    );
+    wait_revision(&fleet, a, rev, PROPAGATION_LIMIT);
+    assert_eq!(
+        tables(&fleet, a),
+        tables(&fleet, b),
+        "not converged after quorum came back"
+    );
+}
+
+/// Start-up errors in cluster mode: an etcd that never answers is waited for as long as
+/// asked, then named; a wrong password and a missing client certificate are refused in
+/// words that say so; with the right ones the node starts.
+#[test]
+fn cluster_start_up_errors_are_clear() {
+    let vip4 = SocketAddr::new(VIP_V4.into(), 80);
+    let tls = Tls::for_members(3).expect("certificates");
+    let mut etcd = EtcdCluster::start(3, Some(&tls)).expect("start etcd with TLS");
+    etcd.enable_auth("rootpw", "lbx", "lbxpw")
+        .expect("enable authentication");
+    let fleet = Fleet::builder()
+        .nodes(1)
+        .vip(vip4)
+        .config(fleet::config_toml(&[(vip4, vec![(1, 1)])]))
+        .without_agents()
+        .build(Some(&etcd))
+        .expect("build one node");
+    let fails = |extra: &[&str]| {
+        let started = Instant::now();
+        let out = fleet.agent_command(1, extra).output().expect("lbx run");
+        assert!(!out.status.success(), "lbx run {extra:?} started");
+        (
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            started.elapsed(),
+        )
+    };
+    let args = cluster_args(&etcd, 1);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+
+    // Inside the control network, where nothing answers.
+    let (err, took) = fails(&[
+        "--cluster",
+        "etcd://10.78.0.99:2379",
+        "--node",
+        "node1",
+        "--cluster-wait-s",
+        "2",
+    ]);
+    eprintln!("unreachable etcd, after {took:?}: {err}");
+    assert!(
+        err.contains("cannot reach etcd at etcd://10.78.0.99:2379 within 2 s"),
+        "{err}"
+    );
+
+    let wrong = fleet.dir().join("wrong-password");
+    std::fs::write(&wrong, "nope\n").unwrap();
+    let (err, _) = fails(
+        &[
+            &args[..],
+            &[
+                "--etcd-user",
+                "lbx",
+                "--etcd-password-file",
+                wrong.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    eprintln!("wrong password: {err}");
+    assert!(err.contains("refused the credentials"), "{err}");
+
+    // TLS without the client certificate etcd asks for.
+    let ca = tls.ca().display().to_string();
+    let (err, _) = fails(&[
+        "--cluster",
+        &etcd.cluster_arg(),
+        "--node",
+        "node1",
+        "--etcd-ca",
+        &ca,
+        "--cluster-wait-s",
+        "2",
+    ]);
+    eprintln!("no client certificate: {err}");
+    assert!(err.contains("etcd"), "{err}");
+
+    let right = fleet.dir().join("password");
+    std::fs::write(&right, "lbxpw\n").unwrap();
+    let out = fleet
+        .agent_command(
+            1,
+            &[
+                &args[..],
+                &[
+                    "--etcd-user",
+                    "lbx",
+                    "--etcd-password-file",
+                    right.to_str().unwrap(),
+                    "--cluster-wait-s",
+                    "5",
+                ],
+            ]
+            .concat(),
+        )
+        .spawn();
+    let mut child = out.expect("spawn lbx run");
+    let started = wait_until_status(&fleet, &mut child);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(started, "lbx run with the right credentials did not start");
+}
+
+/// Whether the agent `child` answers `lbx status` with its cluster connected within 15 s.
+fn wait_until_status(fleet: &Fleet, child: &mut std::process::Child) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(15) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if fleet
+            .lbx_json(1, &["status"])
+            .is_ok_and(|s| s["cluster"]["state"] == "connected")
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
