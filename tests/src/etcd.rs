@@ -55,6 +55,8 @@ const HEALTHY_TIMEOUT: Duration = Duration::from_secs(15);
 const ETCDCTL_TIMEOUT: Duration = Duration::from_secs(20);
 const ETCDCTL_COMMAND_TIMEOUT: &str = "3s";
 const ETCDCTL_DIAL_TIMEOUT: &str = "1s";
+/// Limit for a healed link to come back up (times [`patience`]).
+const HEAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often start-up waits poll.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -214,6 +216,8 @@ struct Member {
     addr: Ipv4Addr,
     data_dir: PathBuf,
     process: Option<Process>,
+    /// How many times it was started (the logs of each start are numbered).
+    starts: usize,
 }
 
 /// A namespace joined to the control network by [`EtcdCluster::join`].
@@ -235,6 +239,8 @@ pub struct EtcdCluster {
     control: Netns,
     dir: PathBuf,
     tls: Option<Tls>,
+    /// Members' processes that were killed, kept for their logs.
+    retired: Vec<Process>,
     /// root's password once [`EtcdCluster::enable_auth`] ran: etcdctl then logs in as root.
     root_password: Option<String>,
 }
@@ -277,6 +283,7 @@ impl EtcdCluster {
                 addr: member_v4(i),
                 data_dir: PathBuf::new(),
                 process: None,
+                starts: 0,
             });
         }
         let dir = make_temp_dir()?;
@@ -286,6 +293,7 @@ impl EtcdCluster {
             control,
             dir,
             tls: tls.cloned(),
+            retired: Vec::new(),
             root_password: None,
         };
         for i in 0..n {
@@ -355,6 +363,7 @@ impl EtcdCluster {
             .take()
             .with_context(|| format!("{} is not running", m.name))?;
         process.kill();
+        self.retired.push(process);
         Ok(())
     }
 
@@ -417,7 +426,7 @@ impl EtcdCluster {
                 .arg("--client-cert-auth");
         }
         let addr = SocketAddr::new(m.addr.into(), CLIENT_PORT);
-        let label = m.name.clone();
+        let label = format!("{}-{}", m.name, m.starts + 1);
         let mut process = Process::spawn(&label, cmd, &self.dir)?;
         let listening = process.wait_until(
             &format!("its client port {addr} open"),
@@ -428,7 +437,9 @@ impl EtcdCluster {
                     .unwrap_or(false)
             },
         );
-        self.member_mut(i).process = Some(process);
+        let m = self.member_mut(i);
+        m.starts += 1;
+        m.process = Some(process);
         listening
     }
 
@@ -607,17 +618,38 @@ impl EtcdCluster {
             .map(drop)
     }
 
-    /// Undoes [`EtcdCluster::cut`].
+    /// Undoes [`EtcdCluster::cut`], and waits until the joined namespace's interface is up
+    /// again: the kernel brings a link whose carrier returns back into service (its queue
+    /// discipline) only when its link watch runs, up to a second later, and drops what is
+    /// sent before. Then the namespace's neighbour entries on it are flushed: those it tried
+    /// to resolve while cut off would otherwise retry only a second apart.
     pub fn heal(&self, port: &ControlPort) -> anyhow::Result<()> {
-        self.control
-            .ip(&["link", "set", &port.switch_port, "up"])
-            .map(drop)
+        self.control.ip(&["link", "set", &port.switch_port, "up"])?;
+        let limit = patience(HEAL_TIMEOUT);
+        let deadline = Instant::now() + limit;
+        loop {
+            let out = netns::ip(&["-n", &port.netns, "-j", "link", "show", "dev", &port.iface])?;
+            let links: serde_json::Value =
+                serde_json::from_str(&out).context("`ip -j link` printed invalid JSON")?;
+            if links[0]["operstate"] == "UP" {
+                netns::ip(&["-n", &port.netns, "neigh", "flush", "dev", &port.iface])?;
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{} of {} is not up {limit:?} after the heal: {out}",
+                port.iface,
+                port.netns
+            );
+            std::thread::sleep(POLL);
+        }
     }
 
     /// The last lines of every member's log, for failure reports.
     pub fn log_tails(&self) -> String {
         let mut out = format!("etcd data and logs in {}\n", self.dir.display());
-        for p in self.members.iter().filter_map(|m| m.process.as_ref()) {
+        let running = self.members.iter().filter_map(|m| m.process.as_ref());
+        for p in self.retired.iter().chain(running) {
             out.push_str(&p.tail(crate::topology::TAIL_LINES));
         }
         out
@@ -635,6 +667,7 @@ impl Drop for EtcdCluster {
                 p.kill();
             }
         }
+        self.retired.clear();
         if let Some(kept) = wiring::remove_temp_dir(&self.dir) {
             eprintln!("{kept}");
         }

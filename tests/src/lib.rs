@@ -15,6 +15,9 @@
 //! bridge too) carries the backends' replies to the client over links of its own with a
 //! smaller MTU; see [`topology::RouterLegs`].
 //!
+//! For cluster mode, [`fleet::Fleet`] puts several lb nodes behind an ECMP router, and
+//! [`etcd::EtcdCluster`] runs a real etcd cluster on a control network of its own.
+//!
 //! Everything is torn down when the [`Topology`] is dropped, including during a panic. Only
 //! addresses inside these namespaces are ever sent to.
 

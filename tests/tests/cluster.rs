@@ -279,6 +279,56 @@ fn fleet_ecmp_spreads_flows_and_nodes_agree() {
     }
 }
 
+/// Whether a TCP connection from `ns` to `addr` opens within half a second.
+fn reaches(ns: &lbx_tests::netns::Netns, addr: SocketAddr) -> bool {
+    ns.run(|| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok())
+        .expect("run in the namespace")
+}
+
+/// The nodes of a fleet built with etcd reach every member on their control interface, and
+/// a cut node reaches none until it is healed.
+#[test]
+fn fleet_nodes_reach_etcd_and_can_be_cut_off() {
+    let etcd = EtcdCluster::start(3, None).expect("start etcd");
+    let fleet = Fleet::builder()
+        .nodes(2)
+        .backends(1)
+        .vip(SocketAddr::new(VIP_V4.into(), 80))
+        .without_agents()
+        .build(Some(&etcd))
+        .expect("build the fleet");
+    for i in 1..=fleet.node_count() {
+        for e in etcd.endpoints() {
+            assert!(
+                reaches(&fleet.node(i).netns, e),
+                "node {i} cannot reach etcd at {e}"
+            );
+        }
+    }
+    let port = fleet
+        .control_port(1)
+        .expect("node 1 joined etcd's network")
+        .clone();
+    etcd.cut(&port).expect("cut node 1 off");
+    for e in etcd.endpoints() {
+        assert!(
+            !reaches(&fleet.node(1).netns, e),
+            "node 1 reaches etcd at {e} while cut off"
+        );
+        assert!(
+            reaches(&fleet.node(2).netns, e),
+            "node 2 lost etcd at {e} when node 1 was cut"
+        );
+    }
+    etcd.heal(&port).expect("heal node 1");
+    for e in etcd.endpoints() {
+        assert!(
+            reaches(&fleet.node(1).netns, e),
+            "node 1 cannot reach etcd at {e} once healed"
+        );
+    }
+}
+
 // ---- cluster mode: `lbx run --cluster` on every node ----
 
 /// The cluster's name in the tests.
