@@ -790,20 +790,19 @@ fn cluster_survives_node_leader_and_etcd_member_loss() {
     );
     assert!(broken.is_empty(), "connections broken or moved: {broken:?}");
     let mut next = None;
-    let failover = wait_until(
+    wait_until(
         "a new weights leader",
         Duration::from_secs(LEASE_TTL_S + 10),
         || {
             next = leader_among(&fleet, &survivors);
             next.is_some()
         },
-    ) + killed.elapsed().saturating_sub(killed.elapsed());
-    let failover_total = killed.elapsed();
+    );
     eprintln!(
         "weights leader failover: node {} leads {:?} after node {leader} was killed (lease TTL \
-         {LEASE_TTL_S} s; the last poll took {failover:?})",
+         {LEASE_TTL_S} s)",
         next.expect("found"),
-        failover_total
+        killed.elapsed()
     );
     let [a, b] = survivors[..] else {
         unreachable!()

@@ -93,7 +93,17 @@ impl Store {
                     if matches!(e, ClusterError::Denied(_) | ClusterError::Tls(_)) {
                         return Err(e);
                     }
-                    last = e.to_string();
+                    last = match e {
+                        ClusterError::Unavailable { what, .. } => what,
+                        other => other.to_string(),
+                    };
+                    if opts.tls.is_some() && last.contains("transport error") {
+                        last.push_str(
+                            " (with TLS, so does a CA that did not sign etcd's certificate, or \
+                             a client certificate missing or refused: --etcd-ca, --etcd-cert, \
+                             --etcd-key)",
+                        );
+                    }
                 }
                 Err(_) => last = format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()),
             }
@@ -124,25 +134,39 @@ impl Store {
         self.key(&format!("history/{base:020}"))
     }
 
-    async fn timed<T>(
-        &self,
-        what: &str,
-        f: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, ClusterError> {
-        match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
-            Ok(r) => r.map_err(|e| ClusterError::from_etcd(&self.endpoints, e)),
-            Err(_) => Err(ClusterError::Unavailable {
-                endpoints: self.endpoints.clone(),
-                what: format!("{what} within {} s", REQUEST_TIMEOUT.as_secs()),
-            }),
+    /// Runs the request `f` makes, again while it fails without reaching a member (a dead
+    /// member's endpoint refuses the connection: the request was never sent), until it
+    /// answers or [`REQUEST_TIMEOUT`] passes.
+    async fn timed<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, ClusterError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        let timed_out = || ClusterError::Unavailable {
+            endpoints: self.endpoints.clone(),
+            what: format!("{what} within {} s", REQUEST_TIMEOUT.as_secs()),
+        };
+        loop {
+            match tokio::time::timeout_at(deadline, f(self.client.clone())).await {
+                Ok(Ok(r)) => return Ok(r),
+                Ok(Err(e)) if not_sent(&e) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(Err(e)) => return Err(ClusterError::from_etcd(&self.endpoints, e)),
+                Err(_) => return Err(timed_out()),
+            }
         }
     }
 
     /// The configuration document and its revision; none before the first is written.
     pub async fn config(&self) -> Result<Option<Versioned<String>>, ClusterError> {
-        let mut c = self.client.clone();
+        let key = self.key("config");
         let r = self
-            .timed("reading the configuration", c.get(self.key("config"), None))
+            .timed("reading the configuration", |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
             .await?;
         Ok(r.kvs().first().map(|kv| Versioned {
             revision: kv.mod_revision() as u64,
@@ -171,8 +195,12 @@ impl Store {
                 TxnOp::put(self.history_key(base), record_json, None),
             ])
             .or_else([TxnOp::get(key.clone(), None)]);
-        let mut c = self.client.clone();
-        let r = self.timed("writing the configuration", c.txn(txn)).await?;
+        let r = self
+            .timed("writing the configuration", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
         if !r.succeeded() {
             let now = r
                 .op_responses()
@@ -226,16 +254,16 @@ impl Store {
         &self,
         limit: usize,
     ) -> Result<Vec<Versioned<ChangeRecord>>, ClusterError> {
-        let mut c = self.client.clone();
         let opts = GetOptions::new()
             .with_prefix()
             .with_sort(SortTarget::Key, SortOrder::Descend)
             .with_limit(limit as i64);
+        let key = self.key("history/");
         let r = self
-            .timed(
-                "reading the history",
-                c.get(self.key("history/"), Some(opts)),
-            )
+            .timed("reading the history", |mut c| {
+                let (key, opts) = (key.clone(), opts.clone());
+                async move { c.get(key, Some(opts)).await }
+            })
             .await?;
         let mut out = Vec::new();
         for kv in r.kvs() {
@@ -255,12 +283,12 @@ impl Store {
 
     /// Every node's report, by node.
     pub async fn reports(&self) -> Result<Vec<NodeReport>, ClusterError> {
-        let mut c = self.client.clone();
+        let key = self.key("nodes/");
         let r = self
-            .timed(
-                "reading the nodes' reports",
-                c.get(self.key("nodes/"), Some(GetOptions::new().with_prefix())),
-            )
+            .timed("reading the nodes' reports", |mut c| {
+                let key = key.clone();
+                async move { c.get(key, Some(GetOptions::new().with_prefix())).await }
+            })
             .await?;
         Ok(r.kvs()
             .iter()
@@ -269,24 +297,24 @@ impl Store {
     }
 
     pub async fn put_report(&self, report: &NodeReport, lease: i64) -> Result<(), ClusterError> {
-        let mut c = self.client.clone();
         let json = serde_json::to_string(report).expect("reports serialize");
-        self.timed(
-            "writing this node's report",
-            c.put(
-                self.key(&format!("nodes/{}", report.node)),
-                json,
-                Some(etcd_client::PutOptions::new().with_lease(lease)),
-            ),
-        )
+        let key = self.key(&format!("nodes/{}", report.node));
+        self.timed("writing this node's report", |mut c| {
+            let (key, json) = (key.clone(), json.clone());
+            let opts = etcd_client::PutOptions::new().with_lease(lease);
+            async move { c.put(key, json, Some(opts)).await }
+        })
         .await
         .map(drop)
     }
 
     pub async fn decisions(&self) -> Result<Option<Versioned<Decisions>>, ClusterError> {
-        let mut c = self.client.clone();
+        let key = self.key("decisions");
         let r = self
-            .timed("reading the decisions", c.get(self.key("decisions"), None))
+            .timed("reading the decisions", |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
             .await?;
         Ok(r.kvs().first().and_then(|kv| {
             serde_json::from_slice(kv.value())
@@ -316,9 +344,20 @@ impl Store {
                 serde_json::to_string(d).expect("decisions serialize"),
                 None,
             )]);
-        let mut c = self.client.clone();
-        let r = self.timed("writing the decisions", c.txn(txn)).await?;
+        let r = self
+            .timed("writing the decisions", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
         Ok(r.succeeded()
             .then(|| r.header().map_or(0, |h| h.revision() as u64)))
     }
+}
+
+/// Whether `e` says the request never reached a member: the connection was refused or
+/// could not be made, so sending it again cannot apply it twice.
+fn not_sent(e: &etcd_client::Error) -> bool {
+    let text = e.to_string().to_lowercase();
+    text.contains("tcp connect error") || text.contains("connection refused")
 }
