@@ -397,6 +397,16 @@ impl Agent {
         }
     }
 
+    pub(super) fn cluster_figures(&self) -> Option<crate::metrics::snapshot::ClusterFigures> {
+        self.cluster
+            .as_ref()
+            .map(|m| crate::metrics::snapshot::ClusterFigures {
+                revision: m.revision,
+                connected: m.cut_off.is_none(),
+                leader: m.leader_key.is_some(),
+            })
+    }
+
     pub(super) fn cluster_status(&self) -> Value {
         let Some(m) = &self.cluster else {
             return Value::Null;

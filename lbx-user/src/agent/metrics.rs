@@ -100,6 +100,7 @@ impl Agent {
             vips,
             reasons,
             flow_table: self.sample_flow_table(),
+            cluster: self.cluster_figures(),
         }
     }
 

@@ -30,7 +30,7 @@ Exit status:
   7  permission: the control socket and the data plane are for root
   8  kernel: the kernel refused (loading, verifying or attaching the program, a map update)
   9  timeout: what the command waits for did not happen in time (its change stays)
- 10  unavailable: the cluster's etcd did not answer (quorum lost, or this node cut off)
+  10  unavailable: the cluster's etcd did not answer (quorum lost, or this node cut off)
 With --json, a failure prints {\"error\": {\"kind\": ..., \"message\": ..., \"hint\": ...}} on stdout.\n";
 
 /// A command line that parsed but asks for something that makes no sense.

@@ -68,10 +68,16 @@ impl ClusterError {
             return ClusterError::Tls(format!("{endpoints}: {message}"));
         }
         let unavailable = match &e {
-            etcd_client::Error::GRpcStatus(s) => matches!(
-                s.code(),
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-            ),
+            etcd_client::Error::GRpcStatus(s) => {
+                matches!(
+                    s.code(),
+                    tonic::Code::Unavailable
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Cancelled
+                )
+                    // tonic's word for a connection that broke under the request.
+                    || (s.code() == tonic::Code::Unknown && lower.contains("transport error"))
+            }
             etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
             _ => false,
         };

@@ -410,6 +410,29 @@ impl Collector for SnapshotFamilies {
             None,
             s.flow_table.occupancy(),
         )?;
+        if let Some(c) = &s.cluster {
+            single(
+                &mut enc,
+                "lbx_cluster_revision",
+                "The cluster's configuration revision this node serves",
+                None,
+                c.revision as f64,
+            )?;
+            single(
+                &mut enc,
+                "lbx_cluster_connected",
+                "1 while etcd answers this node; 0: cut off, serving its last revision",
+                None,
+                f64::from(u8::from(c.connected)),
+            )?;
+            single(
+                &mut enc,
+                "lbx_cluster_leader",
+                "1 while this node is the weights leader",
+                None,
+                f64::from(u8::from(c.leader)),
+            )?;
+        }
         Ok(())
     }
 }
@@ -419,7 +442,7 @@ mod tests {
     use super::*;
     use lbx_common::Counters;
 
-    use crate::metrics::snapshot::LoadFigures;
+    use crate::metrics::snapshot::{ClusterFigures, LoadFigures};
 
     fn snapshot() -> Snapshot {
         Snapshot {
@@ -453,6 +476,11 @@ mod tests {
                     ..Default::default()
                 }],
             }],
+            cluster: Some(ClusterFigures {
+                revision: 42,
+                connected: false,
+                leader: true,
+            }),
             ..Default::default()
         }
     }
@@ -475,6 +503,9 @@ mod tests {
             "lbx_adaptive_weight_changes_total{vip=\"10.0.0.1:80/tcp\",backend=\"10.1.0.1\"} 2",
             "lbx_publications_total 1",
             "lbx_generation 7",
+            "lbx_cluster_revision 42",
+            "lbx_cluster_connected 0",
+            "lbx_cluster_leader 1",
             "lbx_health_probes_total{vip=\"10.0.0.1:80/tcp\",backend=\"10.1.0.1\",result=\"ok\"} 1",
             "lbx_build_info{version=\"",
         ] {

@@ -11,6 +11,18 @@ pub struct Snapshot {
     /// Every reason the balancer counts, with its label.
     pub reasons: Vec<(&'static str, u64)>,
     pub flow_table: FlowTable,
+    /// In cluster mode: the node's place in the cluster.
+    pub cluster: Option<ClusterFigures>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClusterFigures {
+    /// The configuration revision served.
+    pub revision: u64,
+    /// Whether etcd answers this node.
+    pub connected: bool,
+    /// Whether this node decides the weights.
+    pub leader: bool,
 }
 
 #[derive(Clone, Debug, Default)]
