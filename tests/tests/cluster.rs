@@ -114,7 +114,7 @@ const FRESH: usize = 60;
 
 /// The client's side of `conn` as the nodes see it.
 fn client_end(fleet: &Fleet, conn: &Connection) -> SocketAddr {
-    SocketAddr::new(fleet.client_addr(conn.dst()), conn.src_port())
+    fleet.client_end(conn)
 }
 
 /// `lbx stats`' packet count of the TCP VIP `vip` on node `i`.
@@ -340,30 +340,7 @@ const PROPAGATION_LIMIT: Duration = Duration::from_secs(10);
 
 /// `lbx run`'s cluster arguments of node `i`.
 fn cluster_args(etcd: &EtcdCluster, i: usize) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--cluster",
-        &etcd.cluster_arg(),
-        "--cluster-name",
-        CLUSTER,
-        "--node",
-        &fleet::node_name(i),
-        "--cluster-lease-ttl-s",
-        &LEASE_TTL_S.to_string(),
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    if let Some(tls) = etcd.tls() {
-        for (flag, path) in [
-            ("--etcd-ca", tls.ca()),
-            ("--etcd-cert", tls.client_cert()),
-            ("--etcd-key", tls.client_key()),
-        ] {
-            args.push(flag.to_owned());
-            args.push(path.display().to_string());
-        }
-    }
-    args
+    fleet::cluster_args(etcd, CLUSTER, i, LEASE_TTL_S)
 }
 
 /// Three nodes in cluster mode on `etcd`, serving `vip4` and `vip6` over three backends of
@@ -381,42 +358,24 @@ fn cluster_fleet(etcd: &EtcdCluster, vip4: SocketAddr, vip6: SocketAddr) -> Flee
 
 /// Node `i`'s `cluster` part of `lbx status --json`.
 fn cluster_status(fleet: &Fleet, i: usize) -> serde_json::Value {
-    let status = fleet.lbx_json(i, &["status"]).expect("lbx status");
-    status["cluster"].clone()
+    fleet.cluster_status(i).expect("lbx status")
 }
 
-/// The configuration revision node `i` serves (`lbx stats` carries it, and is cheap).
+/// The configuration revision node `i` serves.
 fn served_revision(fleet: &Fleet, i: usize) -> u64 {
-    let stats = fleet.lbx_json(i, &["stats"]).expect("lbx stats");
-    stats["revision"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("node {i}: no revision in `lbx stats --json`: {stats}"))
+    fleet.served_revision(i).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Waits until node `i` serves revision `rev` or later; how long that took.
 fn wait_revision(fleet: &Fleet, i: usize, rev: u64, limit: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        let now = served_revision(fleet, i);
-        if now >= rev {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < limit,
-            "node {i} still serves revision {now}, not {rev}, after {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    fleet
+        .wait_revision(i, rev, limit)
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Waits until `f` holds, polling, within `limit`; how long it took.
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !f() {
-        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    started.elapsed()
+    fleet::wait_until(what, limit, || Ok(f())).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Each backend's weight, slots and state on node `i`, for comparing nodes.
@@ -672,34 +631,15 @@ fn cluster_shares_changes_over_tls() {
 
 /// The node that holds the weights election, among `nodes`, as their status says.
 fn leader_among(fleet: &Fleet, nodes: &[usize]) -> Option<usize> {
-    nodes
-        .iter()
-        .copied()
-        .find(|&i| cluster_status(fleet, i)["is_leader"] == true)
+    fleet.leader_among(nodes).expect("lbx status")
 }
 
 /// A change on node `i` that must succeed within `limit` (etcd may be electing a leader);
 /// how many attempts it took and its revision.
 fn change_within(fleet: &Fleet, i: usize, args: &[&str], limit: Duration) -> (usize, u64) {
-    let started = Instant::now();
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let out = fleet
-            .cli(i)
-            .output(&[&["--json"], args].concat())
-            .expect("lbx");
-        if out.status.success() {
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON answer");
-            return (attempts, v["revision"].as_u64().expect("revision"));
-        }
-        assert!(
-            started.elapsed() < limit,
-            "node {i}: {args:?} still fails after {limit:?}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    fleet
+        .change_within(i, args, limit)
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Hundreds of connections over three nodes; the weights leader's node leaves (route
