@@ -550,7 +550,7 @@ impl Fleet {
         }
     }
 
-    /// The node that holds the weights election, among `nodes`, as their status says.
+    /// The node that leads the weights, among `nodes`, as their status says.
     pub fn leader_among(&self, nodes: &[usize]) -> anyhow::Result<Option<usize>> {
         for &i in nodes {
             if self.cluster_status(i)?["is_leader"] == true {
