@@ -117,15 +117,19 @@ fn client_end(fleet: &Fleet, conn: &Connection) -> SocketAddr {
     fleet.client_end(conn)
 }
 
+/// The entry of the TCP VIP `vip` in the JSON of `lbx stats` or `lbx status`.
+fn tcp_vip(json: &serde_json::Value, vip: SocketAddr) -> Option<&serde_json::Value> {
+    let name = format!("{vip}/tcp");
+    json["vips"]
+        .as_array()?
+        .iter()
+        .find(|v| v["vip"] == name.as_str())
+}
+
 /// `lbx stats`' packet count of the TCP VIP `vip` on node `i`.
 fn vip_packets(fleet: &Fleet, i: usize, vip: SocketAddr) -> u64 {
     let stats = fleet.lbx_json(i, &["stats"]).expect("lbx stats");
-    stats["vips"]
-        .as_array()
-        .and_then(|vips| {
-            vips.iter()
-                .find(|v| v["vip"] == format!("{vip}/tcp").as_str())
-        })
+    tcp_vip(&stats, vip)
         .and_then(|v| v["packets"].as_u64())
         .unwrap_or_else(|| {
             panic!("node {i}: no packets of {vip}/tcp in `lbx stats --json`: {stats}")
@@ -378,13 +382,21 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Durat
     fleet::wait_until(what, limit, || Ok(f())).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// Each backend's weight, slots and state on node `i`, for comparing nodes.
-fn tables(fleet: &Fleet, i: usize) -> Vec<(String, String, String, u64, String)> {
+type Table = Vec<(String, String, String, u64, String)>;
+
+/// The configuration and decisions revisions node `i` serves, and each backend's weight,
+/// slots and state there, all from one status.
+fn served(fleet: &Fleet, i: usize) -> ((u64, u64), Table) {
     let status = fleet.lbx_json(i, &["status"]).expect("lbx status");
-    let mut out = Vec::new();
+    let c = &status["cluster"];
+    let revisions = (
+        c["revision"].as_u64().unwrap_or_default(),
+        c["decisions_revision"].as_u64().unwrap_or_default(),
+    );
+    let mut table = Vec::new();
     for v in status["vips"].as_array().expect("vips") {
         for b in v["backends"].as_array().expect("backends") {
-            out.push((
+            table.push((
                 v["vip"].as_str().unwrap_or_default().to_owned(),
                 b["address"].as_str().unwrap_or_default().to_owned(),
                 b["effective_weight"].to_string(),
@@ -393,7 +405,28 @@ fn tables(fleet: &Fleet, i: usize) -> Vec<(String, String, String, u64, String)>
             ));
         }
     }
-    out
+    (revisions, table)
+}
+
+/// Waits until `nodes` serve the same configuration and decisions revisions, and checks
+/// that they serve the same tables then: the same revisions must make the same tables.
+fn assert_same_tables(fleet: &Fleet, nodes: &[usize], what: &str) {
+    let mut last = Vec::new();
+    wait_until(
+        &format!("nodes {nodes:?} serving the same revisions ({what})"),
+        PROPAGATION_LIMIT,
+        || {
+            last = nodes.iter().map(|&i| served(fleet, i)).collect();
+            last.iter().all(|(r, _)| *r == last[0].0)
+        },
+    );
+    for (i, (_, table)) in nodes.iter().zip(&last).skip(1) {
+        assert_eq!(
+            &last[0].1, table,
+            "{what}: nodes {} and {i} serve revisions {:?} with different tables",
+            nodes[0], last[0].0
+        );
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -476,8 +509,7 @@ fn cluster_shares_changes_over_tls() {
             }
         }
     }
-    assert_eq!(tables(&fleet, 1), tables(&fleet, 2), "nodes 1 and 2 differ");
-    assert_eq!(tables(&fleet, 1), tables(&fleet, 3), "nodes 1 and 3 differ");
+    assert_same_tables(&fleet, &[1, 2, 3], "after the changes");
 
     // Two operators at once, on nodes 1 and 2, each on a backend of its own; a change told
     // "changed meanwhile" is retried, as an operator would.
@@ -622,11 +654,7 @@ fn cluster_shares_changes_over_tls() {
     wait_until("node 3 connected again", PROPAGATION_LIMIT, || {
         cluster_status(&fleet, 3)["state"] == "connected"
     });
-    assert_eq!(
-        tables(&fleet, 1),
-        tables(&fleet, 3),
-        "node 3 did not converge"
-    );
+    assert_same_tables(&fleet, &[1, 3], "node 3 back from its partition");
 }
 
 /// The node that holds the weights election, among `nodes`, as their status says.
@@ -753,19 +781,7 @@ fn cluster_survives_node_leader_and_etcd_member_loss() {
     let [a, b] = survivors[..] else {
         unreachable!()
     };
-    wait_until(
-        "the survivors serve the same decisions",
-        PROPAGATION_LIMIT,
-        || {
-            cluster_status(&fleet, a)["decisions_revision"]
-                == cluster_status(&fleet, b)["decisions_revision"]
-        },
-    );
-    assert_eq!(
-        tables(&fleet, a),
-        tables(&fleet, b),
-        "the survivors' tables differ"
-    );
+    assert_same_tables(&fleet, &[a, b], "the survivors, under the new leader");
     let answers = fleet
         .client()
         .ask_many(vip4, &[45_000, 45_001, 45_002])
@@ -821,11 +837,7 @@ fn cluster_survives_node_leader_and_etcd_member_loss() {
         REELECTION,
     );
     wait_revision(&fleet, a, rev, PROPAGATION_LIMIT);
-    assert_eq!(
-        tables(&fleet, a),
-        tables(&fleet, b),
-        "not converged after quorum came back"
-    );
+    assert_same_tables(&fleet, &[a, b], "after quorum came back");
 }
 
 /// Start-up errors in cluster mode: an etcd that never answers is waited for as long as
@@ -951,12 +963,7 @@ fn wait_until_status(fleet: &Fleet, child: &mut std::process::Child) -> bool {
 /// The state (`active`, `down`, `draining`) node `i` gives `backend` of `vip`.
 fn backend_state(fleet: &Fleet, i: usize, vip: SocketAddr, backend: &str) -> String {
     let status = fleet.lbx_json(i, &["status"]).expect("lbx status");
-    status["vips"]
-        .as_array()
-        .and_then(|vips| {
-            vips.iter()
-                .find(|v| v["vip"] == format!("{vip}/tcp").as_str())
-        })
+    tcp_vip(&status, vip)
         .and_then(|v| v["backends"].as_array())
         .and_then(|bs| bs.iter().find(|b| b["address"] == backend))
         .and_then(|b| b["state"].as_str())
@@ -1034,8 +1041,7 @@ fn cluster_health_is_decided_by_a_majority() {
     eprintln!("two of three nodes failing: node 3 followed the cluster's decision after {took:?}");
     let decided = cluster_status(&fleet, 3)["down_by_cluster"].to_string();
     assert!(decided.contains(&b3), "{decided}");
-    assert_eq!(tables(&fleet, 1), tables(&fleet, 3), "nodes 1 and 3 differ");
-    assert_eq!(tables(&fleet, 2), tables(&fleet, 3), "nodes 2 and 3 differ");
+    assert_same_tables(&fleet, &[1, 2, 3], "health decided by the majority");
     let ports: Vec<u16> = (46_000..).take(scaled(60, 20)).collect();
     let answers = fleet.client().ask_many(vip4, &ports).expect("connections");
     assert!(

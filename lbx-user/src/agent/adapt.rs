@@ -167,7 +167,10 @@ impl Agent {
         self.held.retain(|k, _| keep.contains_key(k));
         self.reports.retain(|k, _| keep.contains_key(k));
         self.weight_changes.retain(|k, _| keep.contains_key(k));
-        self.count_weight_changes(&keep);
+        if self.cluster.is_none() {
+            // In a cluster, weights count when they apply, as decisions.
+            self.count_weight_changes(&keep);
+        }
         self.adaptive = keep;
     }
 
@@ -281,6 +284,13 @@ impl Agent {
             return;
         };
         let moved: BTreeMap<_, _> = self.reweigh(&v).into_iter().collect();
+        if let Some(down) = self.cluster_decided_down() {
+            // The leader's weights apply as decisions, on every node alike.
+            let mut proposed = self.adaptive.clone();
+            proposed.extend(moved);
+            self.decide(&proposed, down);
+            return;
+        }
         self.count_weight_changes(&moved);
         self.adaptive.extend(moved);
         if self.effective(&self.config, now) != self.published {
@@ -289,7 +299,7 @@ impl Agent {
     }
 
     /// Counts the backends whose adaptive weight `next` moves (for the metrics).
-    fn count_weight_changes(&mut self, next: &BTreeMap<(VipId, IpAddr), (u32, String)>) {
+    pub(super) fn count_weight_changes(&mut self, next: &BTreeMap<(VipId, IpAddr), (u32, String)>) {
         for (key, (weight, _)) in next {
             let changes = self.weight_changes.entry(*key).or_default();
             if self.adaptive.get(key).is_some_and(|(old, _)| old != weight) {

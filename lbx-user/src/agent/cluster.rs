@@ -10,7 +10,7 @@
 //! holds while the node is cut off from etcd, when it serves its last revision.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     path::Path,
     time::{Instant, SystemTime},
@@ -129,24 +129,35 @@ impl Agent {
         }
     }
 
-    /// The weights of the decisions taken at start-up, in place of the models' own.
+    /// The weights of the decisions in force, in place of the models' own.
     pub(super) fn adopt_decided_weights(&mut self) {
         let Some(d) = self.cluster.as_ref().and_then(|m| m.decisions.clone()) else {
             return;
         };
-        for w in &d.weights {
-            self.adaptive.insert(
-                (w.vip, w.backend),
+        let decided: BTreeMap<_, _> = d
+            .weights
+            .iter()
+            .map(|w| {
                 (
-                    w.weight,
-                    format!("{} (weights leader {})", w.reason, d.leader),
-                ),
-            );
-        }
+                    (w.vip, w.backend),
+                    (
+                        w.weight,
+                        format!("{} (weights leader {})", w.reason, d.leader),
+                    ),
+                )
+            })
+            .collect();
+        self.count_weight_changes(&decided);
+        self.adaptive.extend(decided);
     }
 
     pub(super) fn cluster_down(&self, key: &(VipId, IpAddr)) -> bool {
         self.cluster.as_ref().is_some_and(|m| m.down.contains(key))
+    }
+
+    /// In cluster mode, the backends the cluster decided are down.
+    pub(super) fn cluster_decided_down(&self) -> Option<BTreeSet<(VipId, IpAddr)>> {
+        self.cluster.as_ref().map(|m| m.down.clone())
     }
 
     /// Whether the weights come from another node's decisions.
@@ -361,8 +372,25 @@ impl Agent {
                 );
             }
         }
+        // The models run here, but their weights are applied only as decisions, when they
+        // come back from etcd: the leader switches with the others, not ahead of them, and
+        // weights etcd never took are applied nowhere.
+        let applied = self.adaptive.clone();
         self.adapt(now);
-        let m = self.cluster.as_ref().expect("checked");
+        let proposed = std::mem::replace(&mut self.adaptive, applied);
+        self.decide(&proposed, merge::down(&reports));
+    }
+
+    /// Writes the weights and health decisions, as the leader, unless they are those in
+    /// force already.
+    pub(super) fn decide(
+        &self,
+        weights: &BTreeMap<(VipId, IpAddr), (u32, String)>,
+        down: BTreeSet<(VipId, IpAddr)>,
+    ) {
+        let Some(m) = self.cluster.as_ref().filter(|m| m.leading) else {
+            return;
+        };
         let decided = Decisions {
             leader: m.handle.opts.node.clone(),
             config_revision: m.revision,
@@ -374,7 +402,7 @@ impl Agent {
                 .filter(|v| v.adaptive.is_some())
                 .flat_map(|v| v.backends.iter().map(move |b| (v.id(), b.address)))
                 .filter_map(|key| {
-                    self.adaptive.get(&key).map(|(w, why)| Weight {
+                    weights.get(&key).map(|(w, why)| Weight {
                         vip: key.0,
                         backend: key.1,
                         weight: *w,
@@ -382,7 +410,7 @@ impl Agent {
                     })
                 })
                 .collect(),
-            down: merge::down(&reports).into_iter().collect(),
+            down: down.into_iter().collect(),
         };
         if m.decisions.as_ref().is_some_and(|d| d.same_as(&decided)) {
             return;
