@@ -670,6 +670,19 @@ fn change_within(fleet: &Fleet, i: usize, args: &[&str], limit: Duration) -> (us
         .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// How many nodes stand in the weights election: its keys in etcd.
+fn candidates(etcd: &mut EtcdCluster) -> usize {
+    let out = etcd
+        .etcdctl(&[
+            "get",
+            "--prefix",
+            "--keys-only",
+            &format!("/lbx/{CLUSTER}/leader/"),
+        ])
+        .expect("etcdctl get");
+    out.lines().filter(|l| !l.trim().is_empty()).count()
+}
+
 /// Hundreds of connections over three nodes; the weights leader's node leaves (route
 /// withdrawn, agent killed): no connection breaks, another node leads within the lease's
 /// TTL, and the two left serve identical tables. Then etcd loses one member (changes go
@@ -716,6 +729,12 @@ fn cluster_survives_node_leader_and_etcd_member_loss() {
         .filter(|&i| cluster_status(&fleet, i)["is_leader"] == true)
         .collect();
     assert_eq!(leading, [leader], "exactly one node leads the weights");
+    // Every node stands in etcd's election: one key each under the election's prefix.
+    assert_eq!(
+        candidates(&mut etcd),
+        3,
+        "the candidates in the weights election"
+    );
     let survivors: Vec<usize> = (1..=3).filter(|&i| i != leader).collect();
     wait_until(
         "every node applies the leader's decisions",
@@ -777,6 +796,11 @@ fn cluster_survives_node_leader_and_etcd_member_loss() {
          {LEASE_TTL_S} s)",
         next.expect("found"),
         killed.elapsed()
+    );
+    assert_eq!(
+        candidates(&mut etcd),
+        2,
+        "the dead leader's candidacy ended with its lease"
     );
     let [a, b] = survivors[..] else {
         unreachable!()

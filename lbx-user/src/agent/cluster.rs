@@ -1,7 +1,8 @@
 //! The agent in cluster mode: the configuration comes from etcd and every change goes
 //! there, compared on the revision it was made on; each new revision is published here
-//! as one generation. One node, holding the leader key under its lease, merges the nodes' reports, runs the models and
-//! writes the weights and health decisions every node applies.
+//! as one generation. One node, elected through etcd's election API, merges the nodes'
+//! reports, runs the models and writes the weights and health decisions every node
+//! applies.
 //!
 //! Health in a cluster: a backend is down when more than half of the nodes that probe it
 //! see it down (the leader decides, [`crate::cluster::merge`]). A node whose own probes see
@@ -417,7 +418,7 @@ impl Agent {
         }
         match m.handle.put_decisions(&decided) {
             Ok(Some(_)) => {}
-            Ok(None) => eprintln!("cluster: no longer holds the leader key; decisions not written"),
+            Ok(None) => eprintln!("cluster: no longer leads the weights; decisions not written"),
             Err(e) => eprintln!("cluster: writing the decisions: {e}"),
         }
     }

@@ -118,8 +118,15 @@ pub struct Cluster {
     store: Store,
     pub opts: ClusterOptions,
     report: watch::Sender<Option<NodeReport>>,
-    /// This node's lease while it leads the weights.
-    leader_lease: Arc<Mutex<Option<i64>>>,
+    /// This node's lease, and its election key while it leads the weights.
+    standing: Arc<Mutex<Standing>>,
+}
+
+/// This node's lease in etcd, and its key in the weights election while that key leads.
+#[derive(Debug, Default)]
+pub struct Standing {
+    pub lease: Option<i64>,
+    pub leader_key: Option<Vec<u8>>,
 }
 
 impl Cluster {
@@ -140,7 +147,7 @@ impl Cluster {
             store,
             opts,
             report: watch::channel(None).0,
-            leader_lease: Arc::default(),
+            standing: Arc::default(),
         })
     }
 
@@ -158,7 +165,7 @@ impl Cluster {
             config_seen,
             decisions_seen,
             self.report.subscribe(),
-            self.leader_lease.clone(),
+            self.standing.clone(),
         );
     }
 
@@ -187,25 +194,27 @@ impl Cluster {
         self.rt.block_on(self.store.decisions())
     }
 
-    /// Writes decisions while this node holds the leader key; none if it no longer does.
+    /// Writes decisions while this node leads the weights; none if it no longer does.
     pub fn put_decisions(&self, d: &Decisions) -> Result<Option<u64>, ClusterError> {
-        let Some(lease) = *self.leader_lease.lock().expect("not poisoned") else {
+        let standing = self.standing.lock().expect("not poisoned");
+        let (Some(lease), Some(key)) = (standing.lease, standing.leader_key.clone()) else {
             return Ok(None);
         };
-        self.rt.block_on(self.store.put_decisions(d, lease))
+        drop(standing);
+        self.rt.block_on(self.store.put_decisions(d, &key, lease))
     }
 
     /// The weights leader's name, as etcd has it.
     pub fn leader(&self) -> Result<Option<String>, ClusterError> {
-        self.rt.block_on(self.store.leader())
+        Ok(self.rt.block_on(self.store.leader())?.map(|l| l.node))
     }
 }
 
 impl Drop for Cluster {
-    /// An agent that stops while it leads gives the leadership up at once (its lease
-    /// revoked, the leader key with it) rather than after the lease's TTL.
+    /// An agent that stops revokes its lease: its report and its candidacy go at once, and
+    /// if it led, the next candidate leads now rather than after the lease's TTL.
     fn drop(&mut self) {
-        if let Some(lease) = *self.leader_lease.lock().expect("not poisoned") {
+        if let Some(lease) = self.standing.lock().expect("not poisoned").lease {
             let mut c = self.store.client();
             let _ = self.rt.block_on(async {
                 tokio::time::timeout(Duration::from_secs(1), c.lease_revoke(lease)).await

@@ -8,7 +8,8 @@
 //!                                  successor, written with it
 //! /lbx/<cluster>/nodes/<node>      each node's report, under its lease
 //! /lbx/<cluster>/decisions         the weights leader's decisions
-//! /lbx/<cluster>/leader            the weights leader's name, under its lease
+//! /lbx/<cluster>/leader/<lease>    the weights election: each node's candidacy, its
+//!                                  name under its lease; the oldest key leads
 //! ```
 
 use std::{fs, time::Duration};
@@ -37,6 +38,8 @@ pub struct Versioned<T> {
 #[derive(Clone)]
 pub struct Store {
     client: Client,
+    /// For campaigns only, which wait as long as it takes to win.
+    elections: Client,
     prefix: String,
     endpoints: String,
 }
@@ -45,7 +48,6 @@ impl Store {
     /// Connects and checks that etcd answers with a quorum, waiting up to `opts.wait`.
     pub async fn connect(opts: &ClusterOptions) -> Result<Store, ClusterError> {
         let mut connect = ConnectOptions::new()
-            .with_timeout(REQUEST_TIMEOUT)
             .with_connect_timeout(Duration::from_secs(2))
             // A cut link shows within seconds, not after TCP's own timeouts.
             .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
@@ -67,6 +69,10 @@ impl Store {
         if let Some(a) = &opts.auth {
             connect = connect.with_user(a.user.clone(), a.password.clone());
         }
+        // A campaign waits until it wins: it gets a client without the requests' timeout,
+        // whose expiry would withdraw the candidacy.
+        let unbounded = connect.clone();
+        let connect = connect.with_timeout(REQUEST_TIMEOUT);
         let endpoints = opts.describe();
         let deadline = tokio::time::Instant::now() + opts.wait;
         let mut last;
@@ -77,12 +83,14 @@ impl Store {
                 probe
                     .get(format!("/lbx/{}/config", opts.name), None)
                     .await?;
-                Ok::<_, etcd_client::Error>(client)
+                let elections = Client::connect(opts.urls(), Some(unbounded.clone())).await?;
+                Ok::<_, etcd_client::Error>((client, elections))
             };
             match tokio::time::timeout(REQUEST_TIMEOUT, attempt).await {
-                Ok(Ok(client)) => {
+                Ok(Ok((client, elections))) => {
                     return Ok(Store {
                         client,
+                        elections,
                         prefix: format!("/lbx/{}/", opts.name),
                         endpoints,
                     });
@@ -326,15 +334,18 @@ impl Store {
         }))
     }
 
-    /// Writes decisions while the leader key holds this node's lease `lease`: a leader
-    /// that lost the key meanwhile writes nothing.
+    /// Writes decisions while `key`, this node's candidacy in the weights election, holds
+    /// its `lease`: a leader whose lease ended meanwhile writes nothing. (A key that leads
+    /// goes on leading while it exists: the keys before it are gone, and later ones are
+    /// created after it.)
     pub async fn put_decisions(
         &self,
         d: &Decisions,
+        key: &[u8],
         lease: i64,
     ) -> Result<Option<u64>, ClusterError> {
         let txn = Txn::new()
-            .when([Compare::lease(self.key("leader"), CompareOp::Equal, lease)])
+            .when([Compare::lease(key, CompareOp::Equal, lease)])
             .and_then([TxnOp::put(
                 self.key("decisions"),
                 serde_json::to_string(d).expect("decisions serialize"),
@@ -350,48 +361,41 @@ impl Store {
             .then(|| r.header().map_or(0, |h| h.revision() as u64)))
     }
 
-    /// Claims the weights leadership for `node` with its `lease`: the leader key is created
-    /// under the lease when there is none, and is this node's while it holds its lease.
-    /// When the leader's lease ends (it died, or was cut off for the TTL), the key goes,
-    /// and the next node to claim it leads.
-    pub async fn claim_leadership(&self, node: &str, lease: i64) -> Result<bool, ClusterError> {
-        let key = self.key("leader");
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key.clone(),
-                node,
-                Some(etcd_client::PutOptions::new().with_lease(lease)),
-            )])
-            .or_else([TxnOp::get(key, None)]);
-        let r = self
-            .timed("claiming the weights leadership", |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
-        if r.succeeded() {
-            return Ok(true);
-        }
-        Ok(r.op_responses().into_iter().any(|op| match op {
-            TxnOpResponse::Get(g) => g.kvs().first().is_some_and(|kv| kv.lease() == lease),
-            _ => false,
-        }))
+    /// Stands `node` for the weights leadership with its `lease`, through etcd's election
+    /// API: returns once it leads, which may be never. The candidacy is a key under the
+    /// lease, so it ends with the lease (a node that died, or was cut off for the TTL).
+    pub async fn campaign(&self, node: &str, lease: i64) -> Result<(), etcd_client::Error> {
+        let mut c = self.elections.clone();
+        c.campaign(self.key("leader"), node, lease).await.map(drop)
     }
 
-    /// The weights leader's name; none while no node holds the key.
-    pub async fn leader(&self) -> Result<Option<String>, ClusterError> {
-        let key = self.key("leader");
-        let r = self
-            .timed("naming the weights leader", |mut c| {
-                let key = key.clone();
-                async move { c.get(key, None).await }
-            })
-            .await?;
-        Ok(r.kvs()
-            .first()
-            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    /// The weights election's leader, as etcd names it; none while nobody stands.
+    pub async fn leader(&self) -> Result<Option<Leader>, ClusterError> {
+        let name = self.key("leader");
+        self.timed("naming the weights leader", |mut c| {
+            let name = name.clone();
+            async move {
+                match c.leader(name).await {
+                    Ok(r) => Ok(r.kv().map(|kv| Leader {
+                        node: String::from_utf8_lossy(kv.value()).into_owned(),
+                        lease: kv.lease(),
+                        key: kv.key().to_vec(),
+                    })),
+                    Err(e) if e.to_string().contains("election: no leader") => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+        })
+        .await
     }
+}
+
+/// The weights leader: its node's name, the lease it stands with, and its election key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leader {
+    pub node: String,
+    pub lease: i64,
+    pub key: Vec<u8>,
 }
 
 /// Whether `e` says the request never reached a member: the connection was refused or

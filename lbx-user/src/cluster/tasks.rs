@@ -1,5 +1,5 @@
 //! The cluster's background tasks: watching the configuration and the decisions,
-//! writing this node's report under its lease, and the claim of the weights leadership.
+//! writing this node's report under its lease, and its candidacy for the weights leadership.
 
 use std::{
     sync::{Arc, Mutex},
@@ -10,9 +10,9 @@ use etcd_client::{EventType, WatchOptions};
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    ClusterError, ClusterOptions, Update, Versioned,
+    ClusterError, ClusterOptions, Standing, Update, Versioned,
     document::{Decisions, NodeReport},
-    store::Store,
+    store::{Leader, Store},
 };
 
 /// How often the node's report is written and the store's answer checked.
@@ -27,7 +27,7 @@ pub fn spawn<E>(
     config_seen: u64,
     decisions_seen: u64,
     report: watch::Receiver<Option<NodeReport>>,
-    leader_lease: Arc<Mutex<Option<i64>>>,
+    standing: Arc<Mutex<Standing>>,
 ) where
     E: From<Update> + Send + 'static,
 {
@@ -38,7 +38,7 @@ pub fn spawn<E>(
         decisions_seen,
         tx.clone(),
     ));
-    tokio::spawn(keep_reporting(store, opts, report, leader_lease, tx));
+    tokio::spawn(keep_reporting(store, opts, report, standing, tx));
 }
 
 fn update(key: &str, revision: u64, value: &[u8]) -> Update {
@@ -118,14 +118,15 @@ async fn follow<E: From<Update> + Send + 'static>(
 }
 
 /// Writes the node's latest report under its lease every [`REPORT_EVERY`], renewing the
-/// lease and claiming the weights leadership with it; whether that works is the node's view
-/// of the store: [`Update::Connected`] and [`Update::CutOff`] report each change of it,
-/// [`Update::Leadership`] each change of the leadership.
+/// lease, standing for the weights leadership with it and asking etcd who leads; whether
+/// that works is the node's view of the store: [`Update::Connected`] and
+/// [`Update::CutOff`] report each change of it, [`Update::Leadership`] each change of the
+/// leadership. A node leads while etcd names it and it can ask: one cut off leads no more.
 async fn keep_reporting<E: From<Update> + Send + 'static>(
     store: Store,
     opts: ClusterOptions,
     report: watch::Receiver<Option<NodeReport>>,
-    leader_lease: Arc<Mutex<Option<i64>>>,
+    standing: Arc<Mutex<Standing>>,
     tx: mpsc::Sender<E>,
 ) {
     let ttl = opts.lease_ttl.as_secs().max(1) as i64;
@@ -133,10 +134,11 @@ async fn keep_reporting<E: From<Update> + Send + 'static>(
     let mut connected: Option<bool> = None;
     let mut last_error: Option<String> = None;
     let mut leading = false;
+    let mut candidacy: Option<(i64, tokio::task::JoinHandle<()>)> = None;
     let mut every = tokio::time::interval(REPORT_EVERY);
     loop {
         every.tick().await;
-        let result: Result<bool, ClusterError> = async {
+        let result: Result<Option<Leader>, ClusterError> = async {
             let id = match lease {
                 Some(id) => {
                     let mut c = store.client();
@@ -169,19 +171,30 @@ async fn keep_reporting<E: From<Update> + Send + 'static>(
                 None => grant(&store, ttl).await?,
             };
             lease = Some(id);
+            standing.lock().expect("not poisoned").lease = Some(id);
             let latest = report.borrow().clone();
             if let Some(r) = latest {
                 store.put_report(&r, id).await?;
             }
-            store.claim_leadership(&opts.node, id).await
+            // A new lease stands anew: the candidacy under the old one ended with it.
+            if candidacy.as_ref().is_none_or(|(l, _)| *l != id) {
+                if let Some((_, old)) = candidacy.take() {
+                    old.abort();
+                }
+                let task = tokio::spawn(stand(store.clone(), opts.node.clone(), id));
+                candidacy = Some((id, task));
+            }
+            Ok(store.leader().await?.filter(|l| l.lease == id))
         }
         .await;
-        // Leadership holds while this round's claim does: a node that cannot reach etcd,
-        // or whose lease ended, leads no more.
-        let now_leading = matches!(result, Ok(true));
+        let leader_key = match &result {
+            Ok(Some(l)) => Some(l.key.clone()),
+            _ => None,
+        };
+        let now_leading = leader_key.is_some();
+        standing.lock().expect("not poisoned").leader_key = leader_key;
         if now_leading != leading {
             leading = now_leading;
-            *leader_lease.lock().expect("not poisoned") = lease.filter(|_| leading);
             if tx.send(Update::Leadership(leading).into()).await.is_err() {
                 return;
             }
@@ -210,6 +223,18 @@ async fn keep_reporting<E: From<Update> + Send + 'static>(
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Stands for the weights leadership under `lease` until elected, again after errors
+/// other than the lease's end (a new lease stands anew).
+async fn stand(store: Store, node: String, lease: i64) {
+    loop {
+        match store.campaign(&node, lease).await {
+            Ok(()) => return,
+            Err(e) if e.to_string().contains("not found") => return,
+            Err(_) => tokio::time::sleep(RETRY).await,
         }
     }
 }
