@@ -114,6 +114,35 @@ pub fn config_toml(vips: &[(SocketAddr, Vec<(usize, u32)>)]) -> String {
     out
 }
 
+/// Node `i`'s `lbx run` arguments of cluster mode on `etcd`: the cluster `cluster`, the node's
+/// name ([`node_name`]), the lease TTL, and etcd's TLS files when it has them.
+pub fn cluster_args(etcd: &EtcdCluster, cluster: &str, i: usize, lease_ttl_s: u64) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--cluster",
+        &etcd.cluster_arg(),
+        "--cluster-name",
+        cluster,
+        "--node",
+        &node_name(i),
+        "--cluster-lease-ttl-s",
+        &lease_ttl_s.to_string(),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    if let Some(tls) = etcd.tls() {
+        for (flag, path) in [
+            ("--etcd-ca", tls.ca()),
+            ("--etcd-cert", tls.client_cert()),
+            ("--etcd-key", tls.client_key()),
+        ] {
+            args.push(flag.to_owned());
+            args.push(path.display().to_string());
+        }
+    }
+    args
+}
+
 /// What to build; see [`Fleet::builder`].
 #[derive(Debug, Clone)]
 pub struct FleetBuilder {
@@ -510,6 +539,16 @@ impl Fleet {
         let ready = self.cli(i).wait_for(&mut agent);
         self.node_at_mut(i).agent = Some(agent);
         ready
+    }
+
+    /// Process ids of every process this fleet runs: servers, `lbx pass`, running agents.
+    pub fn pids(&self) -> Vec<u32> {
+        let agents = self.nodes.iter().filter_map(|n| n.agent.as_ref());
+        self.processes
+            .iter()
+            .chain(agents)
+            .map(Process::pid)
+            .collect()
     }
 
     /// Node `i`'s running agent's process id.

@@ -340,30 +340,7 @@ const PROPAGATION_LIMIT: Duration = Duration::from_secs(10);
 
 /// `lbx run`'s cluster arguments of node `i`.
 fn cluster_args(etcd: &EtcdCluster, i: usize) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--cluster",
-        &etcd.cluster_arg(),
-        "--cluster-name",
-        CLUSTER,
-        "--node",
-        &fleet::node_name(i),
-        "--cluster-lease-ttl-s",
-        &LEASE_TTL_S.to_string(),
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    if let Some(tls) = etcd.tls() {
-        for (flag, path) in [
-            ("--etcd-ca", tls.ca()),
-            ("--etcd-cert", tls.client_cert()),
-            ("--etcd-key", tls.client_key()),
-        ] {
-            args.push(flag.to_owned());
-            args.push(path.display().to_string());
-        }
-    }
-    args
+    fleet::cluster_args(etcd, CLUSTER, i, LEASE_TTL_S)
 }
 
 /// Three nodes in cluster mode on `etcd`, serving `vip4` and `vip6` over three backends of
