@@ -24,11 +24,12 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 
 use crate::agent::{self, LbxCli};
-use crate::client::Client;
+use crate::client::{Client, Connection};
 use crate::etcd::{ControlPort, EtcdCluster};
 use crate::netns::{self, Netns};
 use crate::process::Process;
@@ -114,8 +115,9 @@ pub fn config_toml(vips: &[(SocketAddr, Vec<(usize, u32)>)]) -> String {
     out
 }
 
-/// Node `i`'s `lbx run` arguments of cluster mode on `etcd`: the cluster `cluster`, the node's
-/// name ([`node_name`]), the lease TTL, and etcd's TLS files when it has them.
+/// `lbx run`'s cluster-mode arguments of node `i` on `etcd`: cluster `cluster`, node name
+/// [`node_name`], a lease of `lease_ttl_s`, and the CA and client certificate when `etcd`
+/// speaks TLS.
 pub fn cluster_args(etcd: &EtcdCluster, cluster: &str, i: usize, lease_ttl_s: u64) -> Vec<String> {
     let mut args: Vec<String> = [
         "--cluster",
@@ -141,6 +143,20 @@ pub fn cluster_args(etcd: &EtcdCluster, cluster: &str, i: usize, lease_ttl_s: u6
         }
     }
     args
+}
+
+/// Polls `f` until it holds, within `limit`; how long that took.
+pub fn wait_until(
+    what: &str,
+    limit: Duration,
+    mut f: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    while !f()? {
+        ensure!(started.elapsed() < limit, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(started.elapsed())
 }
 
 /// What to build; see [`Fleet::builder`].
@@ -497,6 +513,82 @@ impl Fleet {
     /// `lbx flow` on node `i` for a TCP flow.
     pub fn flow(&self, i: usize, src: SocketAddr, dst: SocketAddr) -> anyhow::Result<Flow> {
         self.cli(i).flow(src, dst)
+    }
+
+    /// The client's side of `conn` as the nodes see it (the client's address of its family).
+    pub fn client_end(&self, conn: &Connection) -> SocketAddr {
+        SocketAddr::new(self.client_addr(conn.dst()), conn.src_port())
+    }
+
+    /// Node `i`'s `cluster` part of `lbx status --json`.
+    pub fn cluster_status(&self, i: usize) -> anyhow::Result<serde_json::Value> {
+        Ok(self.lbx_json(i, &["status"])?["cluster"].take())
+    }
+
+    /// The configuration revision node `i` serves (`lbx stats` carries it, and is cheap).
+    pub fn served_revision(&self, i: usize) -> anyhow::Result<u64> {
+        let stats = self.lbx_json(i, &["stats"])?;
+        stats["revision"]
+            .as_u64()
+            .with_context(|| format!("node {i}: no revision in `lbx stats --json`: {stats}"))
+    }
+
+    /// Waits until node `i` serves revision `rev` or later, polling every 2 ms; how long
+    /// that took.
+    pub fn wait_revision(&self, i: usize, rev: u64, limit: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        loop {
+            let now = self.served_revision(i)?;
+            if now >= rev {
+                return Ok(started.elapsed());
+            }
+            ensure!(
+                started.elapsed() < limit,
+                "node {i} still serves revision {now}, not {rev}, after {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// The node that leads the weights, among `nodes`, as their status says.
+    pub fn leader_among(&self, nodes: &[usize]) -> anyhow::Result<Option<usize>> {
+        for &i in nodes {
+            if self.cluster_status(i)?["is_leader"] == true {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A change on node `i` (`lbx --json ARGS`) that must succeed within `limit` (etcd may
+    /// be electing a leader): how many attempts it took and its revision.
+    pub fn change_within(
+        &self,
+        i: usize,
+        args: &[&str],
+        limit: Duration,
+    ) -> anyhow::Result<(usize, u64)> {
+        let started = Instant::now();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let out = self.cli(i).output(&[&["--json"], args].concat())?;
+            if out.status.success() {
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+                    .with_context(|| format!("node {i}: {args:?} answered no JSON"))?;
+                let rev = v["revision"]
+                    .as_u64()
+                    .with_context(|| format!("node {i}: {args:?} answered no revision: {v}"))?;
+                return Ok((attempts, rev));
+            }
+            ensure!(
+                started.elapsed() < limit,
+                "node {i}: {args:?} still fails after {limit:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Node `i`'s whole `lbx run` command line with `extra` after the fleet's and the

@@ -27,6 +27,7 @@ pub mod bpffs;
 pub mod capture;
 pub mod client;
 pub mod dashboard_png;
+pub mod demo;
 pub mod etcd;
 pub mod ethtool;
 pub mod fixture;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use lbx_tests::etcd::{EtcdCluster, Tls};
 use lbx_tests::fleet::{self, Fleet};
 use lbx_tests::topology::scaled;
-use lbx_tests::{Connection, VIP_V4, VIP_V6, tally};
+use lbx_tests::{Connection, DIRECT_PORT, VIP_V4, VIP_V6, tally};
 
 /// How long a write may take to succeed after the leader died: a new election takes an
 /// election timeout (1 s) and a little more.
@@ -114,7 +114,7 @@ const FRESH: usize = 60;
 
 /// The client's side of `conn` as the nodes see it.
 fn client_end(fleet: &Fleet, conn: &Connection) -> SocketAddr {
-    SocketAddr::new(fleet.client_addr(conn.dst()), conn.src_port())
+    fleet.client_end(conn)
 }
 
 /// `lbx stats`' packet count of the TCP VIP `vip` on node `i`.
@@ -358,42 +358,24 @@ fn cluster_fleet(etcd: &EtcdCluster, vip4: SocketAddr, vip6: SocketAddr) -> Flee
 
 /// Node `i`'s `cluster` part of `lbx status --json`.
 fn cluster_status(fleet: &Fleet, i: usize) -> serde_json::Value {
-    let status = fleet.lbx_json(i, &["status"]).expect("lbx status");
-    status["cluster"].clone()
+    fleet.cluster_status(i).expect("lbx status")
 }
 
-/// The configuration revision node `i` serves (`lbx stats` carries it, and is cheap).
+/// The configuration revision node `i` serves.
 fn served_revision(fleet: &Fleet, i: usize) -> u64 {
-    let stats = fleet.lbx_json(i, &["stats"]).expect("lbx stats");
-    stats["revision"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("node {i}: no revision in `lbx stats --json`: {stats}"))
+    fleet.served_revision(i).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Waits until node `i` serves revision `rev` or later; how long that took.
 fn wait_revision(fleet: &Fleet, i: usize, rev: u64, limit: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        let now = served_revision(fleet, i);
-        if now >= rev {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < limit,
-            "node {i} still serves revision {now}, not {rev}, after {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    fleet
+        .wait_revision(i, rev, limit)
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Waits until `f` holds, polling, within `limit`; how long it took.
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !f() {
-        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    started.elapsed()
+    fleet::wait_until(what, limit, || Ok(f())).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Each backend's weight, slots and state on node `i`, for comparing nodes.
@@ -649,34 +631,15 @@ fn cluster_shares_changes_over_tls() {
 
 /// The node that holds the weights election, among `nodes`, as their status says.
 fn leader_among(fleet: &Fleet, nodes: &[usize]) -> Option<usize> {
-    nodes
-        .iter()
-        .copied()
-        .find(|&i| cluster_status(fleet, i)["is_leader"] == true)
+    fleet.leader_among(nodes).expect("lbx status")
 }
 
 /// A change on node `i` that must succeed within `limit` (etcd may be electing a leader);
 /// how many attempts it took and its revision.
 fn change_within(fleet: &Fleet, i: usize, args: &[&str], limit: Duration) -> (usize, u64) {
-    let started = Instant::now();
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let out = fleet
-            .cli(i)
-            .output(&[&["--json"], args].concat())
-            .expect("lbx");
-        if out.status.success() {
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON answer");
-            return (attempts, v["revision"].as_u64().expect("revision"));
-        }
-        assert!(
-            started.elapsed() < limit,
-            "node {i}: {args:?} still fails after {limit:?}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    fleet
+        .change_within(i, args, limit)
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Hundreds of connections over three nodes; the weights leader's node leaves (route
@@ -700,6 +663,8 @@ fn cluster_survives_node_leader_and_etcd_member_loss() {
                 &vip_arg,
                 "--kind",
                 "tcp",
+                "--port",
+                &DIRECT_PORT.to_string(),
                 "--interval-ms",
                 "200",
             ],
@@ -719,6 +684,10 @@ fn cluster_survives_node_leader_and_etcd_member_loss() {
         leader.is_some()
     });
     let leader = leader.expect("found");
+    let leading: Vec<usize> = (1..=3)
+        .filter(|&i| cluster_status(&fleet, i)["is_leader"] == true)
+        .collect();
+    assert_eq!(leading, [leader], "exactly one node leads the weights");
     let survivors: Vec<usize> = (1..=3).filter(|&i| i != leader).collect();
     wait_until(
         "every node applies the leader's decisions",
@@ -825,7 +794,7 @@ fn cluster_survives_node_leader_and_etcd_member_loss() {
     let err = String::from_utf8_lossy(&out.stderr);
     eprintln!("without quorum, after {:?}: {err}", started.elapsed());
     assert_eq!(out.status.code(), Some(10), "{err}");
-    assert!(err.contains("nothing was changed"), "{err}");
+    assert!(err.contains("changed nothing"), "{err}");
     wait_until("node a says it is degraded", PROPAGATION_LIMIT, || {
         fleet
             .lbx(a, &["status"])
@@ -977,4 +946,115 @@ fn wait_until_status(fleet: &Fleet, child: &mut std::process::Child) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
     false
+}
+
+/// The state (`active`, `down`, `draining`) node `i` gives `backend` of `vip`.
+fn backend_state(fleet: &Fleet, i: usize, vip: SocketAddr, backend: &str) -> String {
+    let status = fleet.lbx_json(i, &["status"]).expect("lbx status");
+    status["vips"]
+        .as_array()
+        .and_then(|vips| {
+            vips.iter()
+                .find(|v| v["vip"] == format!("{vip}/tcp").as_str())
+        })
+        .and_then(|v| v["backends"].as_array())
+        .and_then(|bs| bs.iter().find(|b| b["address"] == backend))
+        .and_then(|b| b["state"].as_str())
+        .unwrap_or_else(|| panic!("node {i}: no backend {backend} of {vip}: {status}"))
+        .to_owned()
+}
+
+/// A backend's health is the cluster's decision: one node whose probes fail takes it out
+/// of its own tables only; when a majority of the probing nodes fail, every node takes it
+/// out; when that majority is gone, the others take it back, the node that still fails
+/// keeps it out. Probes fail on a node through a blackhole route to the backend there,
+/// which the data path (XDP, by MAC) does not use.
+#[test]
+fn cluster_health_is_decided_by_a_majority() {
+    let vip4 = SocketAddr::new(VIP_V4.into(), 80);
+    let vip6 = SocketAddr::new(VIP_V6.into(), 80);
+    let etcd = EtcdCluster::start(3, None).expect("start etcd");
+    let fleet = cluster_fleet(&etcd, vip4, vip6);
+    let vip_arg = vip4.to_string();
+    // The backends' servers answer on their own address at DIRECT_PORT.
+    let port = DIRECT_PORT.to_string();
+    let rev = fleet
+        .lbx_json(
+            1,
+            &[
+                "vip",
+                "health",
+                &vip_arg,
+                "--kind",
+                "tcp",
+                "--port",
+                &port,
+                "--interval-ms",
+                "100",
+                "--fall",
+                "2",
+                "--rise",
+                "2",
+                "--slow-start-s",
+                "0",
+            ],
+        )
+        .expect("lbx vip health")["revision"]
+        .as_u64()
+        .expect("revision");
+    for i in 1..=3 {
+        wait_revision(&fleet, i, rev, PROPAGATION_LIMIT);
+    }
+    let b3 = fleet.backend(3).addr_like(vip4.ip()).to_string();
+    let blackhole = |i: usize, add: bool| {
+        let verb = if add { "add" } else { "del" };
+        fleet
+            .node(i)
+            .netns
+            .ip(&["route", verb, "blackhole", &format!("{b3}/32")])
+            .expect("ip route");
+    };
+    let state = |i: usize| backend_state(&fleet, i, vip4, &b3);
+    let limit = Duration::from_secs(10);
+
+    blackhole(1, true);
+    wait_until("node 1 takes backend-3 out", limit, || state(1) == "down");
+    // Several of the leader's rounds: one node of three is no majority.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!((state(2).as_str(), state(3).as_str()), ("active", "active"));
+    assert_eq!(
+        cluster_status(&fleet, 3)["down_by_cluster"],
+        serde_json::json!([])
+    );
+
+    blackhole(2, true);
+    let took = wait_until("node 3 takes backend-3 out too", limit, || {
+        state(3) == "down"
+    });
+    eprintln!("two of three nodes failing: node 3 followed the cluster's decision after {took:?}");
+    let decided = cluster_status(&fleet, 3)["down_by_cluster"].to_string();
+    assert!(decided.contains(&b3), "{decided}");
+    assert_eq!(tables(&fleet, 1), tables(&fleet, 3), "nodes 1 and 3 differ");
+    assert_eq!(tables(&fleet, 2), tables(&fleet, 3), "nodes 2 and 3 differ");
+    let ports: Vec<u16> = (46_000..).take(scaled(60, 20)).collect();
+    let answers = fleet.client().ask_many(vip4, &ports).expect("connections");
+    assert!(
+        answers.iter().all(|a| a != "backend-3"),
+        "a new connection reached the backend the cluster took out: {:?}",
+        tally(&answers)
+    );
+
+    blackhole(1, false);
+    wait_until("nodes 1 and 3 take backend-3 back", limit, || {
+        state(1) == "active" && state(3) == "active"
+    });
+    assert_eq!(
+        state(2),
+        "down",
+        "node 2's own probes still fail: it keeps backend-3 out"
+    );
+    blackhole(2, false);
+    wait_until("node 2 takes backend-3 back", limit, || {
+        state(2) == "active"
+    });
 }

@@ -1,4 +1,5 @@
-//! `cargo xtask demo`: builds everything the demo needs and runs `lbx-demo`.
+//! `cargo xtask demo [cluster]`: builds everything the demos need and runs `lbx-demo`, or
+//! `lbx-demo-cluster`.
 
 use anyhow::{Result, bail};
 
@@ -8,8 +9,14 @@ use crate::{
     process,
 };
 
-/// Runs lbx-demo with `args`; returns its exit code.
-pub fn run(args: &[String]) -> Result<i32> {
+/// Runs lbx-demo (`what` none) or lbx-demo-cluster (`what` `cluster`) with `args`; returns
+/// its exit code.
+pub fn run(what: Option<&str>, args: &[String]) -> Result<i32> {
+    let name = match what {
+        None => "lbx-demo",
+        Some("cluster") => "lbx-demo-cluster",
+        Some(other) => bail!("no demo named {other:?}: `cargo xtask demo [cluster]`"),
+    };
     if !process::is_root() {
         bail!(
             "the demo needs root: it loads XDP/BPF programs and creates network namespaces. \
@@ -19,14 +26,14 @@ pub fn run(args: &[String]) -> Result<i32> {
     let ws = bootstrap::run(Need::Run)?;
     println!("== build ({} profile)", TEST_PROFILE.dir());
     let bins = TestBinaries::build(&ws)?;
-    let demo = ws.binary(TEST_PROFILE, "lbx-demo")?;
+    let demo = ws.binary(TEST_PROFILE, name)?;
     println!("== demo");
     let mut cmd = ws.command(&demo);
     cmd.args(args);
     bins.set_env(&mut cmd);
     let status = process::status(&mut cmd)?;
     if !status.success() {
-        eprintln!("xtask: lbx-demo ended with {}", process::describe(status));
+        eprintln!("xtask: {name} ended with {}", process::describe(status));
     }
     Ok(process::exit_code(status))
 }

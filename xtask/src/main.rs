@@ -150,8 +150,17 @@ enum Task {
     /// Builds `lbx` and the binaries of lbx-tests, then runs target/debug/lbx-demo with
     /// LBX_BIN and LBX_TEST_SERVER set like for the kernel tests, and exits with its exit
     /// status. Arguments after `--` are passed to the demo.
+    ///
+    /// `cargo xtask demo cluster` runs instead the cluster demo (lbx-demo-cluster, about
+    /// 20 s): a real 3-member etcd over TLS, three lb nodes in cluster mode behind an ECMP
+    /// router; a change on one node timed until every node serves it, 200 connections over
+    /// the nodes, a node taken out while they are open, etcd members killed and restarted.
+    #[command(verbatim_doc_comment)]
     Demo {
-        /// Arguments for lbx-demo (after `--`).
+        /// `cluster`: the cluster-mode demo instead of the single-node one.
+        #[arg(value_parser = ["cluster"])]
+        what: Option<String>,
+        /// Arguments for the demo (after `--`).
         #[arg(last = true, value_name = "ARGS")]
         args: Vec<String>,
     },
@@ -227,7 +236,7 @@ fn main() -> ExitCode {
         })
         .map(|()| 0),
         Task::Test { only, filter } => test::run(&only, &filter),
-        Task::Demo { args } => demo::run(&args),
+        Task::Demo { what, args } => demo::run(what.as_deref(), &args),
         Task::VmTest(args) => vm::run(&args),
         Task::VmGuest { plan } => vm_guest::run(&plan),
         Task::Bootstrap => bootstrap::run(bootstrap::Need::Run).map(|_| 0),

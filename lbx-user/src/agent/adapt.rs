@@ -47,6 +47,8 @@ impl Agent {
                     ),
                     None => (plan::FULL, self.cluster_down(&key)),
                 };
+                // Out by the cluster's decision: no share, as out by its own probes.
+                let permille = if down { 0 } else { permille };
                 out.insert(
                     key,
                     Effective {

@@ -1,6 +1,6 @@
 //! The agent in cluster mode: the configuration comes from etcd and every change goes
 //! there, compared on the revision it was made on; each new revision is published here
-//! as one generation. One elected node merges the nodes' reports, runs the models and
+//! as one generation. One node, holding the leader key under its lease, merges the nodes' reports, runs the models and
 //! writes the weights and health decisions every node applies.
 //!
 //! Health in a cluster: a backend is down when more than half of the nodes that probe it
@@ -42,8 +42,8 @@ pub(super) struct Membership {
     pub down: BTreeSet<(VipId, IpAddr)>,
     /// Since when, and why, etcd does not answer; none while it does.
     pub cut_off: Option<(SystemTime, String)>,
-    /// This node's leader key while it holds the weights election.
-    pub leader_key: Option<Vec<u8>>,
+    /// Whether this node leads the weights.
+    pub leading: bool,
     /// The last revision refused (malformed, invalid, or not publishable), and why.
     pub refused: Option<(u64, String)>,
     /// The decisions last applied or written, to skip writing the same again.
@@ -109,7 +109,7 @@ pub(super) fn join(
         decisions_revision: 0,
         down: BTreeSet::new(),
         cut_off: None,
-        leader_key: None,
+        leading: false,
         refused: None,
         decisions: None,
     };
@@ -151,9 +151,7 @@ impl Agent {
 
     /// Whether the weights come from another node's decisions.
     pub(super) fn follows_leader(&self) -> bool {
-        self.cluster
-            .as_ref()
-            .is_some_and(|m| m.leader_key.is_none())
+        self.cluster.as_ref().is_some_and(|m| !m.leading)
     }
 
     /// The cluster's revision this node serves, in cluster mode.
@@ -236,10 +234,9 @@ impl Agent {
                 );
                 m.cut_off = Some((SystemTime::now(), why));
             }
-            Update::Leadership(key) => {
-                let won = key.is_some();
+            Update::Leadership(won) => {
                 let m = self.cluster.as_mut().expect("checked");
-                m.leader_key = key;
+                m.leading = won;
                 crate::say!(
                     "cluster: this node {} the weights leader",
                     if won { "is now" } else { "is no longer" }
@@ -339,7 +336,7 @@ impl Agent {
         };
         let m = self.cluster.as_ref().expect("node_report checked");
         m.handle.report(report.clone());
-        if m.leader_key.is_none() || m.cut_off.is_some() {
+        if !m.leading || m.cut_off.is_some() {
             return;
         }
         let mut reports = match m.handle.reports() {
@@ -392,7 +389,7 @@ impl Agent {
         }
         match m.handle.put_decisions(&decided) {
             Ok(Some(_)) => {}
-            Ok(None) => eprintln!("cluster: lost the weights election; decisions not written"),
+            Ok(None) => eprintln!("cluster: no longer holds the leader key; decisions not written"),
             Err(e) => eprintln!("cluster: writing the decisions: {e}"),
         }
     }
@@ -403,7 +400,7 @@ impl Agent {
             .map(|m| crate::metrics::snapshot::ClusterFigures {
                 revision: m.revision,
                 connected: m.cut_off.is_none(),
-                leader: m.leader_key.is_some(),
+                leader: m.leading,
             })
     }
 
@@ -440,7 +437,7 @@ impl Agent {
             "applied_unix_ms": document::unix_ms(m.applied_at),
             "decisions_revision": m.decisions_revision,
             "leader": leader,
-            "is_leader": m.leader_key.is_some(),
+            "is_leader": m.leading,
             "down_by_cluster": m.down.iter().map(|(v, b)| format!("{b} of {v}")).collect::<Vec<_>>(),
             "refused": m.refused.as_ref().map(|(rev, why)| json!({ "revision": rev, "error": why })),
             "nodes": nodes.iter().map(|r| json!({

@@ -1,5 +1,6 @@
 //! Cluster mode (`lbx run --cluster etcd://...`): the configuration lives in etcd as one
-//! document, every node serves the revision it last applied, and one elected node chooses
+//! document, every node serves the revision it last applied, and one node, holding a key
+//! under its lease, chooses
 //! the weights and the health decisions all nodes apply.
 //!
 //! Depends on `config` only; the agent drives it.
@@ -32,8 +33,9 @@ pub enum ClusterError {
     /// No answer in time: no quorum, or this node is cut off.
     #[error(
         "etcd at {endpoints} did not answer {what} (quorum lost, or this node is cut off \
-         from it): nothing was changed here, and this node goes on serving its last \
-         revision"
+         from it): this node changed nothing and goes on serving its last revision; if etcd \
+         commits the write later, once it has a quorum again, every node applies it then \
+         (`lbx history` shows it)"
     )]
     Unavailable { endpoints: String, what: String },
     #[error("cannot reach etcd at {endpoints} within {} s: {last}", waited.as_secs())]
@@ -105,8 +107,8 @@ pub enum Update {
     Connected,
     /// The store stopped answering: why.
     CutOff(String),
-    /// This node won the weights election (its leader key) or lost it (none).
-    Leadership(Option<Vec<u8>>),
+    /// This node became the weights leader (true) or stopped being it (false).
+    Leadership(bool),
 }
 
 /// The agent's handle on the cluster: blocking calls for its thread, and tasks that run on
@@ -116,7 +118,8 @@ pub struct Cluster {
     store: Store,
     pub opts: ClusterOptions,
     report: watch::Sender<Option<NodeReport>>,
-    leader_key: Arc<Mutex<Option<Vec<u8>>>>,
+    /// This node's lease while it leads the weights.
+    leader_lease: Arc<Mutex<Option<i64>>>,
 }
 
 impl Cluster {
@@ -137,7 +140,7 @@ impl Cluster {
             store,
             opts,
             report: watch::channel(None).0,
-            leader_key: Arc::default(),
+            leader_lease: Arc::default(),
         })
     }
 
@@ -155,7 +158,7 @@ impl Cluster {
             config_seen,
             decisions_seen,
             self.report.subscribe(),
-            self.leader_key.clone(),
+            self.leader_lease.clone(),
         );
     }
 
@@ -184,16 +187,29 @@ impl Cluster {
         self.rt.block_on(self.store.decisions())
     }
 
-    /// Writes decisions while this node holds the election; none if it no longer does.
+    /// Writes decisions while this node holds the leader key; none if it no longer does.
     pub fn put_decisions(&self, d: &Decisions) -> Result<Option<u64>, ClusterError> {
-        let Some(key) = self.leader_key.lock().expect("not poisoned").clone() else {
+        let Some(lease) = *self.leader_lease.lock().expect("not poisoned") else {
             return Ok(None);
         };
-        self.rt.block_on(self.store.put_decisions(d, &key))
+        self.rt.block_on(self.store.put_decisions(d, lease))
     }
 
     /// The weights leader's name, as etcd has it.
     pub fn leader(&self) -> Result<Option<String>, ClusterError> {
-        self.rt.block_on(tasks::leader(&self.store))
+        self.rt.block_on(self.store.leader())
+    }
+}
+
+impl Drop for Cluster {
+    /// An agent that stops while it leads gives the leadership up at once (its lease
+    /// revoked, the leader key with it) rather than after the lease's TTL.
+    fn drop(&mut self) {
+        if let Some(lease) = *self.leader_lease.lock().expect("not poisoned") {
+            let mut c = self.store.client();
+            let _ = self.rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(1), c.lease_revoke(lease)).await
+            });
+        }
     }
 }

@@ -8,7 +8,7 @@
 //!                                  successor, written with it
 //! /lbx/<cluster>/nodes/<node>      each node's report, under its lease
 //! /lbx/<cluster>/decisions         the weights leader's decisions
-//! /lbx/<cluster>/leader            the election of the weights leader
+//! /lbx/<cluster>/leader            the weights leader's name, under its lease
 //! ```
 
 use std::{fs, time::Duration};
@@ -326,19 +326,15 @@ impl Store {
         }))
     }
 
-    /// Writes decisions if `leader_key` still holds the election: a leader that lost it
-    /// meanwhile writes nothing.
+    /// Writes decisions while the leader key holds this node's lease `lease`: a leader
+    /// that lost the key meanwhile writes nothing.
     pub async fn put_decisions(
         &self,
         d: &Decisions,
-        leader_key: &[u8],
+        lease: i64,
     ) -> Result<Option<u64>, ClusterError> {
         let txn = Txn::new()
-            .when([Compare::create_revision(
-                leader_key.to_vec(),
-                CompareOp::Greater,
-                0,
-            )])
+            .when([Compare::lease(self.key("leader"), CompareOp::Equal, lease)])
             .and_then([TxnOp::put(
                 self.key("decisions"),
                 serde_json::to_string(d).expect("decisions serialize"),
@@ -352,6 +348,49 @@ impl Store {
             .await?;
         Ok(r.succeeded()
             .then(|| r.header().map_or(0, |h| h.revision() as u64)))
+    }
+
+    /// Claims the weights leadership for `node` with its `lease`: the leader key is created
+    /// under the lease when there is none, and is this node's while it holds its lease.
+    /// When the leader's lease ends (it died, or was cut off for the TTL), the key goes,
+    /// and the next node to claim it leads.
+    pub async fn claim_leadership(&self, node: &str, lease: i64) -> Result<bool, ClusterError> {
+        let key = self.key("leader");
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                node,
+                Some(etcd_client::PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(key, None)]);
+        let r = self
+            .timed("claiming the weights leadership", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        if r.succeeded() {
+            return Ok(true);
+        }
+        Ok(r.op_responses().into_iter().any(|op| match op {
+            TxnOpResponse::Get(g) => g.kvs().first().is_some_and(|kv| kv.lease() == lease),
+            _ => false,
+        }))
+    }
+
+    /// The weights leader's name; none while no node holds the key.
+    pub async fn leader(&self) -> Result<Option<String>, ClusterError> {
+        let key = self.key("leader");
+        let r = self
+            .timed("naming the weights leader", |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
+        Ok(r.kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
     }
 }
 

@@ -1,5 +1,5 @@
 //! The cluster's background tasks: watching the configuration and the decisions,
-//! writing this node's report under its lease, and the weights election.
+//! writing this node's report under its lease, and the claim of the weights leadership.
 
 use std::{
     sync::{Arc, Mutex},
@@ -27,11 +27,10 @@ pub fn spawn<E>(
     config_seen: u64,
     decisions_seen: u64,
     report: watch::Receiver<Option<NodeReport>>,
-    leader_key: Arc<Mutex<Option<Vec<u8>>>>,
+    leader_lease: Arc<Mutex<Option<i64>>>,
 ) where
     E: From<Update> + Send + 'static,
 {
-    let (lease_tx, lease_rx) = watch::channel(None::<i64>);
     tokio::spawn(follow(store.clone(), "config", config_seen, tx.clone()));
     tokio::spawn(follow(
         store.clone(),
@@ -39,14 +38,7 @@ pub fn spawn<E>(
         decisions_seen,
         tx.clone(),
     ));
-    tokio::spawn(keep_reporting(
-        store.clone(),
-        opts.clone(),
-        report,
-        lease_tx,
-        tx.clone(),
-    ));
-    tokio::spawn(campaign(store, opts, lease_rx, leader_key, tx));
+    tokio::spawn(keep_reporting(store, opts, report, leader_lease, tx));
 }
 
 fn update(key: &str, revision: u64, value: &[u8]) -> Update {
@@ -126,23 +118,25 @@ async fn follow<E: From<Update> + Send + 'static>(
 }
 
 /// Writes the node's latest report under its lease every [`REPORT_EVERY`], renewing the
-/// lease; whether that works is the node's view of the store: [`Update::Connected`] and
-/// [`Update::CutOff`] report each change of it.
+/// lease and claiming the weights leadership with it; whether that works is the node's view
+/// of the store: [`Update::Connected`] and [`Update::CutOff`] report each change of it,
+/// [`Update::Leadership`] each change of the leadership.
 async fn keep_reporting<E: From<Update> + Send + 'static>(
     store: Store,
     opts: ClusterOptions,
     report: watch::Receiver<Option<NodeReport>>,
-    lease_tx: watch::Sender<Option<i64>>,
+    leader_lease: Arc<Mutex<Option<i64>>>,
     tx: mpsc::Sender<E>,
 ) {
     let ttl = opts.lease_ttl.as_secs().max(1) as i64;
     let mut lease: Option<i64> = None;
     let mut connected: Option<bool> = None;
     let mut last_error: Option<String> = None;
+    let mut leading = false;
     let mut every = tokio::time::interval(REPORT_EVERY);
     loop {
         every.tick().await;
-        let result: Result<(), ClusterError> = async {
+        let result: Result<bool, ClusterError> = async {
             let id = match lease {
                 Some(id) => {
                     let mut c = store.client();
@@ -154,7 +148,7 @@ async fn keep_reporting<E: From<Update> + Send + 'static>(
                     .await;
                     match alive {
                         Ok(Ok(t)) if t > 0 => id,
-                        // Expired while cut off: a new lease, and a new campaign with it.
+                        // Expired while cut off: a new lease.
                         Ok(Ok(_)) => grant(&store, ttl).await?,
                         Ok(Err(e)) => {
                             // A lease that expired while the node was cut off is gone:
@@ -174,17 +168,25 @@ async fn keep_reporting<E: From<Update> + Send + 'static>(
                 }
                 None => grant(&store, ttl).await?,
             };
-            if lease != Some(id) {
-                lease = Some(id);
-                lease_tx.send_replace(Some(id));
-            }
+            lease = Some(id);
             let latest = report.borrow().clone();
             if let Some(r) = latest {
                 store.put_report(&r, id).await?;
             }
-            Ok(())
+            store.claim_leadership(&opts.node, id).await
         }
         .await;
+        // Leadership holds while this round's claim does: a node that cannot reach etcd,
+        // or whose lease ended, leads no more.
+        let now_leading = matches!(result, Ok(true));
+        if now_leading != leading {
+            leading = now_leading;
+            *leader_lease.lock().expect("not poisoned") = lease.filter(|_| leading);
+            if tx.send(Update::Leadership(leading).into()).await.is_err() {
+                return;
+            }
+        }
+        let result = result.map(drop);
         let ok = result.is_ok();
         match result {
             Err(e) if connected == Some(false) => {
@@ -220,71 +222,6 @@ async fn grant(store: &Store, ttl: i64) -> Result<i64, ClusterError> {
         Err(_) => Err(ClusterError::Unavailable {
             endpoints: store.endpoints().to_owned(),
             what: "granting this node's lease in time".into(),
-        }),
-    }
-}
-
-/// Campaigns for the weights leader with the node's current lease. The win lasts as long
-/// as the lease: when it changes (it expired), the leadership is given up and the node
-/// campaigns again with the new one.
-async fn campaign<E: From<Update> + Send + 'static>(
-    store: Store,
-    opts: ClusterOptions,
-    mut lease: watch::Receiver<Option<i64>>,
-    leader_key: Arc<Mutex<Option<Vec<u8>>>>,
-    tx: mpsc::Sender<E>,
-) {
-    let name = store.key("leader");
-    loop {
-        let Some(id) = *lease.borrow_and_update() else {
-            if lease.changed().await.is_err() {
-                return;
-            }
-            continue;
-        };
-        let mut c = store.client();
-        let won = tokio::select! {
-            r = c.campaign(name.clone(), opts.node.clone(), id) => r,
-            _ = lease.changed() => continue,
-        };
-        let key = match won {
-            Ok(r) => r.leader().map(|l| l.key().to_vec()),
-            Err(_) => None,
-        };
-        let Some(key) = key else {
-            tokio::time::sleep(RETRY).await;
-            continue;
-        };
-        *leader_key.lock().expect("not poisoned") = Some(key.clone());
-        if tx.send(Update::Leadership(Some(key)).into()).await.is_err() {
-            return;
-        }
-        let _ = lease.changed().await;
-        *leader_key.lock().expect("not poisoned") = None;
-        if tx.send(Update::Leadership(None).into()).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// The current weights leader's name.
-pub async fn leader(store: &Store) -> Result<Option<String>, ClusterError> {
-    let mut c = store.client();
-    match tokio::time::timeout(
-        super::options::REQUEST_TIMEOUT,
-        c.leader(store.key("leader")),
-    )
-    .await
-    {
-        Ok(Ok(r)) => Ok(r
-            .kv()
-            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())),
-        // etcd answers "no leader" with an error.
-        Ok(Err(e)) if e.to_string().contains("no leader") => Ok(None),
-        Ok(Err(e)) => Err(ClusterError::from_etcd(store.endpoints(), e)),
-        Err(_) => Err(ClusterError::Unavailable {
-            endpoints: store.endpoints().to_owned(),
-            what: "naming the weights leader in time".into(),
         }),
     }
 }

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use lbx_tests::{CLIENT_V4, Topology, VIP_V4, backend_name, prometheus, tally};
+use lbx_tests::{CLIENT_V4, Topology, VIP_V4, demo, prometheus, tally};
 
 /// Where the agent serves Prometheus metrics, inside the lb's namespace.
 const METRICS: &str = "127.0.0.1:9101";
@@ -28,12 +28,7 @@ const SHOWN: &[&str] = &[
 const CONNECTIONS: u16 = 300;
 
 fn main() {
-    if !lbx_tests::is_root() {
-        eprintln!(
-            "error: the demo creates network namespaces and attaches XDP programs: run it as root"
-        );
-        std::process::exit(1);
-    }
+    demo::require_root();
     let started = Instant::now();
     let vip = SocketAddr::new(VIP_V4.into(), 80);
     println!("lbx demo: a layer-4 XDP load balancer with direct server return\n");
@@ -75,12 +70,7 @@ fn main() {
 
 /// Prints a command like a tutorial step, runs it and prints its output, indented.
 fn step(topo: &Topology, args: &[&str]) -> anyhow::Result<()> {
-    println!("  $ lbx {}", args.join(" "));
-    let out = topo.lbx(args)?;
-    for line in out.lines() {
-        println!("    {line}");
-    }
-    Ok(())
+    demo::step(topo.cli(), "", args).map(drop)
 }
 
 /// Sends `CONNECTIONS` connections from source ports starting at `first_port` and prints
@@ -100,23 +90,12 @@ fn traffic(
     );
     let t = Instant::now();
     let names = topo.client().ask_many(vip, &ports)?;
-    let counts = tally(&names);
-    let total: u32 = weights.iter().sum();
     println!(
         "  all {} answered in {} ms:\n",
         names.len(),
         t.elapsed().as_millis()
     );
-    println!("    BACKEND     WEIGHT  EXPECTED  CONNECTIONS  SHARE");
-    for (i, &w) in weights.iter().enumerate() {
-        let name = backend_name(i + 1);
-        let got = counts.get(&name).copied().unwrap_or(0);
-        let share = 100.0 * got as f64 / names.len() as f64;
-        let expected = 100.0 * f64::from(w) / f64::from(total);
-        let bar = "#".repeat((share / 2.5).round() as usize);
-        println!("    {name:<10}  {w:>6}  {expected:>7.1}%  {got:>11}  {share:>5.1}%  {bar}");
-    }
-    println!();
+    demo::print_spread(weights, &tally(&names), names.len());
     Ok(())
 }
 
