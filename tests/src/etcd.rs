@@ -645,6 +645,15 @@ impl EtcdCluster {
         }
     }
 
+    /// Process ids of the running members.
+    pub fn pids(&self) -> Vec<u32> {
+        self.members
+            .iter()
+            .filter_map(|m| m.process.as_ref())
+            .map(Process::pid)
+            .collect()
+    }
+
     /// The last lines of every member's log, for failure reports.
     pub fn log_tails(&self) -> String {
         let mut out = format!("etcd data and logs in {}\n", self.dir.display());

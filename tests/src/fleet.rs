@@ -633,6 +633,16 @@ impl Fleet {
         ready
     }
 
+    /// Process ids of every process this fleet runs: servers, `lbx pass`, running agents.
+    pub fn pids(&self) -> Vec<u32> {
+        let agents = self.nodes.iter().filter_map(|n| n.agent.as_ref());
+        self.processes
+            .iter()
+            .chain(agents)
+            .map(Process::pid)
+            .collect()
+    }
+
     /// Node `i`'s running agent's process id.
     pub fn agent_pid(&self, i: usize) -> Option<u32> {
         self.node_at(i).agent.as_ref().map(Process::pid)

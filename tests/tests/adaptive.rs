@@ -214,7 +214,7 @@ fn start_servers(topo: &Topology, capacity_server_bin: &Path) -> anyhow::Result<
     let mut servers = Servers(Vec::new());
     for i in 1..=3 {
         let rps = if i == SLOW { SLOW_RPS } else { FAST_RPS };
-        let cmd = capacity_server(topo, capacity_server_bin, i, rps);
+        let cmd = capacity_server(topo.backend(i), capacity_server_bin, i, rps);
         let label = format!("{}-capacity", backend_name(i));
         let mut p = Process::spawn(&label, cmd, topo.dir())?;
         let ready = p.wait_for_line("listening", patience(READY_TIMEOUT));
@@ -569,8 +569,13 @@ fn a_slow_backend_gets_less_load_and_its_weight_back_when_it_recovers() {
     assert!(reason.contains("taken over"), "{reason}");
 
     // 3. As fast as the others, it gets its weight back.
-    set_capacity(&topo, SLOW, FAST_RPS, patience(Duration::from_secs(2)))
-        .expect("raise backend-3's capacity");
+    set_capacity(
+        &topo.client.netns,
+        topo.backend(SLOW),
+        FAST_RPS,
+        patience(Duration::from_secs(2)),
+    )
+    .expect("raise backend-3's capacity");
     let recovered = watch(
         &topo,
         "recovery",

@@ -1,7 +1,9 @@
 //! `cargo xtask bench adaptive`: builds (release) what the adaptive-weights benchmark needs and
 //! runs `lbx-bench-adaptive` as root: four scenarios, each under static equal weights, an
 //! oracle's static weights and lbx's adaptive weights, in the namespace test network. Writes
-//! <target>/lbx-bench/adaptive.json, adaptive.md and adaptive-<scenario>.png.
+//! <target>/lbx-bench/adaptive.json, adaptive.md and adaptive-<scenario>.png; with
+//! `-- --cluster N`, through N lb nodes in cluster mode (etcd started by the benchmark), to
+//! adaptive-cluster.json, adaptive-cluster.md and adaptive-cluster-<scenario>.png.
 
 use anyhow::{Result, bail};
 

@@ -180,7 +180,9 @@ enum Task {
     /// `cargo xtask bench adaptive [-- ARGS]` runs instead the proof of adaptive weights
     /// (lbx-bench-adaptive, release, root): four scenarios in the namespace test network under
     /// static, oracle and adaptive weights; writes <target>/lbx-bench/adaptive.json, .md and
-    /// adaptive-<scenario>.png. ARGS go to lbx-bench-adaptive (e.g. `-- --scenario failure`).
+    /// adaptive-<scenario>.png. ARGS go to lbx-bench-adaptive (e.g. `-- --scenario failure`;
+    /// `-- --cluster 3`: through three lb nodes in cluster mode, with etcd, to
+    /// adaptive-cluster.json, .md and adaptive-cluster-<scenario>.png).
     #[command(verbatim_doc_comment)]
     Bench {
         /// `adaptive`: the adaptive-weights benchmark instead of control and data.

@@ -1,5 +1,5 @@
-//! Runs one scenario under one policy on a fresh test network: capacity servers on the
-//! backends, lbx configured for the policy, the load generator on the client, the scenario's
+//! Runs one scenario under one policy on a fresh test network (one lb, or a cluster of lb
+//! nodes: [`Net`]): capacity servers on the backends, lbx configured for the policy, the load generator on the client, the scenario's
 //! events on time, the agent's status polled (every 100 ms for state changes, kept once a
 //! second) and the host's CPU sampled every second.
 
@@ -14,11 +14,13 @@ use anyhow::{Context as _, bail, ensure};
 use serde::{Deserialize, Serialize};
 
 use super::cpu::Meter;
+use super::net::Net;
 use super::records::{self, Record};
 use super::scenario::{ADMIN_PORT, Change, PORT, Policy, REQUEST_TIMEOUT_MS, Scenario, WARMUP_S};
 use super::stats::{Removal, Series, Summary, connection_errors_outside};
+use crate::netns::Netns;
 use crate::process::{Process, run_bounded};
-use crate::{Topology, VIP_V4, backend_name, locate_binary};
+use crate::{Host, VIP_V4, backend_name, locate_binary};
 
 /// Health checks of every policy: HTTP, through the same queue as requests, every 200 ms,
 /// two failures to fall, two successes to rise. The agent accepts no timeout longer than the
@@ -182,11 +184,10 @@ pub fn vip_backends(doc: &serde_json::Value) -> anyhow::Result<&Vec<serde_json::
         .with_context(|| format!("no VIP {name} in the agent's answer: {doc}"))
 }
 
-/// Backend `i`'s capacity server at `rps`, in its namespace: on the VIP (the balanced
+/// Backend `i`'s capacity server at `rps`, in its namespace (`b`): on the VIP (the balanced
 /// requests) and on the backend's own address (the health checks), with its control
 /// endpoint on its own address only.
-pub fn capacity_server(topo: &Topology, bin: &Path, i: usize, rps: u32) -> Command {
-    let b = topo.backend(i);
+pub fn capacity_server(b: &Host, bin: &Path, i: usize, rps: u32) -> Command {
     let own = SocketAddr::new(b.ipv4.into(), PORT);
     let admin = SocketAddr::new(b.ipv4.into(), ADMIN_PORT);
     let mut cmd = b.netns.command(bin);
@@ -196,11 +197,12 @@ pub fn capacity_server(topo: &Topology, bin: &Path, i: usize, rps: u32) -> Comma
     cmd
 }
 
-/// `GET /admin/capacity?rps=N` to backend `i`'s own address, from the client host.
-pub fn set_capacity(topo: &Topology, i: usize, rps: u32, timeout: Duration) -> anyhow::Result<()> {
-    let addr = SocketAddr::new(topo.backend(i).ipv4.into(), ADMIN_PORT);
+/// `GET /admin/capacity?rps=N` to backend `b`'s own address, from `from` (a namespace on its
+/// network).
+pub fn set_capacity(from: &Netns, b: &Host, rps: u32, timeout: Duration) -> anyhow::Result<()> {
+    let addr = SocketAddr::new(b.ipv4.into(), ADMIN_PORT);
     let request = super::http::request(&format!("/admin/capacity?rps={rps}"), &addr.to_string());
-    let answer = topo.client.netns.run(|| -> anyhow::Result<Vec<u8>> {
+    let answer = from.run(|| -> anyhow::Result<Vec<u8>> {
         let mut s = TcpStream::connect_timeout(&addr, timeout)?;
         s.set_read_timeout(Some(timeout))?;
         s.write_all(&request)?;
@@ -218,12 +220,23 @@ pub fn set_capacity(topo: &Topology, i: usize, rps: u32, timeout: Duration) -> a
     Ok(())
 }
 
-/// A run in progress. Field order is drop order: our processes stop before the topology
+/// The VIP's backends `(i, weight)` under `policy`, 1-based.
+fn backend_weights(scenario: &Scenario, policy: Policy) -> Vec<(usize, u32)> {
+    scenario
+        .weights(policy)
+        .iter()
+        .copied()
+        .enumerate()
+        .map(|(i, w)| (i + 1, w))
+        .collect()
+}
+
+/// A run in progress. Field order is drop order: our processes stop before the network
 /// removes the namespaces they live in.
 struct Run<'a> {
     servers: Vec<Option<Process>>,
     loadgen: Option<Process>,
-    topo: Topology,
+    net: Net,
     bins: &'a Bins,
     scenario: &'a Scenario,
     policy: Policy,
@@ -235,8 +248,15 @@ struct Run<'a> {
     starts: usize,
 }
 
-/// Runs `scenario` under `policy`; the load generator's CSV goes to `out_dir`.
-pub fn run(bins: &Bins, scenario: &Scenario, policy: Policy, out_dir: &Path) -> RunResult {
+/// Runs `scenario` under `policy` through `lb_nodes` lbs (more than one: a cluster); the load
+/// generator's CSV goes to `out_dir`.
+pub fn run(
+    bins: &Bins,
+    scenario: &Scenario,
+    policy: Policy,
+    lb_nodes: usize,
+    out_dir: &Path,
+) -> RunResult {
     let mut result = RunResult {
         scenario: scenario.name.clone(),
         policy: policy.name().to_owned(),
@@ -244,16 +264,11 @@ pub fn run(bins: &Bins, scenario: &Scenario, policy: Policy, out_dir: &Path) -> 
     };
     // The network goes as soon as this returns, also on failure.
     let outcome = (|| -> anyhow::Result<()> {
-        let topo = Topology::builder()
-            .backends(scenario.capacities.len())
-            // The test network's plain servers take port 80 of this address; ours take PORT.
-            .vip(SocketAddr::new(VIP_V4.into(), 80))
-            .build()
-            .context("failed to build the test network")?;
+        let net = Net::build(lb_nodes, &backend_weights(scenario, policy))?;
         let mut run = Run {
             servers: Vec::new(),
             loadgen: None,
-            topo,
+            net,
             bins,
             scenario,
             policy,
@@ -261,7 +276,6 @@ pub fn run(bins: &Bins, scenario: &Scenario, policy: Policy, out_dir: &Path) -> 
             states: BTreeMap::new(),
             starts: 0,
         };
-        run.topo.set_report_on_drop(false);
         let done = run.execute(out_dir, &mut result);
         if done.is_err() {
             eprintln!("{}", run.log_tails());
@@ -277,8 +291,8 @@ pub fn run(bins: &Bins, scenario: &Scenario, policy: Policy, out_dir: &Path) -> 
 impl Run<'_> {
     fn execute(&mut self, out_dir: &Path, result: &mut RunResult) -> anyhow::Result<()> {
         // One connection per request: give the client the whole port range.
-        self.topo
-            .client
+        self.net
+            .client()
             .netns
             .sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
         for i in 1..=self.scenario.capacities.len() {
@@ -309,9 +323,9 @@ impl Run<'_> {
             "--out".into(),
             csv.display().to_string(),
         ];
-        let mut cmd = self.topo.client.netns.command(&self.bins.loadgen);
+        let mut cmd = self.net.client().netns.command(&self.bins.loadgen);
         cmd.args(&args);
-        let mut loadgen = Process::spawn("loadgen", cmd, self.topo.dir())?;
+        let mut loadgen = Process::spawn("loadgen", cmd, self.net.dir())?;
         let ready = loadgen.wait_for_line("ready", START_DELAY);
         self.loadgen = Some(loadgen);
         ready?;
@@ -470,28 +484,22 @@ impl Run<'_> {
 
     fn start_server(&mut self, i: usize) -> anyhow::Result<()> {
         let cmd = capacity_server(
-            &self.topo,
+            self.net.backend(i),
             &self.bins.capacity_server,
             i,
             self.capacities[i - 1],
         );
         self.starts += 1;
         let label = format!("{}-capacity-{}", backend_name(i), self.starts);
-        let mut p = Process::spawn(&label, cmd, self.topo.dir())?;
+        let mut p = Process::spawn(&label, cmd, self.net.dir())?;
         let ready = p.wait_for_line("listening", READY_TIMEOUT);
         self.servers[i - 1] = Some(p);
         ready
     }
 
+    /// The health checks and adaptive weights of the policy (the VIP and its backends came
+    /// with the network).
     fn configure_lbx(&self) -> anyhow::Result<()> {
-        let weights = self.scenario.weights(self.policy);
-        let backends: Vec<(usize, u32)> = weights
-            .iter()
-            .copied()
-            .enumerate()
-            .map(|(i, w)| (i + 1, w))
-            .collect();
-        self.topo.add_vip(vip(), &backends)?;
         let vip = vip().to_string();
         let port = PORT.to_string();
         let (interval, timeout) = (
@@ -516,27 +524,33 @@ impl Run<'_> {
             "--rise",
             &rise,
         ]);
-        self.topo.lbx(&health)?;
+        self.net.lbx(&health)?;
         if self.policy == Policy::Adaptive {
-            self.topo.lbx(&["vip", "adaptive", &vip])?;
+            self.net.lbx(&["vip", "adaptive", &vip])?;
         }
         Ok(())
     }
 
-    /// Waits until `lbx status` shows every backend active with table slots.
+    /// Waits until every lb's `lbx status` shows every backend active with table slots.
     fn wait_all_up(&self) -> anyhow::Result<()> {
         let started = Instant::now();
         loop {
-            let s = self.sample(0.0)?;
-            if s.backends.len() == self.scenario.capacities.len()
-                && s.backends
-                    .iter()
-                    .all(|b| b.state == "active" && b.table_slots > 0)
-            {
-                return Ok(());
+            let mut up = true;
+            for socket in self.net.sockets() {
+                let s = self.sample_of(socket, 0.0)?;
+                up &= s.backends.len() == self.scenario.capacities.len()
+                    && s.backends
+                        .iter()
+                        .all(|b| b.state == "active" && b.table_slots > 0);
+                if !up && started.elapsed() > READY_TIMEOUT {
+                    bail!(
+                        "backends not all up within {READY_TIMEOUT:?} on {}: {s:?}",
+                        socket.display()
+                    );
+                }
             }
-            if started.elapsed() > READY_TIMEOUT {
-                bail!("backends not all up within {READY_TIMEOUT:?}: {s:?}");
+            if up {
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -548,8 +562,8 @@ impl Run<'_> {
                 self.capacities[backend - 1] = rps;
                 self.set_capacity(backend, rps)?;
                 if self.policy == Policy::Oracle {
-                    let addr = self.topo.backend(backend).ipv4.to_string();
-                    self.topo.lbx(&[
+                    let addr = self.net.backend(backend).ipv4.to_string();
+                    self.net.lbx(&[
                         "backend",
                         "weight",
                         &vip().to_string(),
@@ -581,26 +595,36 @@ impl Run<'_> {
 
     /// `lbx backend drain` (or `--undo`) for backend `i`.
     fn oracle_drain(&self, i: usize, drain: bool) -> anyhow::Result<()> {
-        let addr = self.topo.backend(i).ipv4.to_string();
+        let addr = self.net.backend(i).ipv4.to_string();
         let vip = vip().to_string();
         let mut args = vec!["backend", "drain", &vip, &addr];
         if !drain {
             args.push("--undo");
         }
-        self.topo.lbx(&args)?;
+        self.net.lbx(&args)?;
         Ok(())
     }
 
     fn set_capacity(&self, i: usize, rps: u32) -> anyhow::Result<()> {
-        set_capacity(&self.topo, i, rps, Duration::from_secs(2))
+        set_capacity(
+            self.net.admin_netns(),
+            self.net.backend(i),
+            rps,
+            Duration::from_secs(2),
+        )
     }
 
-    /// The VIP's backends in the agent's status. Asked on the control socket directly, as
-    /// `lbx status` does, without starting a process each time.
+    /// The VIP's backends in the status of the first lb (node 1 of a cluster: every node
+    /// applies the same weights; its rates are its own share of the traffic).
     fn sample(&self, at_s: f64) -> anyhow::Result<Sample> {
-        let status =
-            lbx::agent::socket::call(self.topo.socket(), &lbx::agent::api::Request::Status)
-                .context("the agent's status")?;
+        self.sample_of(self.net.sockets()[0], at_s)
+    }
+
+    /// The VIP's backends in the status of the agent on `socket`. Asked on the control socket
+    /// directly, as `lbx status` does, without starting a process each time.
+    fn sample_of(&self, socket: &Path, at_s: f64) -> anyhow::Result<Sample> {
+        let status = lbx::agent::socket::call(socket, &lbx::agent::api::Request::Status)
+            .context("the agent's status")?;
         let backends = vip_backends(&status)?;
         let mut out = Vec::new();
         for b in backends {
@@ -610,7 +634,7 @@ impl Run<'_> {
                 .with_context(|| format!("a backend without an address: {b}"))?;
             out.push(BackendSample {
                 name: self
-                    .topo
+                    .net
                     .backend_at(addr)
                     .map_or_else(|| addr.to_string(), |h| h.name.clone()),
                 state: b["state"].as_str().unwrap_or_default().to_owned(),
@@ -630,7 +654,7 @@ impl Run<'_> {
 
     /// Every process of the run.
     fn pids(&self) -> Vec<u32> {
-        let mut pids = self.topo.pids();
+        let mut pids = self.net.pids();
         pids.extend(
             self.servers
                 .iter()
@@ -642,7 +666,7 @@ impl Run<'_> {
     }
 
     fn log_tails(&self) -> String {
-        let mut out = self.topo.log_tails();
+        let mut out = self.net.log_tails();
         for p in self.servers.iter().flatten().chain(&self.loadgen) {
             out.push_str(&p.tail(20));
         }

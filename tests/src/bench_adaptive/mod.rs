@@ -16,6 +16,7 @@
 pub mod cpu;
 pub mod harness;
 pub mod http;
+pub mod net;
 pub mod plot;
 pub mod records;
 pub mod report;

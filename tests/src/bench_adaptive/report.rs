@@ -22,6 +22,12 @@ pub struct Report {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Settings {
+    /// How many lb nodes balanced: 1, or a cluster of that many behind an ECMP router.
+    #[serde(default = "one")]
+    pub lb_nodes: usize,
+    /// The network, in words.
+    #[serde(default)]
+    pub network: String,
     pub health_check: String,
     pub request_timeout_ms: u64,
     pub warmup_s: f64,
@@ -30,9 +36,24 @@ pub struct Settings {
     pub adaptive: String,
 }
 
+fn one() -> usize {
+    1
+}
+
 impl Settings {
-    pub fn current(adaptive_available: bool) -> Self {
+    pub fn current(adaptive_available: bool, lb_nodes: usize) -> Self {
         Self {
+            lb_nodes,
+            network: if lb_nodes > 1 {
+                format!(
+                    "cluster: {lb_nodes} lb nodes in cluster mode behind an ECMP router (each \
+                     sees about 1/{lb_nodes} of the flows), one configuration and one set of \
+                     weights through a 3-member etcd; changes made on node 1, status read on \
+                     node 1"
+                )
+            } else {
+                "one lb".into()
+            },
             health_check: format!(
                 "http GET /health on the backend's own address, interval {} ms, timeout {} ms, \
                  fall {}, rise {}",
@@ -150,7 +171,8 @@ impl Report {
 
     /// The results table, plain text.
     pub fn table(&self) -> String {
-        let mut out = format!(
+        let mut out = self.network_line();
+        out.push_str(&format!(
             "{:<14} {:<13} {:>8} {:>8} {:>9} {:>8} {:>7} {:>17} {:>6} {:>15} {:>9}\n",
             "SCENARIO",
             "POLICY",
@@ -163,7 +185,7 @@ impl Report {
             "DOWN s",
             "CPU all/other %",
             "GEN LATE"
-        );
+        ));
         for r in &self.runs {
             let head = format!("{:<14} {:<13}", r.scenario, r.policy);
             if let Some(why) = r.skipped.as_ref().or(r.error.as_ref()) {
@@ -235,9 +257,19 @@ impl Report {
         out
     }
 
+    /// A cluster run's first line: what balanced (nothing for a single lb).
+    fn network_line(&self) -> String {
+        if self.settings.lb_nodes > 1 {
+            format!("CLUSTER RUN: {}\n\n", self.settings.network)
+        } else {
+            String::new()
+        }
+    }
+
     /// The results table in Markdown, for the README.
     pub fn markdown(&self) -> String {
-        let mut out = String::from(
+        let mut out = self.network_line();
+        out.push_str(
             "| scenario | policy | p50 ms | p99 ms | p99.9 ms | errors | share b1/b2/b3 % | \
              host CPU used by others |\n|---|---|---:|---:|---:|---:|---|---:|\n",
         );

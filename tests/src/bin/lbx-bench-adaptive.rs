@@ -1,6 +1,8 @@
 //! `cargo xtask bench adaptive` runs this: every scenario under every policy, then the report
 //! (`adaptive.json`, a table, Markdown for the README) and one PNG per scenario in `--out`.
 //! Needs root (it builds network namespaces). `--replot` redraws from a saved `adaptive.json`.
+//! `--cluster N` runs the same through N lb nodes in cluster mode, with its own files
+//! (`adaptive-cluster.json`, ...).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,9 +31,32 @@ struct Args {
     /// Multiply every scenario's times by this (0.5: half-length runs, for a quick look).
     #[arg(long, default_value_t = 1.0)]
     time_scale: f64,
-    /// Do not run anything: redraw the table and plots from OUT/adaptive.json.
+    /// Balance through a cluster of N lb nodes (2 to 9) behind an ECMP router instead of one
+    /// lb: cluster mode, with a 3-member etcd the benchmark starts. Its results go to
+    /// OUT/adaptive-cluster.json, adaptive-cluster.md, adaptive-cluster-SCENARIO.png and
+    /// OUT/adaptive-cluster/, beside the single lb's.
+    #[arg(long, value_name = "N")]
+    cluster: Option<usize>,
+    /// Do not run anything: redraw the table and plots from OUT/adaptive.json (with
+    /// --cluster, OUT/adaptive-cluster.json).
     #[arg(long)]
     replot: bool,
+}
+
+impl Args {
+    /// How many lb nodes balance.
+    fn lb_nodes(&self) -> usize {
+        self.cluster.unwrap_or(1)
+    }
+
+    /// The start of every output's name: `adaptive`, or `adaptive-cluster`.
+    fn stem(&self) -> &'static str {
+        if self.cluster.is_some() {
+            "adaptive-cluster"
+        } else {
+            "adaptive"
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -50,7 +75,8 @@ fn real_main() -> anyhow::Result<bool> {
     let args = Args::parse();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("failed to create {}", args.out.display()))?;
-    let json_path = args.out.join("adaptive.json");
+    let stem = args.stem();
+    let json_path = args.out.join(format!("{stem}.json"));
     let report = if args.replot {
         let text = std::fs::read_to_string(&json_path)
             .with_context(|| format!("failed to read {}", json_path.display()))?;
@@ -63,11 +89,11 @@ fn real_main() -> anyhow::Result<bool> {
         std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("failed to write {}", json_path.display()))?;
     }
-    let md = args.out.join("adaptive.md");
+    let md = args.out.join(format!("{stem}.md"));
     std::fs::write(&md, report.markdown())?;
     let mut pngs = Vec::new();
     for s in &report.scenarios {
-        let png = args.out.join(format!("adaptive-{}.png", s.name));
+        let png = args.out.join(format!("{stem}-{}.png", s.name));
         plot::scenario(&report, s, &png)?;
         pngs.push(png);
     }
@@ -88,6 +114,12 @@ fn run(args: &Args) -> anyhow::Result<Report> {
     ensure!(
         args.time_scale > 0.0 && args.time_scale <= 4.0,
         "--time-scale must be in (0, 4]"
+    );
+    let lb_nodes = args.lb_nodes();
+    ensure!(
+        args.cluster.is_none() || (2..=lbx_tests::fleet::MAX_NODES).contains(&lb_nodes),
+        "--cluster takes 2 to {} nodes",
+        lbx_tests::fleet::MAX_NODES
     );
     let scenarios: Vec<Scenario> = Scenario::all()
         .into_iter()
@@ -131,7 +163,7 @@ fn run(args: &Args) -> anyhow::Result<Report> {
              work will disturb the numbers (each run reports how much)"
         );
     }
-    let csv_dir = args.out.join("adaptive");
+    let csv_dir = args.out.join(args.stem());
     std::fs::create_dir_all(&csv_dir)?;
     let started = Instant::now();
     let mut runs = Vec::new();
@@ -146,13 +178,18 @@ fn run(args: &Args) -> anyhow::Result<Report> {
                 continue;
             }
             println!(
-                "== {} / {} ({:.0} s; {:.0} s so far)",
+                "== {} / {}{} ({:.0} s; {:.0} s so far)",
                 s.name,
                 p.name(),
+                if lb_nodes > 1 {
+                    format!(" / cluster of {lb_nodes}")
+                } else {
+                    String::new()
+                },
                 s.duration_s,
                 started.elapsed().as_secs_f64()
             );
-            let r = harness::run(&bins, s, p, &csv_dir);
+            let r = harness::run(&bins, s, p, lb_nodes, &csv_dir);
             match (&r.error, &r.summary) {
                 (Some(e), _) => println!("   FAILED: {e}"),
                 (None, Some(sum)) => println!(
@@ -169,7 +206,7 @@ fn run(args: &Args) -> anyhow::Result<Report> {
     }
     let mut report = Report {
         finished_unix_s: SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs(),
-        settings: Settings::current(adaptive),
+        settings: Settings::current(adaptive, lb_nodes),
         scenarios,
         runs,
         targets: Vec::new(),
