@@ -1088,3 +1088,62 @@ fn cluster_health_is_decided_by_a_majority() {
         state(2) == "active"
     });
 }
+
+/// A node started with only `--config` and `--iface` (no cluster flag) whose file has a
+/// `[cluster]` table joins the cluster: it seeds it from its file, the shared document has
+/// no `[cluster]` table, and it serves a change made on a node started with the flags.
+#[test]
+fn cluster_settings_come_from_the_config_files_cluster_table() {
+    let vip4 = SocketAddr::new(VIP_V4.into(), 80);
+    let mut etcd = EtcdCluster::start(1, None).expect("start etcd");
+    let config = fleet::config_toml(&[(vip4, vec![(1, 1), (2, 1)])]);
+    let mut fleet = Fleet::builder()
+        .nodes(2)
+        .vip(vip4)
+        .config(config.clone())
+        .node_args(2, cluster_args(&etcd, 2))
+        .without_agents()
+        .build(Some(&etcd))
+        .expect("build two nodes");
+    let table = format!(
+        "\n[cluster]\nendpoints = \"{}\"\nname = \"{CLUSTER}\"\nnode = \"{}\"\nlease_ttl_s = {LEASE_TTL_S}\n",
+        etcd.cluster_arg(),
+        fleet::node_name(1)
+    );
+    fleet
+        .write_config(1, &format!("{config}{table}"))
+        .expect("node 1's file");
+    fleet.start_agent(1, &[]).expect("node 1 joins by its file");
+    fleet
+        .start_agent(2, &[])
+        .expect("node 2 joins by its flags");
+
+    let c = cluster_status(&fleet, 1);
+    assert_eq!(c["state"], "connected", "{c}");
+    assert_eq!(c["name"], CLUSTER, "{c}");
+    assert_eq!(c["node"], fleet::node_name(1), "{c}");
+    let doc = etcd
+        .get(&format!("/lbx/{CLUSTER}/config"))
+        .expect("etcdctl get")
+        .expect("node 1 seeded the cluster");
+    assert!(
+        !doc.contains("[cluster]") && !doc.contains("endpoints"),
+        "the shared document has node 1's own settings:\n{doc}"
+    );
+    assert!(doc.contains("[[vip]]"), "{doc}");
+
+    let b2 = fleet.backend(2).addr_like(vip4.ip()).to_string();
+    let answer = fleet
+        .lbx_json(2, &["backend", "weight", &vip4.to_string(), &b2, "7"])
+        .expect("lbx backend weight on node 2");
+    let rev = answer["revision"].as_u64().expect("a cluster revision");
+    wait_revision(&fleet, 1, rev, PROPAGATION_LIMIT);
+    let on_1 = tables(&fleet, 1);
+    let weight = on_1.iter().find(|t| t.1 == b2).map(|t| t.2.as_str());
+    assert_eq!(weight, Some("7.0"), "node 1 serves {on_1:?}");
+    let file = std::fs::read_to_string(fleet.config_path(1)).expect("node 1's file");
+    assert!(
+        file.ends_with(&table),
+        "node 1's file lost its table:\n{file}"
+    );
+}

@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 
 use crate::{
     balance::{health::Health, model::BackendModel, probe::Probed, report::Report},
-    config::{Config, ConfigError, MacAddr, VipId},
+    config::{Config, ConfigError, Local, MacAddr, VipId},
     dataplane::{
         Balancer, DataPlaneError, FlowIdle, Mode, Object, Pins, activity,
         generation::{PublishError, Publisher},
@@ -131,6 +131,8 @@ pub struct Agent {
     history: LocalHistory,
     /// This node's place in a cluster; none: a single node serving its own file.
     cluster: Option<cluster::Membership>,
+    /// The local file's own part (its `[cluster]` table), written back with each save.
+    local: Local,
 }
 
 /// Per-second rates of one backend over the last control interval.
@@ -179,15 +181,15 @@ impl Agent {
     /// Loads the configuration, publishes it as generation 1 and attaches to the interface.
     pub fn start(opts: Options) -> Result<Self, AgentError> {
         crate::dataplane::preflight("lbx run", &opts.iface, opts.pin_dir.as_deref())?;
-        let config = match Config::load(&opts.config_path) {
-            Ok(c) => c,
-            Err(ConfigError::NotFound { .. }) if opts.cluster.is_some() => Config::default(),
+        let (config, local) = match Config::load(&opts.config_path) {
+            Ok(loaded) => loaded,
+            Err(ConfigError::NotFound { .. }) if opts.cluster.is_some() => Default::default(),
             Err(ConfigError::NotFound { .. }) => {
                 eprintln!(
                     "no configuration at {}: starting with no VIPs; changes will be saved there",
                     opts.config_path.display()
                 );
-                Config::default()
+                Default::default()
             }
             // Syntax and I/O errors name the file already; validation errors do not.
             Err(e @ (ConfigError::Parse { .. } | ConfigError::Io { .. })) => return Err(e.into()),
@@ -266,6 +268,7 @@ impl Agent {
             started,
             history,
             cluster: membership,
+            local,
         };
         agent.adopt_decided_weights();
         // The clock runs and the first generation is in place before the program sees a
@@ -379,14 +382,14 @@ impl Agent {
             return self.commit_to_cluster(new, macs, why);
         }
         let old = self.config.clone();
-        new.save(&self.opts.config_path)?;
+        new.save(&self.opts.config_path, &self.local)?;
         match self.publish(new, macs) {
             Ok(g) => {
                 self.record(&old, why);
                 Ok(g)
             }
             Err(e) => {
-                let _ = old.save(&self.opts.config_path);
+                let _ = old.save(&self.opts.config_path, &self.local);
                 Err(e)
             }
         }

@@ -1,59 +1,64 @@
-//! `lbx run`'s cluster flags: where etcd is, this node's name, TLS and credentials.
+//! `lbx run`'s cluster flags: where etcd is, this node's name, TLS and credentials. Each
+//! has a key in the `[cluster]` table of the node's own file; a flag given wins over it.
 
-use std::{fs, path::PathBuf, time::Duration};
+use std::{fs, path::Path, path::PathBuf};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::Result;
 use clap::Args;
 
 use crate::cluster::{
-    ClusterOptions, Credentials, TlsFiles,
-    options::{check_name, parse_endpoints},
+    ClusterOptions,
+    options::{LEASE_TTL_S, Settings, WAIT_S, parse_endpoints},
 };
 
 #[derive(Args)]
-#[command(next_help_heading = "Cluster (opt-in; without --cluster the agent serves its own file)")]
+#[command(
+    next_help_heading = "Cluster (opt-in: --cluster, or a [cluster] table in the --config file, \
+                         whose keys each flag overrides; without either the agent serves its own \
+                         file)"
+)]
 pub struct ClusterArgs {
     /// Join a cluster whose configuration lives in etcd, e.g.
     /// `etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379`. The cluster's document is then
     /// the configuration (`--config` only seeds an empty cluster), every change is written
-    /// there, and every node serves each new revision.
+    /// there, and every node serves each new revision. File: `[cluster] endpoints`.
     #[arg(long, value_name = "etcd://HOST:PORT[,...]", value_parser = endpoints)]
     pub cluster: Option<Endpoints>,
-    /// The cluster's name: its keys live under `/lbx/NAME/` in etcd.
-    #[arg(
-        long,
-        value_name = "NAME",
-        default_value = "default",
-        requires = "cluster"
-    )]
-    pub cluster_name: String,
-    /// This node's name in the cluster (default: the host name).
-    #[arg(long, value_name = "NAME", requires = "cluster")]
+    /// The cluster's name: its keys live under `/lbx/NAME/` in etcd (default: default).
+    /// File: `[cluster] name`.
+    #[arg(long, value_name = "NAME")]
+    pub cluster_name: Option<String>,
+    /// This node's name in the cluster (default: the host name). File: `[cluster] node`.
+    #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
     /// CA certificate (PEM) that signed etcd's server certificates: talk TLS to etcd.
-    #[arg(long, value_name = "FILE", requires = "cluster")]
+    /// File: `[cluster] etcd_ca`.
+    #[arg(long, value_name = "FILE")]
     pub etcd_ca: Option<PathBuf>,
-    /// Client certificate (PEM) for etcd's `--client-cert-auth`; needs --etcd-key.
-    #[arg(long, value_name = "FILE", requires_all = ["etcd_ca", "etcd_key"])]
+    /// Client certificate (PEM) for etcd's `--client-cert-auth`; needs --etcd-ca and
+    /// --etcd-key. File: `[cluster] etcd_cert`.
+    #[arg(long, value_name = "FILE")]
     pub etcd_cert: Option<PathBuf>,
-    /// The client certificate's private key (PEM).
-    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    /// The client certificate's private key (PEM). File: `[cluster] etcd_key`.
+    #[arg(long, value_name = "FILE")]
     pub etcd_key: Option<PathBuf>,
     /// etcd user, for a cluster with authentication enabled; needs --etcd-password-file.
-    #[arg(long, value_name = "USER", requires_all = ["cluster", "etcd_password_file"])]
+    /// File: `[cluster] etcd_user`.
+    #[arg(long, value_name = "USER")]
     pub etcd_user: Option<String>,
     /// File holding the etcd user's password (its first line), kept off the command line.
-    #[arg(long, value_name = "FILE", requires = "etcd_user")]
+    /// File: `[cluster] etcd_password_file`.
+    #[arg(long, value_name = "FILE")]
     pub etcd_password_file: Option<PathBuf>,
-    /// How long start-up waits for etcd to answer before giving up.
-    #[arg(long, value_name = "SECS", default_value_t = 10, requires = "cluster",
-          value_parser = clap::value_parser!(u64).range(1..=600))]
-    pub cluster_wait_s: u64,
+    /// How long start-up waits for etcd to answer before giving up (default: 10).
+    /// File: `[cluster] wait_s`.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(WAIT_S))]
+    pub cluster_wait_s: Option<u64>,
     /// TTL of this node's lease in etcd: a dead node's reports, and its leadership of the
-    /// weights, end this long after its last renewal.
-    #[arg(long, value_name = "SECS", default_value_t = 5, requires = "cluster",
-          value_parser = clap::value_parser!(u64).range(2..=300))]
-    pub cluster_lease_ttl_s: u64,
+    /// weights, end this long after its last renewal (default: 5). File:
+    /// `[cluster] lease_ttl_s`.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(LEASE_TTL_S))]
+    pub cluster_lease_ttl_s: Option<u64>,
 }
 
 /// etcd's endpoints, `host:port` each, as `--cluster` names them.
@@ -65,48 +70,36 @@ fn endpoints(s: &str) -> Result<Endpoints, String> {
 }
 
 impl ClusterArgs {
-    /// The cluster options, or none without `--cluster`.
-    pub fn options(self) -> Result<Option<ClusterOptions>> {
-        let Some(Endpoints(endpoints)) = self.cluster else {
-            return Ok(None);
+    /// The cluster options of the flags over those of `table`, the `[cluster]` table of
+    /// the file at `config`; none without endpoints in either.
+    pub fn options(
+        self,
+        table: Option<&toml::Table>,
+        config: &Path,
+    ) -> Result<Option<ClusterOptions>> {
+        let dir = config.parent().unwrap_or(Path::new(""));
+        let file = match table {
+            Some(t) => Settings::from_table(t, dir)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?,
+            None => Settings::default(),
         };
-        check_name("--cluster-name", &self.cluster_name).map_err(anyhow::Error::msg)?;
-        let node = match self.node {
-            Some(n) => n,
-            None => hostname().context("--node not given and no host name to take")?,
-        };
-        check_name("--node", &node).map_err(anyhow::Error::msg)?;
-        let tls = self.etcd_ca.map(|ca| TlsFiles {
-            ca,
-            identity: self.etcd_cert.zip(self.etcd_key),
-        });
-        let auth = match (self.etcd_user, self.etcd_password_file) {
-            (Some(user), Some(file)) => {
-                let text = fs::read_to_string(&file)
-                    .with_context(|| format!("--etcd-password-file {}", file.display()))?;
-                let Some(password) = text.lines().next().filter(|l| !l.is_empty()) else {
-                    bail!("--etcd-password-file {}: the file is empty", file.display());
-                };
-                Some(Credentials {
-                    user,
-                    password: password.to_owned(),
-                })
-            }
-            _ => None,
-        };
-        Ok(Some(ClusterOptions {
-            endpoints,
+        let flags = Settings {
+            endpoints: self.cluster.map(|Endpoints(e)| e),
             name: self.cluster_name,
-            node,
-            tls,
-            auth,
-            wait: Duration::from_secs(self.cluster_wait_s),
-            lease_ttl: Duration::from_secs(self.cluster_lease_ttl_s),
-        }))
+            node: self.node,
+            etcd_ca: self.etcd_ca,
+            etcd_cert: self.etcd_cert,
+            etcd_key: self.etcd_key,
+            etcd_user: self.etcd_user,
+            etcd_password_file: self.etcd_password_file,
+            wait_s: self.cluster_wait_s,
+            lease_ttl_s: self.cluster_lease_ttl_s,
+        };
+        ClusterOptions::resolve(flags, file, hostname).map_err(anyhow::Error::msg)
     }
 }
 
-fn hostname() -> Result<String> {
-    let name = fs::read_to_string("/proc/sys/kernel/hostname")?;
+fn hostname() -> Result<String, String> {
+    let name = fs::read_to_string("/proc/sys/kernel/hostname").map_err(|e| e.to_string())?;
     Ok(name.trim().to_owned())
 }

@@ -22,6 +22,7 @@ use crate::{
         run::{runtime, stop_signal},
         socket,
     },
+    config::Local,
     dataplane::{self, DEFAULT_SECOND_CHANCE_S, FlowIdle, Mode, Object, sys},
 };
 
@@ -31,7 +32,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub iface: String,
     /// Configuration file (TOML); CLI changes are saved back to it. Default:
-    /// /etc/lbx/IFACE.toml. A missing file means no VIPs yet.
+    /// /etc/lbx/IFACE.toml. A missing file means no VIPs yet. Its `[cluster]` table, if
+    /// any, gives the cluster flags' settings and is this node's alone.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// native (in the driver), generic (in the stack, any interface) or auto (native,
@@ -145,6 +147,8 @@ pub fn run(args: RunArgs, socket: Option<PathBuf>) -> Result<()> {
     let config_path = args
         .config
         .unwrap_or_else(|| PathBuf::from(format!("/etc/lbx/{}.toml", args.iface)));
+    let local = Local::read(&config_path)?;
+    let cluster = args.cluster.options(local.cluster(), &config_path)?;
     sys::ensure_bpffs(&args.bpffs).with_context(|| format!("--bpffs {}", args.bpffs.display()))?;
     agent::run::run(Options {
         iface: args.iface,
@@ -163,7 +167,7 @@ pub fn run(args: RunArgs, socket: Option<PathBuf>) -> Result<()> {
         },
         control_interval: Duration::from_millis(args.control_interval_ms),
         metrics_listen: args.metrics_listen,
-        cluster: args.cluster.options()?,
+        cluster,
     })
 }
 

@@ -45,6 +45,13 @@ pub enum ConfigError {
         column: Option<usize>,
         message: String,
     },
+    /// A shared document (the cluster's, or a history's) with a `[cluster]` table.
+    #[error(
+        "the configuration has a [cluster] table: that table holds one node's own settings \
+         (where etcd is, the node's name, its certificates) and stays in that node's local \
+         file, never in the cluster's shared document; remove it from the document"
+    )]
+    LocalInShared,
     #[error("table_size {size} is not a prime: use a prime such as 65537")]
     TableSizeNotPrime { size: u32 },
     #[error(

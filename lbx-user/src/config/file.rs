@@ -1,8 +1,11 @@
 //! The configuration as a TOML file: parsing with the place of a mistake, and saving back
-//! atomically after a change.
+//! atomically after a change. A node's own file may also hold its `[cluster]` table, which
+//! is the node's alone: it is split off before the configuration is parsed, never part of
+//! a shared document, and written back as it was.
 
 use std::fs;
 use std::io::{self, Write};
+use std::ops::Range;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -13,28 +16,51 @@ use super::{Config, ConfigError, VipConfig};
 /// Distinguishes temporary files of concurrent saves from one process.
 static SAVE_COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// The table of a node's own file that holds its cluster settings.
+pub const LOCAL_TABLE: &str = "cluster";
+
+/// What a node's own file holds besides the configuration: its `[cluster]` table. This
+/// area only keeps it apart and writes it back; the cluster area reads what it says.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Local {
+    /// The table, and its text as the file has it (comments and all), to save back.
+    cluster: Option<(toml::Table, String)>,
+}
+
+impl Local {
+    /// The `[cluster]` table, if the file has one.
+    pub fn cluster(&self) -> Option<&toml::Table> {
+        self.cluster.as_ref().map(|(t, _)| t)
+    }
+
+    /// The local part of the file at `path`, the configuration left unread (and unchecked).
+    /// A missing file has none.
+    pub fn read(path: impl AsRef<Path>) -> Result<Local, ConfigError> {
+        let path = path.as_ref();
+        match read(path) {
+            Ok(text) => split(&text)
+                .map(|(_, local)| local)
+                .map_err(|(span, m)| parse_error(&text, Some(path), span, &m)),
+            Err(ConfigError::NotFound { .. }) => Ok(Local::default()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 impl Config {
-    /// Parses and validates.
+    /// Parses and validates a shared document: one with a `[cluster]` table is refused, as
+    /// that table is a node's own.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        Self::parse(text, None)
+        Self::parse(text, None).map_err(|e| {
+            let local =
+                toml::from_str::<toml::Table>(text).is_ok_and(|t| t.contains_key(LOCAL_TABLE));
+            if local { ConfigError::LocalInShared } else { e }
+        })
     }
 
     fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = match e.span() {
-                Some(span) => {
-                    let (l, c) = line_column(text, span.start);
-                    (Some(l), Some(c))
-                }
-                None => (None, None),
-            };
-            ConfigError::Parse {
-                path: path.map(Path::to_owned),
-                line,
-                column,
-                message: one_line(e.message()),
-            }
-        })?;
+        let config: Config =
+            toml::from_str(text).map_err(|e| parse_error(text, path, e.span(), e.message()))?;
         config.validate()?;
         Ok(config)
     }
@@ -92,25 +118,21 @@ impl Config {
         out
     }
 
-    /// Reads, parses and validates `path`. A missing file is [`ConfigError::NotFound`].
-    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+    /// Reads, parses and validates a node's own file at `path`, with its local part. A
+    /// missing file is [`ConfigError::NotFound`].
+    pub fn load(path: impl AsRef<Path>) -> Result<(Config, Local), ConfigError> {
         let path = path.as_ref();
-        let text = match fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(ConfigError::NotFound {
-                    path: path.to_owned(),
-                });
-            }
-            Err(e) => return Err(io_error("read", path)(e)),
-        };
-        Self::parse(&text, Some(path))
+        let text = read(path)?;
+        let (shared, local) =
+            split(&text).map_err(|(span, m)| parse_error(&text, Some(path), span, &m))?;
+        Ok((Self::parse(&shared, Some(path))?, local))
     }
 
     /// Writes the config to `path` atomically: a reader sees the old file or the new one,
     /// never a mix, even across a crash. Creates the parent directory if missing; the file
-    /// is mode 0600. Does not validate.
-    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), ConfigError> {
+    /// is mode 0600. The file's local part, `local`, is written after the configuration as it
+    /// was read. Does not validate.
+    pub fn save(&self, path: impl AsRef<Path>, local: &Local) -> Result<(), ConfigError> {
         let path = path.as_ref();
         let name = path.file_name().ok_or_else(|| ConfigError::Io {
             action: "write",
@@ -130,7 +152,12 @@ impl Config {
             name.to_string_lossy(),
             std::process::id()
         ));
-        let result = write_synced(&tmp, self.to_toml().as_bytes())
+        let mut text = self.to_toml();
+        if let Some((_, table)) = &local.cluster {
+            text.push('\n');
+            text.push_str(table);
+        }
+        let result = write_synced(&tmp, text.as_bytes())
             .and_then(|()| fs::rename(&tmp, path).map_err(io_error("rename into place", path)));
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -169,6 +196,114 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
         .map_err(io_error("set permissions of", path))?;
     f.write_all(bytes).map_err(io_error("write", path))?;
     f.sync_all().map_err(io_error("sync", path))
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(ConfigError::NotFound {
+            path: path.to_owned(),
+        }),
+        Err(e) => Err(io_error("read", path)(e)),
+    }
+}
+
+fn parse_error(
+    text: &str,
+    path: Option<&Path>,
+    span: Option<Range<usize>>,
+    message: &str,
+) -> ConfigError {
+    let (line, column) = match span {
+        Some(span) => {
+            let (l, c) = line_column(text, span.start);
+            (Some(l), Some(c))
+        }
+        None => (None, None),
+    };
+    ConfigError::Parse {
+        path: path.map(Path::to_owned),
+        line,
+        column,
+        message: one_line(message),
+    }
+}
+
+/// A parse error's message and the place it is about, if known.
+type Located = (Option<Range<usize>>, String);
+
+/// Splits a node's file into the configuration's text, where the `[cluster]` table's
+/// characters are blanked (its lines kept, so a mistake elsewhere keeps its line and
+/// column), and the local part. The table may be written `[cluster]` or as an inline
+/// table; its keys hold values, not tables. An error has the place of the problem.
+fn split(text: &str) -> Result<(String, Local), Located> {
+    let doc = toml_edit::ImDocument::parse(text).map_err(|e| (e.span(), e.message().to_owned()))?;
+    let Some((key, item)) = doc.as_table().get_key_value(LOCAL_TABLE) else {
+        return Ok((text.to_owned(), Local::default()));
+    };
+    let form = || {
+        (
+            key.span(),
+            format!("{LOCAL_TABLE}: write the node's cluster settings as a [{LOCAL_TABLE}] table"),
+        )
+    };
+    let (start, end, inline) = match item {
+        toml_edit::Item::Table(t) if !t.is_dotted() => {
+            let header = t.span().ok_or_else(form)?;
+            let mut end = header.end;
+            for (k, v) in t.iter() {
+                let span = match v {
+                    toml_edit::Item::Value(v) => v.span(),
+                    _ => None,
+                };
+                let span = span.ok_or_else(|| {
+                    let at = t.key(k).and_then(toml_edit::Key::span);
+                    (
+                        at,
+                        format!("[{LOCAL_TABLE}] {k}: a setting is a value, not a table"),
+                    )
+                })?;
+                end = end.max(span.end);
+            }
+            (header.start, end, false)
+        }
+        toml_edit::Item::Value(v @ toml_edit::Value::InlineTable(_)) => {
+            let (Some(k), Some(v)) = (key.span(), v.span()) else {
+                return Err(form());
+            };
+            (k.start, v.end, true)
+        }
+        _ => return Err(form()),
+    };
+    // Whatever follows on the table's last line is a comment.
+    let end = text[end..].find('\n').map_or(text.len(), |n| end + n);
+    let raw = &text[start..end];
+    let table = toml::from_str::<toml::Table>(raw)
+        .ok()
+        .and_then(|mut t| match t.remove(LOCAL_TABLE) {
+            Some(toml::Value::Table(t)) => Some(t),
+            _ => None,
+        })
+        .ok_or_else(form)?;
+    let kept = if inline {
+        // Saved after the configuration's tables, an inline table would join the last one.
+        let mut wrap = toml::Table::new();
+        wrap.insert(LOCAL_TABLE.to_owned(), toml::Value::Table(table.clone()));
+        ser(&wrap)
+    } else {
+        format!("{raw}\n")
+    };
+    let blank: String = raw
+        .chars()
+        .map(|c| if c == '\n' { '\n' } else { ' ' })
+        .collect();
+    let shared = format!("{}{blank}{}", &text[..start], &text[end..]);
+    Ok((
+        shared,
+        Local {
+            cluster: Some((table, kept)),
+        },
+    ))
 }
 
 /// toml's messages span lines ("invalid array\nexpected `]`"); keep ours on one.
@@ -343,18 +478,18 @@ mod tests {
         assert!(e.to_string().contains("sub/lbx.toml"), "{e}");
 
         let c = sample();
-        c.save(&path).unwrap(); // creates sub/
+        c.save(&path, &Local::default()).unwrap(); // creates sub/
         assert_eq!(
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        assert_eq!(Config::load(&path).unwrap(), c);
+        assert_eq!(Config::load(&path).unwrap(), (c.clone(), Local::default()));
 
         // Overwrite; no temporary files left behind.
         let mut c2 = c.clone();
         c2.seed = 9;
-        c2.save(&path).unwrap();
-        assert_eq!(Config::load(&path).unwrap(), c2);
+        c2.save(&path, &Local::default()).unwrap();
+        assert_eq!(Config::load(&path).unwrap().0, c2);
         let names: Vec<_> = fs::read_dir(dir.join("sub"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -380,13 +515,109 @@ mod tests {
         ));
 
         // A directory in the way: an I/O error naming the path, nothing half-written.
-        let e = Config::default().save(&dir).unwrap_err();
+        let e = Config::default().save(&dir, &Local::default()).unwrap_err();
         assert!(matches!(e, ConfigError::Io { .. }), "{e:?}");
         assert!(e.to_string().contains(&dir.display().to_string()), "{e}");
         let e = Config::load(&dir).unwrap_err();
         assert!(matches!(e, ConfigError::Io { action: "read", .. }), "{e:?}");
 
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A node's file with its `[cluster]` table between the configuration's tables.
+    const WITH_CLUSTER: &str = "seed = 7\n\n[cluster]  # this node's own\nendpoints = \"etcd://10.0.0.1:2379\"\nnode = \"lb-1\"  # unique\n# the rest by default\n\n[[vip]]\naddress = \"10.0.0.100\"\nport = 80\nprotocol = \"tcp\"\n";
+
+    #[test]
+    fn the_cluster_table_is_kept_apart_and_saved_back() {
+        let dir = std::env::temp_dir().join(format!("lbx-local-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let path = dir.join("lbx.toml");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(&path, WITH_CLUSTER).unwrap();
+
+        let (c, local) = Config::load(&path).unwrap();
+        assert_eq!(c.seed, 7);
+        assert_eq!(c.vips.len(), 1);
+        let table = local.cluster().unwrap();
+        assert_eq!(table["endpoints"].as_str(), Some("etcd://10.0.0.1:2379"));
+        assert_eq!(table["node"].as_str(), Some("lb-1"));
+        assert_eq!(table.len(), 2);
+        assert_eq!(Local::read(&path).unwrap(), local);
+        // The shared document never has it.
+        assert!(!c.to_toml().contains("cluster"), "{}", c.to_toml());
+
+        // A change saved keeps the table, comments and all.
+        let mut c2 = c.clone();
+        c2.seed = 9;
+        c2.save(&path, &local).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("[cluster]  # this node's own\nendpoints = \"etcd://10.0.0.1:2379\"\nnode = \"lb-1\"  # unique\n"),
+            "{text}"
+        );
+        assert_eq!(Config::load(&path).unwrap(), (c2, local));
+
+        // A mistake after the table is found on its own line.
+        fs::write(&path, WITH_CLUSTER.replace("port = 80", "port = 70000")).unwrap();
+        let e = Config::load(&path).unwrap_err();
+        assert!(
+            matches!(e, ConfigError::Parse { line: Some(10), .. }),
+            "{e:?}"
+        );
+        // No file: no local part.
+        fs::remove_file(&path).unwrap();
+        assert_eq!(Local::read(&path).unwrap(), Local::default());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_inline_cluster_table_is_saved_as_a_table() {
+        let text = "cluster = { endpoints = \"etcd://h:1\" }\nseed = 3\n[[vip]]\naddress = \"10.0.0.1\"\nport = 1\nprotocol = \"tcp\"\n";
+        let (shared, local) = split(text).unwrap();
+        assert_eq!(Config::from_toml(&shared).unwrap().seed, 3);
+        assert_eq!(
+            local.cluster().unwrap()["endpoints"].as_str(),
+            Some("etcd://h:1")
+        );
+        let (_, kept) = local.cluster.as_ref().unwrap();
+        assert_eq!(kept, "[cluster]\nendpoints = \"etcd://h:1\"\n");
+    }
+
+    #[test]
+    fn a_cluster_table_in_another_form_is_refused_where_it_is() {
+        for (text, line, what) in [
+            (
+                "seed = 1\ncluster.node = \"a\"\n",
+                2,
+                "as a [cluster] table",
+            ),
+            ("cluster = 1\n", 1, "as a [cluster] table"),
+            (
+                "[cluster]\nnode = \"a\"\n[cluster.tls]\nca = \"x\"\n",
+                3,
+                "[cluster] tls:",
+            ),
+            (
+                "[cluster]\nendpoints = \"etcd://h:1\"\nx.y = 1\n",
+                3,
+                "[cluster] x:",
+            ),
+        ] {
+            let (span, message) = split(text).unwrap_err();
+            let at = line_column(text, span.expect("located").start).0;
+            assert_eq!(at, line, "{text}: {message}");
+            assert!(message.contains(what), "{text}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_shared_document_with_a_cluster_table_is_refused() {
+        let e = Config::from_toml(WITH_CLUSTER).unwrap_err();
+        assert!(matches!(e, ConfigError::LocalInShared), "{e:?}");
+        assert!(e.to_string().contains("[cluster] table"), "{e}");
+        // Another unknown key is reported as before.
+        let e = Config::from_toml("clusters = 1\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e:?}");
     }
 
     #[test]

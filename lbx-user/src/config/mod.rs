@@ -22,6 +22,9 @@
 //! drain = false                # optional, omitted when false
 //! ```
 //!
+//! A node's own file may also have a `[cluster]` table, its settings for cluster mode: it
+//! is the node's alone, kept apart as [`Local`] and never part of a shared document.
+//!
 //! Every edit operation checks what it can and leaves the config unchanged when it fails;
 //! [`Config::validate`] checks the whole thing and is what the agent relies on before
 //! publishing a config.
@@ -39,6 +42,7 @@ mod values;
 
 pub use endpoint::{ALL_PORTS, Endpoint, EndpointError};
 pub use error::ConfigError;
+pub use file::{LOCAL_TABLE, Local};
 pub use types::{Adaptive, BackendConfig, CheckKind, Config, Encap, HealthCheck, VipConfig};
 pub use values::{MacAddr, Prefix, Protocol, VipId};
 
