@@ -70,8 +70,13 @@ impl Store {
             connect = connect.with_user(a.user.clone(), a.password.clone());
         }
         // A campaign waits until it wins: it gets a client without the requests' timeout,
-        // whose expiry would withdraw the candidacy.
-        let unbounded = connect.clone();
+        // whose expiry would withdraw the candidacy. Nothing else goes over that client, so
+        // its pings must keep to etcd's minimum interval (`--grpc-keepalive-min-time`, 5 s):
+        // etcd closes a quiet connection that pings more often, and the candidacy with it.
+        let unbounded = connect
+            .clone()
+            .with_keep_alive(Duration::from_secs(6), Duration::from_secs(3))
+            .with_keep_alive_while_idle(false);
         let connect = connect.with_timeout(REQUEST_TIMEOUT);
         let endpoints = opts.describe();
         let deadline = tokio::time::Instant::now() + opts.wait;
