@@ -7,7 +7,7 @@ use std::{
 };
 
 use etcd_client::{EventType, WatchOptions};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use super::{
     ClusterError, ClusterOptions, Standing, Update, Versioned,
@@ -135,9 +135,15 @@ async fn keep_reporting<E: From<Update> + Send + 'static>(
     let mut last_error: Option<String> = None;
     let mut leading = false;
     let mut candidacy: Option<(i64, tokio::task::JoinHandle<()>)> = None;
+    let elected = Arc::new(Notify::new());
     let mut every = tokio::time::interval(REPORT_EVERY);
     loop {
-        every.tick().await;
+        // A campaign that returns starts a round at once: the new leader leads from then,
+        // not from its next report.
+        tokio::select! {
+            _ = every.tick() => {}
+            () = elected.notified() => {}
+        }
         let result: Result<Option<Leader>, ClusterError> = async {
             let id = match lease {
                 Some(id) => {
@@ -181,7 +187,8 @@ async fn keep_reporting<E: From<Update> + Send + 'static>(
                 if let Some((_, old)) = candidacy.take() {
                     old.abort();
                 }
-                let task = tokio::spawn(stand(store.clone(), opts.node.clone(), id));
+                let task =
+                    tokio::spawn(stand(store.clone(), opts.node.clone(), id, elected.clone()));
                 candidacy = Some((id, task));
             }
             Ok(store.leader().await?.filter(|l| l.lease == id))
@@ -227,12 +234,15 @@ async fn keep_reporting<E: From<Update> + Send + 'static>(
     }
 }
 
-/// Stands for the weights leadership under `lease` until elected, again after errors
-/// other than the lease's end (a new lease stands anew).
-async fn stand(store: Store, node: String, lease: i64) {
+/// Stands for the weights leadership under `lease` until elected (then says so through
+/// `elected`), again after errors other than the lease's end (a new lease stands anew).
+async fn stand(store: Store, node: String, lease: i64, elected: Arc<Notify>) {
     loop {
         match store.campaign(&node, lease).await {
-            Ok(()) => return,
+            Ok(()) => {
+                elected.notify_one();
+                return;
+            }
             Err(e) if e.to_string().contains("not found") => return,
             Err(_) => tokio::time::sleep(RETRY).await,
         }
